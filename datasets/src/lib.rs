@@ -1,0 +1,1 @@
+//! BLIP-2 data: formats, preprocessing, tokenization, loader, synthetic world.

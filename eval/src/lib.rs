@@ -1,0 +1,1 @@
+//! BLIP-2 evaluation: metrics and evaluation loops.

@@ -1,0 +1,29 @@
+//! Differentiable building blocks.
+//!
+//! candle's fused `LayerNorm`/`RmsNorm` modules, `ops::layer_norm`, `ops::rms_norm` and
+//! `softmax_last_dim` have no backward pass: gradients are silently dropped
+//! (shared/research/candle-feasibility.md §1). Everything on a training path in this crate
+//! uses the blocks here instead; inference-only paths may use the fused ops.
+
+mod layer_norm;
+mod rms_norm;
+
+pub use layer_norm::LayerNorm;
+pub use rms_norm::RmsNorm;
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+/// Differentiable softmax over the last dimension (composite ops, all with a backward).
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// `nn.Linear(in, out, bias)` with PyTorch's weight layout `[out, in]`.
+pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    if bias {
+        candle_nn::linear(in_dim, out_dim, vb)
+    } else {
+        candle_nn::linear_no_bias(in_dim, out_dim, vb)
+    }
+}

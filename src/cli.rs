@@ -1,0 +1,16 @@
+//! Command-line surface (clap derive). Each subcommand's arguments live beside its implementation in `cmd/`.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "blip2", version, about = "Pretrain and evaluate BLIP-2 Q-Formers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the versions and the compute devices this build supports.
+    Info,
+}

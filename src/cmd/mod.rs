@@ -1,0 +1,15 @@
+//! Subcommand implementations.
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info => {
+            println!("blip2 {}", env!("CARGO_PKG_VERSION"));
+            println!("cuda: {}", candle_core::utils::cuda_is_available());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! `blip2`: pretrain and evaluate BLIP-2 Q-Formers.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod cmd;
+
+// glibc malloc maps and unmaps every large tensor buffer, costing up to 2.6x on CPU
+// (see shared/research/candle-feasibility.md §4); mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cmd::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, whole context chain: "reading x.json: missing field `y`".
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
