@@ -33,7 +33,12 @@ impl ModelParts {
     /// Everything the config describes; the LM head is not in HF configs and is asked for separately.
     pub fn from_config(cfg: &Blip2Config, lm_head: bool) -> Self {
         let text = cfg.qformer_config.use_qformer_text_input;
-        Self { vision: true, text, stage_one_heads: text, lm_head }
+        Self {
+            vision: true,
+            text,
+            stage_one_heads: text,
+            lm_head,
+        }
     }
 }
 
@@ -91,29 +96,63 @@ impl Blip2Qformer {
         trainable: VarBuilder,
     ) -> Result<Self> {
         if parts.text != cfg.qformer_config.use_qformer_text_input {
-            candle_core::bail!("model parts ask for text={} but use_qformer_text_input={}", parts.text, !parts.text)
+            candle_core::bail!(
+                "model parts ask for text={} but use_qformer_text_input={}",
+                parts.text,
+                !parts.text
+            )
         }
-        let vision =
-            if parts.vision { Some(VisionTransformer::new(&cfg.vision_config, frozen.pp("vision_model"))?) } else { None };
-        let ln_vision =
-            LayerNorm::new(cfg.vision_config.hidden_size, ln_vision_eps, trainable.pp("vision_model.post_layernorm"))?;
+        let vision = if parts.vision {
+            Some(VisionTransformer::new(
+                &cfg.vision_config,
+                frozen.pp("vision_model"),
+            )?)
+        } else {
+            None
+        };
+        let ln_vision = LayerNorm::new(
+            cfg.vision_config.hidden_size,
+            ln_vision_eps,
+            trainable.pp("vision_model.post_layernorm"),
+        )?;
         let query_tokens = trainable.get_with_hints(
             (1, cfg.num_query_tokens, cfg.qformer_config.hidden_size),
             "query_tokens",
             // LAVIS draws the queries from N(0, 0.02) (HF zeroes them).
-            candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
         )?;
         let qformer = QFormer::new(&cfg.qformer_config, trainable.clone())?;
-        let heads = if parts.stage_one_heads { Some(StageOneHeads::new(cfg, trainable.clone())?) } else { None };
-        let lm_head = if parts.lm_head {
-            let emb = qformer.embeddings().ok_or_else(|| {
-                candle_core::Error::Msg("an LM head needs the Q-Former text embeddings (tied decoder)".into())
-            })?;
-            Some(LmHead::new(cfg, emb.word_embeddings().clone(), trainable.pp("cls.predictions"))?)
+        let heads = if parts.stage_one_heads {
+            Some(StageOneHeads::new(cfg, trainable.clone())?)
         } else {
             None
         };
-        Ok(Self { cfg: cfg.clone(), vision, ln_vision, query_tokens, qformer, heads, lm_head })
+        let lm_head = if parts.lm_head {
+            let emb = qformer.embeddings().ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "an LM head needs the Q-Former text embeddings (tied decoder)".into(),
+                )
+            })?;
+            Some(LmHead::new(
+                cfg,
+                emb.word_embeddings().clone(),
+                trainable.pp("cls.predictions"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            vision,
+            ln_vision,
+            query_tokens,
+            qformer,
+            heads,
+            lm_head,
+        })
     }
 
     pub fn config(&self) -> &Blip2Config {
@@ -142,9 +181,11 @@ impl Blip2Qformer {
     }
 
     fn require_heads(&self) -> Result<&StageOneHeads> {
-        self.heads
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("model has no stage-one heads (vision/text projection, ITM)".into()))
+        self.heads.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(
+                "model has no stage-one heads (vision/text projection, ITM)".into(),
+            )
+        })
     }
 
     /// Frozen ViT features, before `ln_vision` (cache these to skip the ViT later).
@@ -152,7 +193,9 @@ impl Blip2Qformer {
     pub fn vision_features(&self, pixels: &Tensor) -> Result<Tensor> {
         match &self.vision {
             Some(v) => v.forward(pixels),
-            None => candle_core::bail!("model was built without a vision encoder: pass cached vision features"),
+            None => candle_core::bail!(
+                "model was built without a vision encoder: pass cached vision features"
+            ),
         }
     }
 
@@ -184,10 +227,21 @@ impl Blip2Qformer {
 
     /// The query-only (ITC image) pass over given `image_embeds`.
     // image_embeds: [B, N, Dv] -> query output [B, Q, H] + query K/V
-    pub fn query_pass(&self, image_embeds: &Tensor, train: bool, rng: &mut ChaCha8Rng) -> Result<QFormerOutput> {
+    pub fn query_pass(
+        &self,
+        image_embeds: &Tensor,
+        train: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<QFormerOutput> {
         let b = image_embeds.dim(0)?;
         let queries = self.expanded_queries(b)?;
-        let mask = AdditiveMask::new(MaskMode::UniModal, self.num_queries(), None, b, image_embeds.device())?;
+        let mask = AdditiveMask::new(
+            MaskMode::UniModal,
+            self.num_queries(),
+            None,
+            b,
+            image_embeds.device(),
+        )?;
         let inp = QFormerInput {
             query_embeds: Some(&queries),
             input_ids: None,
@@ -199,7 +253,12 @@ impl Blip2Qformer {
     }
 
     /// Image -> query outputs and normalized image embeddings (HF `image_embeds` of the retrieval model).
-    pub fn encode_image_t(&self, image: ImageInput, train: bool, rng: &mut ChaCha8Rng) -> Result<ImageFeatures> {
+    pub fn encode_image_t(
+        &self,
+        image: ImageInput,
+        train: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<ImageFeatures> {
         let image_embeds = self.image_embeds(image)?;
         let out = self.query_pass(&image_embeds, train, rng)?;
         let query_output = out.query_output()?;
@@ -207,8 +266,15 @@ impl Blip2Qformer {
             Some(h) => Some(h.image_feats(&query_output)?),
             None => None,
         };
-        let query_kv = out.query_kv.ok_or_else(|| candle_core::Error::Msg("query pass returned no K/V".into()))?;
-        Ok(ImageFeatures { image_embeds, query_output, image_feats, query_kv })
+        let query_kv = out
+            .query_kv
+            .ok_or_else(|| candle_core::Error::Msg("query pass returned no K/V".into()))?;
+        Ok(ImageFeatures {
+            image_embeds,
+            query_output,
+            image_feats,
+            query_kv,
+        })
     }
 
     pub fn encode_image(&self, image: ImageInput) -> Result<ImageFeatures> {
@@ -227,12 +293,20 @@ impl Blip2Qformer {
         let heads = self.require_heads()?;
         let b = input_ids.dim(0)?;
         let mask = AdditiveMask::new(MaskMode::UniModal, 0, Some(padding), b, input_ids.device())?;
-        let inp =
-            QFormerInput { query_embeds: None, input_ids: Some(input_ids), self_mask: &mask, image_embeds: None, past_query_kv: None };
+        let inp = QFormerInput {
+            query_embeds: None,
+            input_ids: Some(input_ids),
+            self_mask: &mask,
+            image_embeds: None,
+            past_query_kv: None,
+        };
         let out = self.qformer.forward(&inp, train, rng)?;
         let text_output = out.text_output()?;
         let text_feat = heads.text_feat(&text_output.narrow(1, 0, 1)?.squeeze(1)?)?;
-        Ok(TextFeatures { text_output, text_feat })
+        Ok(TextFeatures {
+            text_output,
+            text_feat,
+        })
     }
 
     pub fn encode_text(&self, input_ids: &Tensor, padding: &PaddingMask) -> Result<TextFeatures> {
@@ -252,7 +326,13 @@ impl Blip2Qformer {
         let heads = self.require_heads()?;
         let b = input_ids.dim(0)?;
         let queries = self.expanded_queries(b)?;
-        let mask = AdditiveMask::new(MaskMode::Bidirectional, self.num_queries(), Some(padding), b, input_ids.device())?;
+        let mask = AdditiveMask::new(
+            MaskMode::Bidirectional,
+            self.num_queries(),
+            Some(padding),
+            b,
+            input_ids.device(),
+        )?;
         let inp = QFormerInput {
             query_embeds: Some(&queries),
             input_ids: Some(input_ids),
@@ -264,9 +344,20 @@ impl Blip2Qformer {
         heads.itm_logits(&out.query_output()?)
     }
 
-    pub fn itm_logits(&self, image: ImageInput, input_ids: &Tensor, padding: &PaddingMask) -> Result<Tensor> {
+    pub fn itm_logits(
+        &self,
+        image: ImageInput,
+        input_ids: &Tensor,
+        padding: &PaddingMask,
+    ) -> Result<Tensor> {
         let image_embeds = self.image_embeds(image)?;
-        self.itm_logits_t(&image_embeds, input_ids, padding, false, &mut ChaCha8Rng::seed_from_u64(0))
+        self.itm_logits_t(
+            &image_embeds,
+            input_ids,
+            padding,
+            false,
+            &mut ChaCha8Rng::seed_from_u64(0),
+        )
     }
 
     /// ITG pass: text (starting with [DEC]) attends the cached query K/V and causally to itself;
@@ -280,14 +371,19 @@ impl Blip2Qformer {
         train: bool,
         rng: &mut ChaCha8Rng,
     ) -> Result<Tensor> {
-        let lm = self
-            .lm_head
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("model has no LM head (cls.predictions.*)".into()))?;
+        let lm = self.lm_head.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("model has no LM head (cls.predictions.*)".into())
+        })?;
         let b = decoder_input_ids.dim(0)?;
         let q = query_kv.num_queries()?;
-        let mask =
-            AdditiveMask::new(MaskMode::MultimodalCausal, q, Some(padding), b, decoder_input_ids.device())?.text_rows()?;
+        let mask = AdditiveMask::new(
+            MaskMode::MultimodalCausal,
+            q,
+            Some(padding),
+            b,
+            decoder_input_ids.device(),
+        )?
+        .text_rows()?;
         let inp = QFormerInput {
             query_embeds: None,
             input_ids: Some(decoder_input_ids),

@@ -75,7 +75,8 @@ impl QFormerOutput {
     /// `[B, L, H]`
     pub fn text_output(&self) -> Result<Tensor> {
         let t = self.hidden_states.dim(1)?;
-        self.hidden_states.narrow(1, self.num_queries, t - self.num_queries)
+        self.hidden_states
+            .narrow(1, self.num_queries, t - self.num_queries)
     }
 }
 
@@ -90,13 +91,17 @@ pub struct TextEmbeddings {
 
 impl TextEmbeddings {
     pub fn new(cfg: &QFormerConfig, vb: VarBuilder) -> Result<Self> {
-        let word_embeddings = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings"))?;
+        let word_embeddings =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings"))?;
         let position_embeddings = vb.get_with_hints(
             (cfg.max_position_embeddings, cfg.hidden_size),
             "position_embeddings.weight",
             candle_nn::init::DEFAULT_KAIMING_NORMAL,
         )?;
-        Ok(Self { word_embeddings, position_embeddings })
+        Ok(Self {
+            word_embeddings,
+            position_embeddings,
+        })
     }
 
     /// `[vocab, H]`, tied to the LM head decoder.
@@ -158,7 +163,9 @@ impl Attention {
     // x: [B, T, D] -> [B, heads, T, hd]
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        x.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        x.reshape((b, t, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
     }
 
     // x: [B, T, H], kv_input: [B, S, Dkv], mask: [B, 1, T, P+S] -> hidden [B, T, H]
@@ -226,7 +233,12 @@ impl FeedForward {
     // x: [B, T, H] -> [B, T, H]
     fn forward(&self, x: &Tensor, train: bool, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         let inner = self.intermediate.forward(x)?.gelu_erf()?;
-        let out = dropout(&self.output.forward(&inner)?, self.hidden_dropout, train, rng)?;
+        let out = dropout(
+            &self.output.forward(&inner)?,
+            self.hidden_dropout,
+            train,
+            rng,
+        )?;
         self.layer_norm.forward(&(out + x)?)
     }
 }
@@ -243,7 +255,11 @@ struct QFormerLayer {
 impl QFormerLayer {
     fn new(cfg: &QFormerConfig, index: usize, vb: VarBuilder) -> Result<Self> {
         let crossattention = if cfg.has_cross_attention(index) {
-            Some(Attention::new(cfg, cfg.encoder_hidden_size, vb.pp("crossattention"))?)
+            Some(Attention::new(
+                cfg,
+                cfg.encoder_hidden_size,
+                vb.pp("crossattention"),
+            )?)
         } else {
             None
         };
@@ -289,14 +305,19 @@ impl QFormerLayer {
             let mut aq = a.narrow(1, 0, num_q)?;
             if let Some(cross) = &self.crossattention {
                 let image = image_embeds.ok_or_else(|| {
-                    candle_core::Error::Msg(format!("Q-Former layer {} needs image_embeds for its queries", self.index))
+                    candle_core::Error::Msg(format!(
+                        "Q-Former layer {} needs image_embeds for its queries",
+                        self.index
+                    ))
                 })?;
                 // The image mask is all ones in BLIP-2, so no additive mask.
                 aq = cross.forward(&aq, image, None, None, train, rng)?.hidden;
             }
             let query_part = self.query_ffn.forward(&aq, train, rng)?;
             if t > num_q {
-                let text_part = self.text_ffn()?.forward(&a.narrow(1, num_q, t - num_q)?, train, rng)?;
+                let text_part =
+                    self.text_ffn()?
+                        .forward(&a.narrow(1, num_q, t - num_q)?, train, rng)?;
                 Tensor::cat(&[&query_part, &text_part], 1)?
             } else {
                 query_part
@@ -322,14 +343,23 @@ impl QFormer {
     /// `vb` is the checkpoint root: the encoder lives under `qformer.*`, the text embeddings
     /// (when `use_qformer_text_input`) under `embeddings.*`, as in HF.
     pub fn new(cfg: &QFormerConfig, vb: VarBuilder) -> Result<Self> {
-        let embeddings =
-            if cfg.use_qformer_text_input { Some(TextEmbeddings::new(cfg, vb.pp("embeddings"))?) } else { None };
+        let embeddings = if cfg.use_qformer_text_input {
+            Some(TextEmbeddings::new(cfg, vb.pp("embeddings"))?)
+        } else {
+            None
+        };
         let q = vb.pp("qformer");
         let layernorm = LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, q.pp("layernorm"))?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| QFormerLayer::new(cfg, i, q.pp(format!("encoder.layer.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { embeddings, layernorm, layers, embedding_dropout: cfg.hidden_dropout_prob, cfg: cfg.clone() })
+        Ok(Self {
+            embeddings,
+            layernorm,
+            layers,
+            embedding_dropout: cfg.hidden_dropout_prob,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn config(&self) -> &QFormerConfig {
@@ -346,7 +376,12 @@ impl QFormer {
     }
 
     // query_embeds [B, Q, H] and/or input_ids [B, L] -> hidden_states [B, Q + L, H]
-    pub fn forward(&self, inp: &QFormerInput, train: bool, rng: &mut ChaCha8Rng) -> Result<QFormerOutput> {
+    pub fn forward(
+        &self,
+        inp: &QFormerInput,
+        train: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<QFormerOutput> {
         if inp.past_query_kv.is_some() && inp.query_embeds.is_some() {
             candle_core::bail!("Q-Former pass with both query_embeds and cached query K/V")
         }
@@ -354,7 +389,8 @@ impl QFormer {
             Some(ids) => {
                 let emb = self.embeddings.as_ref().ok_or_else(|| {
                     candle_core::Error::Msg(
-                        "this Q-Former has no text embeddings (use_qformer_text_input=false)".into(),
+                        "this Q-Former has no text embeddings (use_qformer_text_input=false)"
+                            .into(),
                     )
                 })?;
                 Some(emb.forward(ids)?)
@@ -371,7 +407,11 @@ impl QFormer {
         let past_q = match inp.past_query_kv {
             Some(p) => {
                 if p.layers.len() != self.layers.len() {
-                    candle_core::bail!("cached query K/V has {} layers, the Q-Former {}", p.layers.len(), self.layers.len())
+                    candle_core::bail!(
+                        "cached query K/V has {} layers, the Q-Former {}",
+                        p.layers.len(),
+                        self.layers.len()
+                    )
                 }
                 p.num_queries()?
             }
@@ -379,7 +419,11 @@ impl QFormer {
         };
         let m = inp.self_mask;
         let rows = x.dim(1)?;
-        let expected_rows = if m.has_query_rows() { m.num_queries() + m.text_len() } else { m.text_len() };
+        let expected_rows = if m.has_query_rows() {
+            m.num_queries() + m.text_len()
+        } else {
+            m.text_len()
+        };
         if expected_rows != rows || m.num_queries() != num_q + past_q {
             candle_core::bail!(
                 "self-attention mask is for {} queries + {} text tokens, the pass has {} queries + {} text tokens",
@@ -389,17 +433,31 @@ impl QFormer {
                 rows - num_q
             )
         }
-        let mut h = dropout(&self.layernorm.forward(&x)?, self.embedding_dropout, train, rng)?;
+        let mut h = dropout(
+            &self.layernorm.forward(&x)?,
+            self.embedding_dropout,
+            train,
+            rng,
+        )?;
         let mut query_kv = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let past = inp.past_query_kv.map(|p| &p.layers[i]);
-            let (out, k, v) = layer.forward(&h, num_q, m.tensor(), inp.image_embeds, past, train, rng)?;
+            let (out, k, v) =
+                layer.forward(&h, num_q, m.tensor(), inp.image_embeds, past, train, rng)?;
             if num_q > 0 {
                 query_kv.push((k.narrow(2, 0, num_q)?, v.narrow(2, 0, num_q)?));
             }
             h = out;
         }
-        let query_kv = if num_q > 0 { Some(QueryKv { layers: query_kv }) } else { None };
-        Ok(QFormerOutput { hidden_states: h, num_queries: num_q, query_kv })
+        let query_kv = if num_q > 0 {
+            Some(QueryKv { layers: query_kv })
+        } else {
+            None
+        };
+        Ok(QFormerOutput {
+            hidden_states: h,
+            num_queries: num_q,
+            query_kv,
+        })
     }
 }

@@ -30,7 +30,10 @@ pub struct ItcOutput {
 
 /// Max over queries of the query/text dot products, without temperature.
 // image_feats: [Bi, Q, E], text_feat: [Bt, E] -> (i2t [Bi, Bt], t2i [Bt, Bi])
-pub fn max_query_similarities(image_feats: &Tensor, text_feat: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn max_query_similarities(
+    image_feats: &Tensor,
+    text_feat: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let (bi, q, e) = image_feats.dims3()?;
     let flat = image_feats.reshape((bi * q, e))?;
     // LAVIS computes both directions separately (sim_q2t and sim_t2q); same values.
@@ -40,18 +43,28 @@ pub fn max_query_similarities(image_feats: &Tensor, text_feat: &Tensor) -> Resul
 }
 
 // image_feats: [B, Q, E], text_feat: [B, E] (unit norm), temp: [] -> scalar loss
-pub fn itc_loss(image_feats: &Tensor, text_feat: &Tensor, temp: &Tensor, targets: ItcTargets) -> Result<ItcOutput> {
+pub fn itc_loss(
+    image_feats: &Tensor,
+    text_feat: &Tensor,
+    temp: &Tensor,
+    targets: ItcTargets,
+) -> Result<ItcOutput> {
     let (i2t, t2i) = max_query_similarities(image_feats, text_feat)?;
     let sim_i2t = i2t.broadcast_div(temp)?;
     let sim_t2i = t2i.broadcast_div(temp)?;
     let b = sim_i2t.dim(0)?;
     if sim_i2t.dim(1)? != b {
-        candle_core::bail!("ITC needs as many texts as images, got {b} images and {} texts", sim_i2t.dim(1)?)
+        candle_core::bail!(
+            "ITC needs as many texts as images, got {b} images and {} texts",
+            sim_i2t.dim(1)?
+        )
     }
     let loss = match targets {
         ItcTargets::Diagonal => {
             let t: Vec<i64> = (0..b as i64).collect();
-            let o = CeOpts { label_smoothing: ITC_LABEL_SMOOTHING };
+            let o = CeOpts {
+                label_smoothing: ITC_LABEL_SMOOTHING,
+            };
             ((cross_entropy(&sim_i2t, &t, o)? + cross_entropy(&sim_t2i, &t, o)?)? / 2.0)?
         }
         ItcTargets::ImageIds(ids) => {
@@ -64,12 +77,18 @@ pub fn itc_loss(image_feats: &Tensor, text_feat: &Tensor, temp: &Tensor, targets
                 let n_pos = ids.iter().filter(|&&x| x == ids[i]).count() as f64;
                 for j in 0..b {
                     let pos = if ids[i] == ids[j] { 1.0 } else { 0.0 };
-                    w[i * b + j] = ((1.0 - ITC_LABEL_SMOOTHING) * pos / n_pos + ITC_LABEL_SMOOTHING / b as f64) as f32;
+                    w[i * b + j] = ((1.0 - ITC_LABEL_SMOOTHING) * pos / n_pos
+                        + ITC_LABEL_SMOOTHING / b as f64) as f32;
                 }
             }
             let targets = Tensor::from_vec(w, (b, b), sim_i2t.device())?;
-            ((soft_cross_entropy(&sim_i2t, &targets)? + soft_cross_entropy(&sim_t2i, &targets)?)? / 2.0)?
+            ((soft_cross_entropy(&sim_i2t, &targets)? + soft_cross_entropy(&sim_t2i, &targets)?)?
+                / 2.0)?
         }
     };
-    Ok(ItcOutput { loss, sim_i2t, sim_t2i })
+    Ok(ItcOutput {
+        loss,
+        sim_i2t,
+        sim_t2i,
+    })
 }

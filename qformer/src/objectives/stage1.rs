@@ -22,7 +22,12 @@ pub struct ObjectiveConfig {
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
-        Self { negatives: NegativeMode::Sample, bos_token_id: 30522, pad_token_id: 0, itg_label_smoothing: ITG_LABEL_SMOOTHING }
+        Self {
+            negatives: NegativeMode::Sample,
+            bos_token_id: 30522,
+            pad_token_id: 0,
+            itg_label_smoothing: ITG_LABEL_SMOOTHING,
+        }
     }
 }
 
@@ -58,11 +63,15 @@ pub fn stage_one_losses(
     train: bool,
     rng: &mut ChaCha8Rng,
 ) -> Result<PretrainLosses> {
-    let heads =
-        model.heads().ok_or_else(|| candle_core::Error::Msg("stage-one losses need the stage-one heads".into()))?;
+    let heads = model.heads().ok_or_else(|| {
+        candle_core::Error::Msg("stage-one losses need the stage-one heads".into())
+    })?;
     let image_embeds = model.image_embeds(batch.image)?;
     let img = model.query_pass(&image_embeds, train, rng)?;
-    let query_kv = img.query_kv.clone().ok_or_else(|| candle_core::Error::Msg("query pass returned no K/V".into()))?;
+    let query_kv = img
+        .query_kv
+        .clone()
+        .ok_or_else(|| candle_core::Error::Msg("query pass returned no K/V".into()))?;
     let image_feats = heads.image_feats(&img.query_output()?)?;
     let text = model.encode_text_t(batch.input_ids, batch.attention_mask, train, rng)?;
 
@@ -72,7 +81,13 @@ pub fn stage_one_losses(
     };
     let itc_out = itc_loss(&image_feats, &text.text_feat, &heads.temp, targets)?;
 
-    let negatives = select_negatives(&itc_out.sim_i2t, &itc_out.sim_t2i, batch.image_ids, cfg.negatives, rng)?;
+    let negatives = select_negatives(
+        &itc_out.sim_i2t,
+        &itc_out.sim_t2i,
+        batch.image_ids,
+        cfg.negatives,
+        rng,
+    )?;
     let dev = batch.input_ids.device();
     let image_rows = Tensor::new(negatives.image_rows().as_slice(), dev)?;
     let text_rows = Tensor::new(negatives.text_rows().as_slice(), dev)?;
@@ -84,9 +99,24 @@ pub fn stage_one_losses(
     let itm = itm_loss(&itm_logits, &negatives)?;
 
     let lm_in = lm_inputs(batch.input_ids, cfg.bos_token_id, cfg.pad_token_id)?;
-    let lm_logits = model.lm_logits_t(&query_kv, &lm_in.decoder_input_ids, batch.attention_mask, train, rng)?;
+    let lm_logits = model.lm_logits_t(
+        &query_kv,
+        &lm_in.decoder_input_ids,
+        batch.attention_mask,
+        train,
+        rng,
+    )?;
     let lm = lm_loss(&lm_logits, &lm_in.labels, cfg.itg_label_smoothing)?;
 
     let total = ((&itc_out.loss + &itm)? + &lm)?;
-    Ok(PretrainLosses { itc: itc_out.loss.clone(), itm, lm, total, itc_out, negatives, itm_logits, lm_logits })
+    Ok(PretrainLosses {
+        itc: itc_out.loss.clone(),
+        itm,
+        lm,
+        total,
+        itc_out,
+        negatives,
+        itm_logits,
+        lm_logits,
+    })
 }

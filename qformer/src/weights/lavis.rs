@@ -28,24 +28,36 @@ pub fn from_lavis_tensors(
     let mut raw: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     let mut set = TensorSet::empty();
     // EVA blocks keep q_bias/v_bias apart and have no k bias; HF fuses them into one qkv.bias.
-    let q_bias_names: Vec<String> = raw.keys().filter(|k| k.ends_with(".attn.q_bias")).cloned().collect();
+    let q_bias_names: Vec<String> = raw
+        .keys()
+        .filter(|k| k.ends_with(".attn.q_bias"))
+        .cloned()
+        .collect();
     for qn in q_bias_names {
         let block = qn.trim_end_matches(".q_bias");
         let vn = format!("{block}.v_bias");
-        let q = raw.remove(&qn).ok_or_else(|| Error::Msg(format!("{source}: {qn} vanished")))?;
-        let v = raw.remove(&vn).ok_or_else(|| {
-            Error::Checkpoint { source_name: source.into(), report: format!("{qn} present but {vn} missing") }
+        let q = raw
+            .remove(&qn)
+            .ok_or_else(|| Error::Msg(format!("{source}: {qn} vanished")))?;
+        let v = raw.remove(&vn).ok_or_else(|| Error::Checkpoint {
+            source_name: source.into(),
+            report: format!("{qn} present but {vn} missing"),
         })?;
         let fused = Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?;
-        let canonical = lavis_to_canonical(&format!("{block}.qkv.bias"))
-            .ok_or_else(|| Error::Msg(format!("{source}: no canonical name for {block}.qkv.bias")))?;
+        let canonical = lavis_to_canonical(&format!("{block}.qkv.bias")).ok_or_else(|| {
+            Error::Msg(format!("{source}: no canonical name for {block}.qkv.bias"))
+        })?;
         set.insert(canonical, fused.to_device(device)?, source);
     }
     for (name, t) in raw {
         let why = match name.as_str() {
             "Qformer.bert.embeddings.position_ids" => Some("buffer (arange), not a parameter"),
-            "Qformer.cls.predictions.decoder.weight" => Some("tied to Qformer.bert.embeddings.word_embeddings.weight"),
-            "Qformer.cls.predictions.decoder.bias" => Some("same tensor as Qformer.cls.predictions.bias"),
+            "Qformer.cls.predictions.decoder.weight" => {
+                Some("tied to Qformer.bert.embeddings.word_embeddings.weight")
+            }
+            "Qformer.cls.predictions.decoder.bias" => {
+                Some("same tensor as Qformer.cls.predictions.bias")
+            }
             _ => None,
         };
         if let Some(why) = why {
@@ -67,10 +79,17 @@ pub fn from_lavis_tensors(
 pub fn read_lavis_pth(path: impl AsRef<Path>, device: &Device) -> Result<TensorSet> {
     let path = path.as_ref();
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
     }
-    let tensors = candle_core::pickle::read_all_with_key(path, Some("model"))
-        .map_err(|e| Error::Msg(format!("{}: cannot read LAVIS checkpoint: {e}", path.display())))?;
+    let tensors = candle_core::pickle::read_all_with_key(path, Some("model")).map_err(|e| {
+        Error::Msg(format!(
+            "{}: cannot read LAVIS checkpoint: {e}",
+            path.display()
+        ))
+    })?;
     from_lavis_tensors(tensors, &path.display().to_string(), device)
 }
 
@@ -79,5 +98,9 @@ pub fn read_lavis_safetensors(path: impl AsRef<Path>, device: &Device) -> Result
     let path = path.as_ref();
     let tensors = candle_core::safetensors::load(path, device)
         .map_err(|e| Error::Msg(format!("{}: cannot read safetensors: {e}", path.display())))?;
-    from_lavis_tensors(tensors.into_iter().collect(), &path.display().to_string(), device)
+    from_lavis_tensors(
+        tensors.into_iter().collect(),
+        &path.display().to_string(),
+        device,
+    )
 }

@@ -100,10 +100,14 @@ impl TensorSet {
             Self::from_safetensors(&single, device)?
         } else if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(&index, e))?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                Error::Msg(format!("{}: no \"weight_map\" object", index.display()))
-            })?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::json(&index, e))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    Error::Msg(format!("{}: no \"weight_map\" object", index.display()))
+                })?;
             let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
             files.sort();
             files.dedup();
@@ -112,7 +116,11 @@ impl TensorSet {
                 set = set.merge(Self::from_safetensors(dir.join(f), device)?)?;
             }
             let listed: std::collections::BTreeSet<&str> = map.keys().map(|k| k.as_str()).collect();
-            let missing: Vec<&str> = listed.iter().filter(|k| !set.contains(k)).copied().collect();
+            let missing: Vec<&str> = listed
+                .iter()
+                .filter(|k| !set.contains(k))
+                .copied()
+                .collect();
             if !missing.is_empty() {
                 return Err(Error::Checkpoint {
                     source_name: index.display().to_string(),
@@ -131,11 +139,22 @@ impl TensorSet {
 
     /// Union of two sets; a name in both is an error (naming all of them).
     pub fn merge(mut self, other: Self) -> Result<Self> {
-        let dup: Vec<String> = other.tensors.keys().filter(|k| self.tensors.contains_key(*k)).cloned().collect();
+        let dup: Vec<String> = other
+            .tensors
+            .keys()
+            .filter(|k| self.tensors.contains_key(*k))
+            .cloned()
+            .collect();
         if !dup.is_empty() {
-            return Err(Error::Msg(format!("tensors given by two sources: {}", dup.join(", "))));
+            return Err(Error::Msg(format!(
+                "tensors given by two sources: {}",
+                dup.join(", ")
+            )));
         }
-        if other.tensors.contains_key("vision_model.post_layernorm.weight") {
+        if other
+            .tensors
+            .contains_key("vision_model.post_layernorm.weight")
+        {
             self.ln_vision_eps = other.ln_vision_eps;
         }
         for (k, t) in other.tensors {
@@ -150,7 +169,10 @@ impl TensorSet {
     pub fn filter(mut self, keep: impl Fn(&str) -> bool) -> Self {
         self.tensors.retain(|k, _| keep(k));
         self.origin.retain(|k, _| keep(k));
-        if !self.tensors.contains_key("vision_model.post_layernorm.weight") {
+        if !self
+            .tensors
+            .contains_key("vision_model.post_layernorm.weight")
+        {
             self.ln_vision_eps = None;
         }
         self
@@ -158,7 +180,9 @@ impl TensorSet {
 
     /// Only the frozen ViT (`vision_model.*` without `post_layernorm`).
     pub fn vision_encoder_only(self) -> Self {
-        self.filter(|n| n.starts_with("vision_model.") && !n.starts_with("vision_model.post_layernorm."))
+        self.filter(|n| {
+            n.starts_with("vision_model.") && !n.starts_with("vision_model.post_layernorm.")
+        })
     }
 
     fn source_names(&self) -> String {
@@ -184,7 +208,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { trainable: false, allow_known_unused: false, vision_dtype: DType::F32, ln_vision_eps: None, device: Device::Cpu }
+        Self {
+            trainable: false,
+            allow_known_unused: false,
+            vision_dtype: DType::F32,
+            ln_vision_eps: None,
+            device: Device::Cpu,
+        }
     }
 }
 
@@ -202,9 +232,17 @@ pub fn detect_parts(cfg: &Blip2Config, set: &TensorSet) -> ModelParts {
 }
 
 /// Checks `set` against the table for `parts` without building anything.
-pub fn check(cfg: &Blip2Config, set: &TensorSet, parts: ModelParts, allow_known_unused: bool) -> LoadReport {
+pub fn check(
+    cfg: &Blip2Config,
+    set: &TensorSet,
+    parts: ModelParts,
+    allow_known_unused: bool,
+) -> LoadReport {
     let specs = canonical_tensors(cfg, parts);
-    let mut report = LoadReport { ignored: set.ignored.clone(), ..Default::default() };
+    let mut report = LoadReport {
+        ignored: set.ignored.clone(),
+        ..Default::default()
+    };
     let expected: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for s in &specs {
         match set.get(&s.name) {
@@ -212,12 +250,18 @@ pub fn check(cfg: &Blip2Config, set: &TensorSet, parts: ModelParts, allow_known_
                 if !t.dtype().is_float() {
                     report.wrong_dtype.push((s.name.clone(), t.dtype()));
                 } else if t.dims() != s.shape.as_slice() {
-                    report.shape_mismatch.push((s.name.clone(), s.shape.clone(), t.dims().to_vec()));
+                    report.shape_mismatch.push((
+                        s.name.clone(),
+                        s.shape.clone(),
+                        t.dims().to_vec(),
+                    ));
                 } else {
                     report.loaded += 1;
                 }
             }
-            None if s.group == Group::Temp => report.defaulted.push(format!("temp = {DEFAULT_TEMP}")),
+            None if s.group == Group::Temp => {
+                report.defaulted.push(format!("temp = {DEFAULT_TEMP}"))
+            }
             None => report.missing.push(s.name.clone()),
         }
     }
@@ -226,7 +270,9 @@ pub fn check(cfg: &Blip2Config, set: &TensorSet, parts: ModelParts, allow_known_
             continue;
         }
         match names::known_unused(name) {
-            Some(why) if allow_known_unused => report.known_unused.push((name.to_string(), why.to_string())),
+            Some(why) if allow_known_unused => report
+                .known_unused
+                .push((name.to_string(), why.to_string())),
             _ => report.unexpected.push(name.to_string()),
         }
     }
@@ -234,11 +280,19 @@ pub fn check(cfg: &Blip2Config, set: &TensorSet, parts: ModelParts, allow_known_
 }
 
 /// Strictly loads `set` into a model with `parts`.
-pub fn load(cfg: &Blip2Config, set: &TensorSet, parts: ModelParts, opts: &LoadOptions) -> Result<LoadedModel> {
+pub fn load(
+    cfg: &Blip2Config,
+    set: &TensorSet,
+    parts: ModelParts,
+    opts: &LoadOptions,
+) -> Result<LoadedModel> {
     cfg.validate()?;
     let report = check(cfg, set, parts, opts.allow_known_unused);
     if !report.is_strict_ok() {
-        return Err(Error::Checkpoint { source_name: set.source_names(), report: report.problems() });
+        return Err(Error::Checkpoint {
+            source_name: set.source_names(),
+            report: report.problems(),
+        });
     }
     let specs = canonical_tensors(cfg, parts);
     let dev = &opts.device;
@@ -252,15 +306,24 @@ pub fn load(cfg: &Blip2Config, set: &TensorSet, parts: ModelParts, opts: &LoadOp
         if s.group.trainable() {
             rest.insert(s.name.clone(), t.to_dtype(DType::F32)?.to_device(dev)?);
         } else {
-            frozen.insert(s.name.clone(), t.to_dtype(opts.vision_dtype)?.to_device(dev)?);
+            frozen.insert(
+                s.name.clone(),
+                t.to_dtype(opts.vision_dtype)?.to_device(dev)?,
+            );
         }
     }
     let frozen_vb = VarBuilder::from_tensors(frozen, opts.vision_dtype, dev);
-    let eps = opts.ln_vision_eps.or(set.ln_vision_eps()).unwrap_or(cfg.vision_config.layer_norm_eps);
+    let eps = opts
+        .ln_vision_eps
+        .or(set.ln_vision_eps())
+        .unwrap_or(cfg.vision_config.layer_norm_eps);
     let (model, varmap) = if opts.trainable {
         let varmap = VarMap::new();
         {
-            let mut data = varmap.data().lock().map_err(|_| Error::Msg("VarMap lock poisoned".into()))?;
+            let mut data = varmap
+                .data()
+                .lock()
+                .map_err(|_| Error::Msg("VarMap lock poisoned".into()))?;
             for (name, t) in rest {
                 data.insert(name, Var::from_tensor(&t)?);
             }
@@ -271,14 +334,20 @@ pub fn load(cfg: &Blip2Config, set: &TensorSet, parts: ModelParts, opts: &LoadOp
         // A VarMap creates (random) variables for names it lacks: none may appear, or the
         // name table and the model disagree.
         if varmap.all_vars().len() != n_before {
-            return Err(Error::Msg("internal: model requested tensors missing from the name table".into()));
+            return Err(Error::Msg(
+                "internal: model requested tensors missing from the name table".into(),
+            ));
         }
         (model, Some(varmap))
     } else {
         let vb = VarBuilder::from_tensors(rest, DType::F32, dev);
         (Blip2Qformer::new(cfg, parts, eps, frozen_vb, vb)?, None)
     };
-    Ok(LoadedModel { model, varmap, report })
+    Ok(LoadedModel {
+        model,
+        varmap,
+        report,
+    })
 }
 
 /// An HF Hub directory (`Blip2ForImageTextRetrieval`, or the vision + Q-Former part of

@@ -37,10 +37,18 @@ impl LoadReport {
     pub fn problems(&self) -> String {
         let mut out = Vec::new();
         if !self.missing.is_empty() {
-            out.push(format!("missing {}: {}", self.missing.len(), self.missing.join(", ")));
+            out.push(format!(
+                "missing {}: {}",
+                self.missing.len(),
+                self.missing.join(", ")
+            ));
         }
         if !self.unexpected.is_empty() {
-            out.push(format!("unexpected {}: {}", self.unexpected.len(), self.unexpected.join(", ")));
+            out.push(format!(
+                "unexpected {}: {}",
+                self.unexpected.len(),
+                self.unexpected.join(", ")
+            ));
         }
         if !self.shape_mismatch.is_empty() {
             let items: Vec<String> = self
@@ -51,8 +59,11 @@ impl LoadReport {
             out.push(format!("wrong shape {}: {}", items.len(), items.join(", ")));
         }
         if !self.wrong_dtype.is_empty() {
-            let items: Vec<String> =
-                self.wrong_dtype.iter().map(|(n, d)| format!("{n} ({d:?}, expected a float type)")).collect();
+            let items: Vec<String> = self
+                .wrong_dtype
+                .iter()
+                .map(|(n, d)| format!("{n} ({d:?}, expected a float type)"))
+                .collect();
             out.push(format!("wrong dtype {}: {}", items.len(), items.join(", ")));
         }
         out.join("; ")
@@ -66,9 +77,15 @@ impl fmt::Display for LoadReport {
             write!(f, "; defaulted: {}", self.defaulted.join(", "))?;
         }
         if !self.known_unused.is_empty() {
-            let mut reasons: Vec<&str> = self.known_unused.iter().map(|(_, r)| r.as_str()).collect();
+            let mut reasons: Vec<&str> =
+                self.known_unused.iter().map(|(_, r)| r.as_str()).collect();
             reasons.dedup();
-            write!(f, "; {} known-unused tensors ({})", self.known_unused.len(), reasons.join(", "))?;
+            write!(
+                f,
+                "; {} known-unused tensors ({})",
+                self.known_unused.len(),
+                reasons.join(", ")
+            )?;
         }
         if !self.ignored.is_empty() {
             let names: Vec<&str> = self.ignored.iter().map(|(n, _)| n.as_str()).collect();

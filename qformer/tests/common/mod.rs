@@ -8,16 +8,20 @@ use candle_core::{DType, Device, Tensor};
 
 /// `tests/fixtures/hf-tiny/<sub>` of the workspace.
 pub fn fixture(sub: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf-tiny").join(sub)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/hf-tiny")
+        .join(sub)
 }
 
 pub fn load_tensors(sub: &str) -> HashMap<String, Tensor> {
     let path = fixture(sub);
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn get<'a>(ts: &'a HashMap<String, Tensor>, name: &str) -> &'a Tensor {
-    ts.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
+    ts.get(name)
+        .unwrap_or_else(|| panic!("reference tensor {name} missing"))
 }
 
 /// Max |a - b|, after checking the shapes agree.
@@ -25,7 +29,16 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a = a.to_dtype(DType::F32).unwrap();
     let b = b.to_dtype(DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[track_caller]
