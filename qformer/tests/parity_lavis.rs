@@ -219,3 +219,43 @@ fn lavis_eps_differs_measurably_from_hf_eps() {
         "ln_vision eps 1e-5 vs 1e-6 should differ, got {d:e}"
     );
 }
+
+#[test]
+fn hf_dir_plus_lm_head_file_runs_itg() {
+    // The HF retrieval checkpoint lacks the ITG head; it comes from a LAVIS-named safetensors file.
+    let dev = Device::Cpu;
+    let (cfg, hf) = TensorSet::from_hf_dir(fixture("itm"), &dev).unwrap();
+    let head =
+        qformer::weights::read_lavis_safetensors(fixture("itm/lm_head.safetensors"), &dev).unwrap();
+    let set = hf.merge(head).unwrap();
+    let parts = detect_parts(&cfg, &set);
+    assert!(parts.lm_head);
+    let loaded = load(&cfg, &set, parts, &LoadOptions::default()).unwrap();
+    let m = &loaded.model;
+    assert_eq!(m.ln_vision().eps(), 1e-6, "HF source keeps the config eps");
+    let e = load_tensors("itm/expected_losses.safetensors");
+    let image = m
+        .encode_image(ImageInput::Pixels(get(&e, "pixel_values")))
+        .unwrap();
+    let itg_mask = get(&e, "itg_attention_mask");
+    let q = m.num_queries();
+    let padding =
+        PaddingMask::from_tensor(&itg_mask.narrow(1, q, itg_mask.dim(1).unwrap() - q).unwrap())
+            .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let logits = m
+        .lm_logits_t(
+            &image.query_kv,
+            get(&e, "itg_decoder_input_ids"),
+            &padding,
+            false,
+            &mut rng,
+        )
+        .unwrap();
+    assert_close(
+        "hfeps.itg_logits_sample0",
+        &logits.get(0).unwrap(),
+        get(&e, "hfeps.itg_logits_sample0"),
+        ATOL,
+    );
+}
