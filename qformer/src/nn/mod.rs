@@ -5,9 +5,11 @@
 //! (shared/research/candle-feasibility.md §1). Everything on a training path in this crate
 //! uses the blocks here instead; inference-only paths may use the fused ops.
 
+mod dropout;
 mod layer_norm;
 mod rms_norm;
 
+pub use dropout::dropout;
 pub use layer_norm::LayerNorm;
 pub use rms_norm::RmsNorm;
 

@@ -1,0 +1,13 @@
+//! BLIP-2 stage-one objectives: ITC, ITM with hard negatives, ITG (LAVIS `blip2_qformer.py`).
+
+pub mod cross_entropy;
+pub mod itc;
+pub mod itm;
+pub mod lm;
+pub mod stage1;
+
+pub use cross_entropy::{cross_entropy, soft_cross_entropy, CeOpts, IGNORE_INDEX};
+pub use itc::{itc_loss, max_query_similarities, ItcOutput, ItcTargets, ITC_LABEL_SMOOTHING};
+pub use itm::{itm_loss, select_negatives, NegativeMode, Negatives};
+pub use lm::{lm_inputs, lm_loss, LmInputs, ITG_LABEL_SMOOTHING};
+pub use stage1::{stage_one_losses, ObjectiveConfig, PretrainBatch, PretrainLosses};

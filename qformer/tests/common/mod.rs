@@ -1,0 +1,50 @@
+//! Shared helpers for the parity tests: fixture paths, reference tensors, closeness checks.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+
+/// `tests/fixtures/hf-tiny/<sub>` of the workspace.
+pub fn fixture(sub: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/hf-tiny")
+        .join(sub)
+}
+
+pub fn load_tensors(sub: &str) -> HashMap<String, Tensor> {
+    let path = fixture(sub);
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn get<'a>(ts: &'a HashMap<String, Tensor>, name: &str) -> &'a Tensor {
+    ts.get(name)
+        .unwrap_or_else(|| panic!("reference tensor {name} missing"))
+}
+
+/// Max |a - b|, after checking the shapes agree.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, atol: f32) -> f32 {
+    let d = max_abs_diff(got, want);
+    assert!(d <= atol, "{what}: max abs diff {d:e} > {atol:e}");
+    eprintln!("{what}: max abs diff {d:e}");
+    d
+}
