@@ -18,7 +18,9 @@ pub struct LanguageProjection {
 
 impl LanguageProjection {
     pub fn new(qformer_hidden: usize, llm_hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { proj: linear(qformer_hidden, llm_hidden, true, vb)? })
+        Ok(Self {
+            proj: linear(qformer_hidden, llm_hidden, true, vb)?,
+        })
     }
 }
 
@@ -82,13 +84,20 @@ pub fn pad_batch(
     let mut mask = Vec::with_capacity(b * l);
     for r in rows {
         let pad = l - r.len();
-        let (pre, post) = if side == PaddingSide::Left { (pad, 0) } else { (0, pad) };
+        let (pre, post) = if side == PaddingSide::Left {
+            (pad, 0)
+        } else {
+            (0, pad)
+        };
         ids.extend(std::iter::repeat_n(pad_id, pre).chain(r.iter().copied()));
         ids.extend(std::iter::repeat_n(pad_id, post));
         mask.extend(std::iter::repeat_n(0u32, pre).chain(std::iter::repeat_n(1u32, r.len())));
         mask.extend(std::iter::repeat_n(0u32, post));
     }
-    Ok((Tensor::from_vec(ids, (b, l), device)?, Tensor::from_vec(mask, (b, l), device)?))
+    Ok((
+        Tensor::from_vec(ids, (b, l), device)?,
+        Tensor::from_vec(mask, (b, l), device)?,
+    ))
 }
 
 /// `language_projection` + LLM of a `Blip2ForConditionalGeneration` checkpoint.
@@ -108,7 +117,11 @@ impl Blip2Llm {
             vb.pp("language_projection"),
         )?;
         let language_model = LanguageModel::load(vb.pp("language_model"), &config.text)?;
-        Ok(Self { projection, language_model, config: config.clone() })
+        Ok(Self {
+            projection,
+            language_model,
+            config: config.clone(),
+        })
     }
 
     /// The LLM input: projected queries in front of the token embeddings, mask ones for the
@@ -134,13 +147,21 @@ impl Blip2Llm {
     /// Prompted generation input from unpadded prompt ids (OPT: BOS + prompt, left padded;
     /// T5: prompt + `</s>`, right padded).
     // query_output: [B, Q, Hq] -> (embeds [B, Q+L, D], mask [B, Q+L])
-    pub fn prompt_inputs(&self, query_output: &Tensor, prompts: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+    pub fn prompt_inputs(
+        &self,
+        query_output: &Tensor,
+        prompts: &[Vec<u32>],
+    ) -> Result<(Tensor, Tensor)> {
         let side = match self.language_model {
             LanguageModel::Opt(_) => PaddingSide::Left,
             LanguageModel::T5(_) => PaddingSide::Right,
         };
-        let (ids, mask) =
-            pad_batch(prompts, self.language_model.pad_token_id(), side, query_output.device())?;
+        let (ids, mask) = pad_batch(
+            prompts,
+            self.language_model.pad_token_id(),
+            side,
+            query_output.device(),
+        )?;
         self.inputs_embeds(query_output, &ids, &mask)
     }
 
@@ -159,7 +180,11 @@ impl Blip2Llm {
             LanguageModel::T5(_) => candle_core::bail!("opt_lm_loss needs an OPT language model"),
         };
         if texts.len() != prompt_lens.len() {
-            candle_core::bail!("opt_lm_loss: {} texts but {} prompt lengths", texts.len(), prompt_lens.len());
+            candle_core::bail!(
+                "opt_lm_loss: {} texts but {} prompt lengths",
+                texts.len(),
+                prompt_lens.len()
+            );
         }
         let dev = query_output.device();
         let pad = opt.config().pad_token_id;
@@ -196,7 +221,11 @@ impl Blip2Llm {
             LanguageModel::Opt(_) => candle_core::bail!("t5_lm_loss needs a T5 language model"),
         };
         if encoder_texts.len() != targets.len() {
-            candle_core::bail!("t5_lm_loss: {} inputs but {} targets", encoder_texts.len(), targets.len());
+            candle_core::bail!(
+                "t5_lm_loss: {} inputs but {} targets",
+                encoder_texts.len(),
+                targets.len()
+            );
         }
         let dev = query_output.device();
         let pad = t5.config().pad_token_id;
@@ -230,7 +259,9 @@ impl Blip2Llm {
     ) -> Result<Tensor> {
         let eos = match &self.language_model {
             LanguageModel::T5(m) => m.config().eos_token_id,
-            LanguageModel::Opt(_) => candle_core::bail!("t5_prefix_lm_loss needs a T5 language model"),
+            LanguageModel::Opt(_) => {
+                candle_core::bail!("t5_prefix_lm_loss needs a T5 language model")
+            }
         };
         let (inputs, targets): (Vec<_>, Vec<_>) = captions
             .iter()

@@ -43,7 +43,11 @@ pub trait IncrementalDecoder {
 
     /// Run the prefix; returns the next-token logits `[B, V]` (f32) and the decode state.
     // inputs_embeds: [B, T, D], attention_mask: [B, T] -> ([B, V], state)
-    fn prefill(&self, inputs_embeds: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Self::State)>;
+    fn prefill(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<(Tensor, Self::State)>;
 
     /// Feed one token per row; returns the next-token logits `[B, V]`.
     fn step(&self, tokens: &[u32], state: Self::State) -> Result<(Tensor, Self::State)>;
@@ -71,9 +75,19 @@ pub struct OptDecodeState {
 impl IncrementalDecoder for OptForCausalLm {
     type State = OptDecodeState;
 
-    fn prefill(&self, inputs_embeds: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, OptDecodeState)> {
+    fn prefill(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<(Tensor, OptDecodeState)> {
         let (logits, cache) = self.forward_embeds(inputs_embeds, attention_mask, None)?;
-        Ok((last_logits(&logits)?, OptDecodeState { cache, attention_mask: attention_mask.clone() }))
+        Ok((
+            last_logits(&logits)?,
+            OptDecodeState {
+                cache,
+                attention_mask: attention_mask.clone(),
+            },
+        ))
     }
 
     fn step(&self, tokens: &[u32], state: OptDecodeState) -> Result<(Tensor, OptDecodeState)> {
@@ -84,7 +98,13 @@ impl IncrementalDecoder for OptForCausalLm {
         let mask = Tensor::cat(&[&state.attention_mask, &one], 1)?;
         let emb = self.embed(&ids)?;
         let (logits, cache) = self.forward_embeds(&emb, &mask, Some(state.cache))?;
-        Ok((last_logits(&logits)?, OptDecodeState { cache, attention_mask: mask }))
+        Ok((
+            last_logits(&logits)?,
+            OptDecodeState {
+                cache,
+                attention_mask: mask,
+            },
+        ))
     }
 
     fn reorder(&self, state: &OptDecodeState, idx: &[u32]) -> Result<OptDecodeState> {
@@ -111,7 +131,11 @@ pub struct T5DecodeState {
 impl IncrementalDecoder for T5ForConditionalGeneration {
     type State = T5DecodeState;
 
-    fn prefill(&self, inputs_embeds: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, T5DecodeState)> {
+    fn prefill(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<(Tensor, T5DecodeState)> {
         let enc = self.encode(inputs_embeds, attention_mask)?;
         let b = enc.dim(0)?;
         let start = vec![self.config().decoder_start_token_id; b];
@@ -119,15 +143,24 @@ impl IncrementalDecoder for T5ForConditionalGeneration {
         let (logits, cache) = self.decode(&ids, None, &enc, attention_mask, None)?;
         Ok((
             last_logits(&logits)?,
-            T5DecodeState { encoder_hidden: enc, encoder_mask: attention_mask.clone(), cache },
+            T5DecodeState {
+                encoder_hidden: enc,
+                encoder_mask: attention_mask.clone(),
+                cache,
+            },
         ))
     }
 
     fn step(&self, tokens: &[u32], state: T5DecodeState) -> Result<(Tensor, T5DecodeState)> {
         let b = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), (b, 1), state.encoder_hidden.device())?;
-        let (logits, cache) =
-            self.decode(&ids, None, &state.encoder_hidden, &state.encoder_mask, Some(state.cache))?;
+        let (logits, cache) = self.decode(
+            &ids,
+            None,
+            &state.encoder_hidden,
+            &state.encoder_mask,
+            Some(state.cache),
+        )?;
         Ok((last_logits(&logits)?, T5DecodeState { cache, ..state }))
     }
 
@@ -164,8 +197,12 @@ impl IncrementalDecoder for LanguageModel {
 
     fn step(&self, tokens: &[u32], state: DecodeState) -> Result<(Tensor, DecodeState)> {
         match (self, state) {
-            (Self::Opt(x), DecodeState::Opt(s)) => x.step(tokens, s).map(|(l, s)| (l, DecodeState::Opt(s))),
-            (Self::T5(x), DecodeState::T5(s)) => x.step(tokens, s).map(|(l, s)| (l, DecodeState::T5(s))),
+            (Self::Opt(x), DecodeState::Opt(s)) => {
+                x.step(tokens, s).map(|(l, s)| (l, DecodeState::Opt(s)))
+            }
+            (Self::T5(x), DecodeState::T5(s)) => {
+                x.step(tokens, s).map(|(l, s)| (l, DecodeState::T5(s)))
+            }
             _ => candle_core::bail!("decode state does not belong to this language model"),
         }
     }
@@ -234,7 +271,8 @@ fn log_softmax_row(row: &[f32]) -> Vec<f32> {
 }
 
 /// Generate from a prefix of input embeddings. Returns per row the generated ids (OPT: new
-/// tokens only; T5: the decoder output including its start token, as HF returns them).
+/// tokens only; T5: the decoder output including its start token, as HF returns them), each
+/// ending at its EOS: unlike HF's fixed-width tensor, rows are not padded.
 // inputs_embeds: [B, T, D], attention_mask: [B, T]
 pub fn generate<M: IncrementalDecoder>(
     model: &M,
@@ -304,11 +342,13 @@ fn greedy<M: IncrementalDecoder>(
             next.push(argmax(&row));
         }
         for i in 0..b {
+            // Finished rows keep feeding pad (as HF) but their output stops at EOS.
+            if finished[i] {
+                continue;
+            }
             out[i].push(next[i]);
             history[i].push(next[i]);
-            if !finished[i] && cfg.eos_token_ids.contains(&next[i]) {
-                finished[i] = true;
-            }
+            finished[i] = cfg.eos_token_ids.contains(&next[i]);
         }
         if finished.iter().all(|&f| f) || step + 1 == cfg.max_new_tokens {
             break;
@@ -333,7 +373,9 @@ fn argmax(row: &[f32]) -> u32 {
 
 fn repeat_rows(x: &Tensor, n: usize) -> Result<Tensor> {
     let b = x.dim(0)?;
-    let idx: Vec<u32> = (0..b as u32).flat_map(|i| std::iter::repeat_n(i, n)).collect();
+    let idx: Vec<u32> = (0..b as u32)
+        .flat_map(|i| std::iter::repeat_n(i, n))
+        .collect();
     x.index_select(&Tensor::from_vec(idx, b * n, x.device())?, 0)
 }
 
@@ -395,12 +437,19 @@ fn beam_search<M: IncrementalDecoder>(
                     .then((a.1 * vocab + a.2 as usize).cmp(&(b.1 * vocab + b.2 as usize)))
             });
             cand.truncate(keep);
-            let hits: Vec<bool> =
-                cand.iter().map(|c| last_step || cfg.eos_token_ids.contains(&c.2)).collect();
+            let hits: Vec<bool> = cand
+                .iter()
+                .map(|c| last_step || cfg.eos_token_ids.contains(&c.2))
+                .collect();
             // Next running beams: best `nb` candidates that did not stop.
             let mut order: Vec<usize> = (0..keep).collect();
             let run_score = |k: usize| cand[k].0 + if hits[k] { NEG } else { 0.0 };
-            order.sort_by(|&x, &y| run_score(y).partial_cmp(&run_score(x)).unwrap_or(std::cmp::Ordering::Equal).then(x.cmp(&y)));
+            order.sort_by(|&x, &y| {
+                run_score(y)
+                    .partial_cmp(&run_score(x))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(x.cmp(&y))
+            });
             let mut new_running = Vec::with_capacity(nb);
             let mut new_scores = Vec::with_capacity(nb);
             for &k in order.iter().take(nb) {
@@ -430,8 +479,14 @@ fn beam_search<M: IncrementalDecoder>(
             // Early-stop heuristic (early_stopping=False): can the best running beam still beat
             // the worst finished one?
             let best_running = running_scores[bi][0] / denom;
-            let worst_finished =
-                if finished[bi].len() >= nb { finished[bi].iter().map(|f| f.0).fold(f32::INFINITY, f32::min) } else { NEG };
+            let worst_finished = if finished[bi].len() >= nb {
+                finished[bi]
+                    .iter()
+                    .map(|f| f.0)
+                    .fold(f32::INFINITY, f32::min)
+            } else {
+                NEG
+            };
             heuristic_unsatisfied[bi] = heuristic_unsatisfied[bi] && best_running > worst_finished;
             improvement_possible |= heuristic_unsatisfied[bi];
             all_hit &= hits.iter().all(|&h| h);
