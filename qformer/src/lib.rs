@@ -4,6 +4,7 @@ pub mod config;
 pub mod error;
 pub mod masks;
 pub mod model;
+pub mod llm;
 pub mod nn;
 pub mod objectives;
 pub mod weights;
