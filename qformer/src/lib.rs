@@ -2,5 +2,6 @@
 
 pub mod error;
 pub mod nn;
+pub mod train;
 
 pub use error::{Error, Result};
