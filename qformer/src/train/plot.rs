@@ -36,8 +36,31 @@ fn register_font() -> Result<()> {
 
 struct Panel {
     title: String,
-    points: Vec<(f64, f64)>,
+    /// Runs of finite points; a non-finite value (a skipped step) breaks the line.
+    segments: Vec<Vec<(f64, f64)>>,
     scientific: bool,
+}
+
+impl Panel {
+    fn points(&self) -> impl Iterator<Item = &(f64, f64)> {
+        self.segments.iter().flatten()
+    }
+}
+
+fn segments(
+    records: &[MetricsRecord],
+    value: impl Fn(&MetricsRecord) -> Option<f64>,
+) -> Vec<Vec<(f64, f64)>> {
+    let mut out = vec![Vec::new()];
+    for r in records {
+        match value(r) {
+            None => {}
+            Some(v) if v.is_finite() => out.last_mut().expect("non-empty").push((r.step as f64, v)),
+            Some(_) => out.push(Vec::new()),
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
 }
 
 fn panels(records: &[MetricsRecord]) -> Vec<Panel> {
@@ -46,44 +69,37 @@ fn panels(records: &[MetricsRecord]) -> Vec<Panel> {
     names.dedup();
     // The total first, then the parts in name order.
     names.sort_by_key(|n| !matches!(n.as_str(), "total" | "loss"));
-    let finite = |v: f64| v.is_finite().then_some(v);
     let mut out: Vec<Panel> = names
         .into_iter()
         .map(|name| Panel {
             title: format!("loss: {name}"),
-            points: records
-                .iter()
-                .filter_map(|r| {
-                    r.losses
-                        .get(name)
-                        .copied()
-                        .and_then(finite)
-                        .map(|v| (r.step as f64, v))
-                })
-                .collect(),
+            segments: segments(records, |r| r.losses.get(name).copied()),
             scientific: false,
         })
         .collect();
     out.push(Panel {
         title: "learning rate".into(),
-        points: records
-            .iter()
-            .filter_map(|r| finite(r.lr).map(|v| (r.step as f64, v)))
-            .collect(),
+        segments: segments(records, |r| Some(r.lr)),
         scientific: true,
     });
-    let norms: Vec<(f64, f64)> = records
-        .iter()
-        .filter_map(|r| r.grad_norm.and_then(finite).map(|v| (r.step as f64, v)))
-        .collect();
+    let norms = segments(records, |r| r.grad_norm);
     if !norms.is_empty() {
         out.push(Panel {
             title: "gradient norm (before clipping)".into(),
-            points: norms,
+            segments: norms,
             scientific: false,
         });
     }
     out
+}
+
+/// Tick label with as many decimals as the axis span needs.
+fn tick_label(y: f64, span: f64, scientific: bool) -> String {
+    if scientific {
+        return format!("{y:.1e}");
+    }
+    let decimals = (2.0 - span.max(1e-12).log10().floor()).clamp(0.0, 6.0) as usize;
+    format!("{y:.decimals$}")
 }
 
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -126,8 +142,8 @@ pub fn plot_metrics(records: &[MetricsRecord], path: &Path, title: &str) -> Resu
         .zip(&panels)
         .enumerate()
     {
-        let (x0, x1) = range(panel.points.iter().map(|p| p.0));
-        let (y0, y1) = range(panel.points.iter().map(|p| p.1));
+        let (x0, x1) = range(panel.points().map(|p| p.0));
+        let (y0, y1) = range(panel.points().map(|p| p.1));
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, (FAMILY, 20))
             .margin(12)
@@ -140,32 +156,21 @@ pub fn plot_metrics(records: &[MetricsRecord], path: &Path, title: &str) -> Resu
             .configure_mesh()
             .x_desc("step")
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| {
-                if sci {
-                    format!("{y:.1e}")
-                } else {
-                    format!("{y:.3}")
-                }
-            })
+            .y_label_formatter(&|y| tick_label(*y, y1 - y0, sci))
             .label_style((FAMILY, 14))
-            .light_line_style(RGBColor(235, 235, 235))
+            .bold_line_style(RGBColor(225, 225, 225))
+            .light_line_style(WHITE)
             .draw()
             .map_err(|e| err(e.to_string()))?;
         let color = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                panel.points.iter().copied(),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| err(e.to_string()))?;
-        if panel.points.len() <= 40 {
+        for seg in &panel.segments {
             chart
-                .draw_series(
-                    panel
-                        .points
-                        .iter()
-                        .map(|&p| Circle::new(p, 3, color.filled())),
-                )
+                .draw_series(LineSeries::new(seg.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        if panel.points().count() <= 40 {
+            chart
+                .draw_series(panel.points().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| err(e.to_string()))?;
         }
     }
@@ -213,7 +218,12 @@ mod tests {
                 "gradient norm (before clipping)"
             ]
         );
-        assert_eq!(p[3].points.len(), 59, "the NaN step is left out");
+        assert_eq!(p[3].points().count(), 59, "the NaN step is left out");
+        assert_eq!(p[3].segments.len(), 2, "and breaks the line");
+        assert_eq!(p[1].segments.len(), 1);
+        assert_eq!(tick_label(12.5, 8.0, false), "12.50");
+        assert_eq!(tick_label(0.4567, 0.5, false), "0.457");
+        assert_eq!(tick_label(1234.0, 300.0, false), "1234");
     }
 
     #[test]
