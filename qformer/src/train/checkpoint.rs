@@ -25,6 +25,7 @@ use super::grad::StepGuard;
 use super::optim::AdamW;
 use super::params::ParamStore;
 use super::rng::TrainRng;
+use super::schedule::SchedulePos;
 use crate::{Error, Result};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -107,6 +108,28 @@ impl TrainState {
             best: None,
             guard,
         }
+    }
+
+    /// Where the schedule is.
+    pub fn schedule_pos(&self) -> SchedulePos {
+        SchedulePos {
+            step: self.step,
+            epoch: self.epoch,
+            step_in_epoch: self.step_in_epoch,
+        }
+    }
+
+    /// Counts one optimizer step (applied or skipped) over `samples` samples.
+    pub fn advance(&mut self, samples: u64) {
+        self.step += 1;
+        self.step_in_epoch += 1;
+        self.samples_seen += samples;
+    }
+
+    /// Moves to the next epoch (the loader ran out).
+    pub fn next_epoch(&mut self) {
+        self.epoch += 1;
+        self.step_in_epoch = 0;
     }
 
     /// Records a validation value at the current step; returns whether it is the new best.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 
+use super::config::GuardConfig;
 use super::params::ParamStore;
 use crate::{Error, Result};
 
@@ -127,6 +128,10 @@ impl StepGuard {
     const EMA_DECAY: f64 = 0.98;
     /// Steps of history before spikes are judged (the early loss falls fast).
     const SPIKE_WARMUP: u64 = 20;
+
+    pub fn from_config(cfg: &GuardConfig) -> Self {
+        Self::new(cfg.max_consecutive_bad_steps, cfg.spike_factor)
+    }
 
     pub fn new(max_consecutive_bad: u32, spike_factor: f64) -> Self {
         Self {

@@ -2,9 +2,27 @@
 //! run config, metrics log and plots.
 //!
 //! Everything here works on named `Var`s and on losses the caller computes, so it does not depend
-//! on the model. The `blip2 pretrain` loop composes the parts in this order per step:
-//! `schedule.lr(pos)` → `accumulate_grads` → `StepGuard::check_loss` → `clip_grad_norm` →
-//! `StepGuard::check_grads` → `AdamW::step` → `MetricsLog::append` → `Checkpointer::save`.
+//! on the model. One optimizer step of `blip2 pretrain`, in order (the toy loop in
+//! `resume_test.rs` is the executable version):
+//!
+//! ```text
+//! opt.set_lr(schedule.lr(state.schedule_pos()));
+//! let acc = accumulate_grads(cfg.batch.micro_batches, |i| task.loss(&micro_batch(i), &mut state.rng))?;
+//! let mut grads = acc.grads;
+//! let (norm, _) = clip_grad_norm(&params, &mut grads, cfg.optimizer.max_grad_norm)?;
+//! match state.guard.check(state.step, acc.loss, norm)? {      // Err: diverged, stop the run
+//!     StepVerdict::Apply { spike } => { opt.step(&params, &grads)?; }
+//!     StepVerdict::Skip { reason } => eprintln!("skipped: {reason}"),
+//! }
+//! state.advance(samples_in_step);
+//! metrics.append(&record)?;                                     // MetricsLog, flushed per line
+//! if due { checkpointer.save(&state, &params, &opt)?; }         // atomic, with retention
+//! ```
+//!
+//! Start of a run: `RunConfig::load/preset` + `with_overrides` + `validate`; `RunDir::create`;
+//! `cfg.save(&run.config_path())`; `ParamStore::from_varmap` (+ `freeze_prefixes`, print
+//! `summary()`); `Checkpointer::open` then `resume` (or `TrainState::new`);
+//! `MetricsLog::open_resumed`. End: `plot::plot_run`.
 
 pub mod checkpoint;
 pub mod config;

@@ -11,7 +11,7 @@ use super::grad::{accumulate_grads, clip_grad_norm, MicroLoss, StepGuard, StepVe
 use super::optim::{AdamW, AdamWConfig};
 use super::params::{DecayRule, ParamStore};
 use super::rng::{self, TrainRng};
-use super::schedule::{LrSchedule, SchedulePos};
+use super::schedule::LrSchedule;
 
 const SEED: u64 = 1234;
 const MICRO: usize = 2;
@@ -111,11 +111,7 @@ const SCHEDULE: LrSchedule = LrSchedule::LinearWarmupCosine {
 fn train(run: &mut Run, steps: u64, losses: &mut Vec<f64>, clip_coefs: &mut Vec<f64>) {
     for _ in 0..steps {
         let s = &mut run.state;
-        run.opt.set_lr(SCHEDULE.lr(SchedulePos {
-            step: s.step,
-            epoch: s.epoch,
-            step_in_epoch: s.step_in_epoch,
-        }));
+        run.opt.set_lr(SCHEDULE.lr(s.schedule_pos()));
         let model = &run.model;
         let r = &mut s.rng;
         let acc = accumulate_grads(MICRO, |_| {
@@ -133,9 +129,7 @@ fn train(run: &mut Run, steps: u64, losses: &mut Vec<f64>, clip_coefs: &mut Vec<
             let report = run.opt.step(&run.params, &grads).unwrap();
             assert!(report.without_grad.is_empty(), "{:?}", report.without_grad);
         }
-        s.step += 1;
-        s.step_in_epoch += 1;
-        s.samples_seen += (MICRO * MICRO_BATCH) as u64;
+        s.advance((MICRO * MICRO_BATCH) as u64);
         s.loader = serde_json::json!({ "cursor": s.samples_seen });
         losses.push(acc.loss);
         clip_coefs.push(coef);
