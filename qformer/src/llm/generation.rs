@@ -80,7 +80,11 @@ impl IncrementalDecoder for OptForCausalLm {
         inputs_embeds: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<(Tensor, OptDecodeState)> {
-        let (logits, cache) = self.forward_embeds(inputs_embeds, attention_mask, None)?;
+        // LM head on the last position only (HF `logits_to_keep=1`): over the whole prefix it
+        // would cost as much as decoding a short answer.
+        let (hidden, cache) = self.forward_hidden(inputs_embeds, attention_mask, None)?;
+        let t = hidden.dim(1)?;
+        let logits = self.lm_head(&hidden.narrow(1, t - 1, 1)?)?;
         Ok((
             last_logits(&logits)?,
             OptDecodeState { cache, attention_mask: attention_mask.clone() },
