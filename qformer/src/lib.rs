@@ -2,10 +2,12 @@
 
 pub mod config;
 pub mod error;
+pub mod llm;
 pub mod masks;
 pub mod model;
 pub mod nn;
 pub mod objectives;
+pub mod train;
 pub mod weights;
 
 pub use config::{Blip2Config, QFormerConfig, VisionConfig};
