@@ -109,7 +109,7 @@ impl QFormerConfig {
     }
     /// BLIP-2 puts cross-attention in layers 0, f, 2f, ...
     pub fn has_cross_attention(&self, layer: usize) -> bool {
-        layer % self.cross_attention_frequency == 0
+        layer.is_multiple_of(self.cross_attention_frequency)
     }
 }
 
@@ -184,19 +184,19 @@ impl Blip2Config {
         );
         positive("num_query_tokens", self.num_query_tokens);
         positive("image_text_hidden_size", self.image_text_hidden_size);
-        if v.num_attention_heads > 0 && v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads > 0 && !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             problems.push(format!(
                 "vision_config.num_attention_heads ({}) does not divide hidden_size ({})",
                 v.num_attention_heads, v.hidden_size
             ));
         }
-        if q.num_attention_heads > 0 && q.hidden_size % q.num_attention_heads != 0 {
+        if q.num_attention_heads > 0 && !q.hidden_size.is_multiple_of(q.num_attention_heads) {
             problems.push(format!(
                 "qformer_config.num_attention_heads ({}) does not divide hidden_size ({})",
                 q.num_attention_heads, q.hidden_size
             ));
         }
-        if v.patch_size > 0 && v.image_size % v.patch_size != 0 {
+        if v.patch_size > 0 && !v.image_size.is_multiple_of(v.patch_size) {
             problems.push(format!(
                 "vision_config.patch_size ({}) does not divide image_size ({})",
                 v.patch_size, v.image_size

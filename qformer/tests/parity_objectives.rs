@@ -277,3 +277,71 @@ fn itc_with_distinct_image_ids_equals_diagonal_targets() {
         .unwrap();
     assert!((a - c).abs() > 1e-4);
 }
+
+#[test]
+fn gradients_match_lavis() {
+    // tests/fixtures/hf-tiny/itm/stage1_grads.safetensors: d loss / d param of LAVIS 1.0.2
+    // (tools/lavis_stage1_reference.py), keys "<itc|itm|itg|total>/<LAVIS name>".
+    let loaded = lavis_model(None);
+    let m = &loaded.model;
+    let vars = loaded
+        .varmap
+        .as_ref()
+        .unwrap()
+        .data()
+        .lock()
+        .unwrap()
+        .clone();
+    let e = load_tensors("itm/expected_losses.safetensors");
+    let want = load_tensors("itm/stage1_grads.safetensors");
+    let mask = PaddingMask::from_tensor(get(&e, "text_attention_mask")).unwrap();
+    let batch = PretrainBatch {
+        image: ImageInput::Pixels(get(&e, "pixel_values")),
+        input_ids: get(&e, "text_input_ids"),
+        attention_mask: &mask,
+        image_ids: None,
+    };
+    let out = stage_one_losses(m, &batch, &cfg(), true, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let mut worst = 0f32;
+    let mut checked = 0;
+    for (loss_name, loss) in [
+        ("itc", &out.itc),
+        ("itm", &out.itm),
+        ("itg", &out.lm),
+        ("total", &out.total),
+    ] {
+        let grads = loss.backward().unwrap();
+        for (key, expected) in want
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{loss_name}/")))
+        {
+            let lavis_name = &key[loss_name.len() + 1..];
+            let canonical = qformer::weights::names::lavis_to_canonical(lavis_name).unwrap();
+            let var = vars
+                .get(&canonical)
+                .unwrap_or_else(|| panic!("no Var {canonical}"));
+            let got = match grads.get(var) {
+                Some(g) => g.clone(),
+                None => var.zeros_like().unwrap(),
+            };
+            // Relative to the gradient's own scale, so tiny and large gradients are held alike.
+            let scale = expected
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1e-3);
+            let d = common::max_abs_diff(&got, expected) / scale;
+            assert!(
+                d < 1e-3,
+                "{key}: max abs diff / max |grad| = {d:e} (scale {scale:e})"
+            );
+            worst = worst.max(d);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, want.len());
+    eprintln!("{checked} gradients, worst relative diff {worst:e}");
+}

@@ -49,7 +49,42 @@ pub fn itc_loss(
     temp: &Tensor,
     targets: ItcTargets,
 ) -> Result<ItcOutput> {
-    let (i2t, t2i) = max_query_similarities(image_feats, text_feat)?;
+    itc_loss_with(
+        image_feats,
+        text_feat,
+        temp,
+        targets,
+        ItcGradient::GatheredDetached,
+    )
+}
+
+/// Which side of the similarity matrices carries gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItcGradient {
+    /// LAVIS as it runs (a process group always exists): the "all" side comes from
+    /// `concat_all_gather`, which is no-grad, so i2t trains only the image side and t2i only
+    /// the text side.
+    GatheredDetached,
+    /// Plain autograd through both sides (LAVIS without any process group).
+    Both,
+}
+
+// image_feats: [B, Q, E], text_feat: [B, E] (unit norm), temp: [] -> scalar loss
+pub fn itc_loss_with(
+    image_feats: &Tensor,
+    text_feat: &Tensor,
+    temp: &Tensor,
+    targets: ItcTargets,
+    gradient: ItcGradient,
+) -> Result<ItcOutput> {
+    let (i2t, t2i) = match gradient {
+        ItcGradient::Both => max_query_similarities(image_feats, text_feat)?,
+        ItcGradient::GatheredDetached => {
+            let (i2t, _) = max_query_similarities(image_feats, &text_feat.detach())?;
+            let (_, t2i) = max_query_similarities(&image_feats.detach(), text_feat)?;
+            (i2t, t2i)
+        }
+    };
     let sim_i2t = i2t.broadcast_div(temp)?;
     let sim_t2i = t2i.broadcast_div(temp)?;
     let b = sim_i2t.dim(0)?;

@@ -70,7 +70,7 @@ fn weights(sim: &[Vec<f32>], image_ids: Option<&[i64]>) -> Vec<Vec<f32>> {
 
 fn pick(w: &[f32], mode: NegativeMode, rng: &mut ChaCha8Rng) -> Result<usize> {
     let total: f64 = w.iter().map(|&x| x as f64).sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         candle_core::bail!("ITM: no negative candidate in a row (every pair is positive)")
     }
     Ok(match mode {

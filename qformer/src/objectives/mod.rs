@@ -7,7 +7,10 @@ pub mod lm;
 pub mod stage1;
 
 pub use cross_entropy::{cross_entropy, soft_cross_entropy, CeOpts, IGNORE_INDEX};
-pub use itc::{itc_loss, max_query_similarities, ItcOutput, ItcTargets, ITC_LABEL_SMOOTHING};
+pub use itc::{
+    itc_loss, itc_loss_with, max_query_similarities, ItcGradient, ItcOutput, ItcTargets,
+    ITC_LABEL_SMOOTHING,
+};
 pub use itm::{itm_loss, select_negatives, NegativeMode, Negatives};
 pub use lm::{lm_inputs, lm_loss, LmInputs, ITG_LABEL_SMOOTHING};
 pub use stage1::{stage_one_losses, ObjectiveConfig, PretrainBatch, PretrainLosses};

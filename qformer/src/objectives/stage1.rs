@@ -5,7 +5,7 @@
 use candle_core::{Result, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use super::itc::{itc_loss, ItcOutput, ItcTargets};
+use super::itc::{itc_loss_with, ItcGradient, ItcOutput, ItcTargets};
 use super::itm::{itm_loss, select_negatives, NegativeMode, Negatives};
 use super::lm::{lm_inputs, lm_loss, ITG_LABEL_SMOOTHING};
 use crate::masks::PaddingMask;
@@ -18,6 +18,7 @@ pub struct ObjectiveConfig {
     pub bos_token_id: u32,
     pub pad_token_id: u32,
     pub itg_label_smoothing: f64,
+    pub itc_gradient: ItcGradient,
 }
 
 impl Default for ObjectiveConfig {
@@ -27,6 +28,7 @@ impl Default for ObjectiveConfig {
             bos_token_id: 30522,
             pad_token_id: 0,
             itg_label_smoothing: ITG_LABEL_SMOOTHING,
+            itc_gradient: ItcGradient::GatheredDetached,
         }
     }
 }
@@ -79,7 +81,13 @@ pub fn stage_one_losses(
         Some(ids) => ItcTargets::ImageIds(ids),
         None => ItcTargets::Diagonal,
     };
-    let itc_out = itc_loss(&image_feats, &text.text_feat, &heads.temp, targets)?;
+    let itc_out = itc_loss_with(
+        &image_feats,
+        &text.text_feat,
+        &heads.temp,
+        targets,
+        cfg.itc_gradient,
+    )?;
 
     let negatives = select_negatives(
         &itc_out.sim_i2t,

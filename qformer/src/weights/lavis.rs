@@ -104,3 +104,48 @@ pub fn read_lavis_safetensors(path: impl AsRef<Path>, device: &Device) -> Result
         device,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eva_q_v_biases_become_hf_fused_qkv_bias_and_aliases_are_dropped() {
+        let dev = Device::Cpu;
+        let q = Tensor::new(&[1f32, 2.], &dev).unwrap();
+        let v = Tensor::new(&[5f32, 6.], &dev).unwrap();
+        let tensors = vec![
+            ("visual_encoder.blocks.3.attn.q_bias".to_string(), q),
+            ("visual_encoder.blocks.3.attn.v_bias".to_string(), v),
+            (
+                "Qformer.cls.predictions.decoder.bias".to_string(),
+                Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap(),
+            ),
+            (
+                "opt_proj.weight".to_string(),
+                Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap(),
+            ),
+        ];
+        let set = from_lavis_tensors(tensors, "test.pth", &dev).unwrap();
+        let fused = set
+            .get("vision_model.encoder.layers.3.self_attn.qkv.bias")
+            .unwrap();
+        assert_eq!(
+            fused.to_vec1::<f32>().unwrap(),
+            vec![1., 2., 0., 0., 5., 6.]
+        );
+        // Unknown LAVIS names stay verbatim, so a strict load reports them.
+        assert!(set.contains("opt_proj.weight"));
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.ln_vision_eps(), None);
+
+        let lone = vec![(
+            "visual_encoder.blocks.0.attn.q_bias".to_string(),
+            Tensor::new(&[1f32], &dev).unwrap(),
+        )];
+        let err = from_lavis_tensors(lone, "test.pth", &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("visual_encoder.blocks.0.attn.v_bias"), "{err}");
+    }
+}

@@ -358,7 +358,10 @@ pub fn canonical_tensors(cfg: &Blip2Config, parts: ModelParts) -> Vec<TensorSpec
 pub fn known_unused(name: &str) -> Option<&'static str> {
     if name.starts_with("language_model.") {
         Some("LLM weights (stage two)")
-    } else if name.starts_with("language_projection.") {
+    } else if name.starts_with("language_projection.")
+        || name.starts_with("opt_proj.")
+        || name.starts_with("t5_proj.")
+    {
         Some("LLM projection (stage two)")
     } else {
         None
