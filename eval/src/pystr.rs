@@ -129,11 +129,16 @@ pub fn py_lower(s: &str) -> String {
 /// Upper-case letters that Rust's (newer) Unicode tables lower-case but Unicode 14.0 did not know,
 /// found by comparing `to_lowercase` with CPython 3.11 over every code point.
 fn is_newer_than_unicode_14_cased(c: char) -> bool {
-    NEWER_UPPERCASE.contains(&(c as u32)) || (0x10D50..=0x10D65).contains(&(c as u32))
-    // Garay capitals (Unicode 16.0)
+    let cp = c as u32;
+    NEWER_UPPERCASE.contains(&cp)
+        || (0x10D50..=0x10D65).contains(&cp) // Garay capitals (Unicode 16.0)
+        || (0x16EA0..=0x16EB8).contains(&cp) // Beria Erfe capitals (Unicode 17.0)
 }
 
-const NEWER_UPPERCASE: [u32; 7] = [0x1C89, 0xA7CB, 0xA7CC, 0xA7CD, 0xA7DA, 0xA7DC, 0xA7CE];
+/// Single capitals from Unicode 15.0-17.0 (Latin Extended-D, Cyrillic Extended-C).
+const NEWER_UPPERCASE: [u32; 9] = [
+    0x1C89, 0xA7CB, 0xA7CC, 0xA7CD, 0xA7CE, 0xA7D2, 0xA7D4, 0xA7DA, 0xA7DC,
+];
 
 /// Python `round(x, 2)` for a float: correctly rounded, ties to even, on the exact binary value (CPython
 /// formats with `_Py_dg_dtoa` mode 3 and parses back). Rust's exact `{:.2}` formatting rounds the same way
