@@ -6,7 +6,7 @@ use ::eval::vqa::{
     vqa_accuracy_with_questions, OrderedScores, VqaAccuracy, VqaAnnotations, VqaQuestions,
     VqaResults,
 };
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
@@ -37,8 +37,8 @@ pub fn run(args: VqaScoreArgs) -> Result<()> {
     let questions = VqaQuestions::read(&args.questions)?;
     let annotations = VqaAnnotations::read(&args.annotations)?;
     let results = VqaResults::read(&args.results)?;
-    let acc = vqa_accuracy_with_questions(&questions, &annotations, &results)
-        .with_context(|| format!("scoring {}", args.results.display()))?;
+    // Errors from here on already name the files involved.
+    let acc = vqa_accuracy_with_questions(&questions, &annotations, &results)?;
     if args.json {
         let summary = Summary {
             overall: acc.overall,
