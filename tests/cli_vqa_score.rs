@@ -42,6 +42,34 @@ fn json_output_matches_the_official_scorer() {
 }
 
 #[test]
+fn python_version_flag_selects_the_summation() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqa-summation");
+    for (flag, expected) in [
+        ("3.11", "expected_py311.json"),
+        ("3.12", "expected_py312.json"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_blip2"))
+            .args(["eval", "vqa-score", "--json", "--python", flag, "--results"])
+            .arg(dir.join("results.json"))
+            .arg("--questions")
+            .arg(dir.join("questions.json"))
+            .arg("--annotations")
+            .arg(dir.join("annotations.json"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let want: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(expected)).unwrap()).unwrap();
+        assert_eq!(got["overall"], want["overall"], "--python {flag}");
+    }
+}
+
+#[test]
 fn table_output_lists_overall_and_answer_types() {
     let out = vqa_score(&fixture("results.json"), &[]);
     assert!(out.status.success());

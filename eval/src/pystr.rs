@@ -150,6 +150,60 @@ pub fn py_round2(x: f64) -> f64 {
     format!("{x:.2}").parse().unwrap_or(x)
 }
 
+/// How CPython's built-in `sum()` adds floats, which changed in 3.12 and can move the official VQA score
+/// by 0.01 (`tests/fixtures/vqa-summation`: 55.63 with 3.11, 55.62 with 3.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PythonSum {
+    /// CPython <= 3.11: a plain left fold in f64.
+    #[default]
+    LeftFold,
+    /// CPython >= 3.12: Neumaier-compensated for floats; ints met after the first float are still added
+    /// plainly, and ints before it are summed exactly, then added to that float without compensation.
+    Neumaier,
+}
+
+/// An item of a Python list being summed: the VQA scorer's lists mix the int `1` (from `min(1, x)`) and floats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PyNum {
+    Int(i64),
+    Float(f64),
+}
+
+/// `float(sum(items))` with CPython's `sum` semantics (start value int 0).
+pub fn py_sum(items: impl IntoIterator<Item = PyNum>, mode: PythonSum) -> f64 {
+    let mut items = items.into_iter();
+    // Int phase: exact integer sum until the first float.
+    let mut int_sum: i64 = 0;
+    let mut f = loop {
+        match items.next() {
+            None => return int_sum as f64,
+            Some(PyNum::Int(v)) => int_sum += v,
+            Some(PyNum::Float(x)) => break int_sum as f64 + x,
+        }
+    };
+    let mut c = 0.0f64;
+    for item in items {
+        match (item, mode) {
+            (PyNum::Int(v), _) => f += v as f64,
+            (PyNum::Float(x), PythonSum::LeftFold) => f += x,
+            (PyNum::Float(x), PythonSum::Neumaier) => {
+                let t = f + x;
+                c += if f.abs() >= x.abs() {
+                    (f - t) + x
+                } else {
+                    (x - t) + f
+                };
+                f = t;
+            }
+        }
+    }
+    if c != 0.0 && c.is_finite() {
+        f += c;
+    }
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +224,26 @@ mod tests {
         ] {
             assert_eq!(py_round2(v), want, "{v}");
         }
+    }
+
+    #[test]
+    fn sum_semantics_of_cpython_311_and_312() {
+        use PyNum::{Float, Int};
+        // Observed: sum([0.0, 1e16, 1, -1e16]) is 0.0 on 3.11-3.13; with 1.0 instead of 1 it is 1.0 on 3.12+.
+        let ints = [Float(0.0), Float(1e16), Int(1), Float(-1e16)];
+        let floats = [Float(0.0), Float(1e16), Float(1.0), Float(-1e16)];
+        assert_eq!(py_sum(ints, PythonSum::Neumaier), 0.0);
+        assert_eq!(py_sum(floats, PythonSum::LeftFold), 0.0);
+        assert_eq!(py_sum(floats, PythonSum::Neumaier), 1.0);
+        // sum([1, 1e16, 1.0, -1e16]) == 1.0 on 3.12+: the leading int is absorbed uncompensated.
+        assert_eq!(
+            py_sum(
+                [Int(1), Float(1e16), Float(1.0), Float(-1e16)],
+                PythonSum::Neumaier
+            ),
+            1.0
+        );
+        assert_eq!(py_sum([Int(2), Int(3)], PythonSum::Neumaier), 5.0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::files::{GtAnswer, VqaAnnotations, VqaQuestions, VqaResults};
 use super::normalize::{normalize_ground_truth, normalize_prediction};
 use crate::error::{Error, Result};
-use crate::pystr::py_round2;
+use crate::pystr::{py_round2, py_sum, PyNum, PythonSum};
 
 /// Scores in percent, rounded to 2 decimals like the official code, keyed in first-appearance order.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,13 +63,13 @@ impl Serialize for VqaAccuracy {
 /// If the raw answers are not all identical they get the punctuation pass (and nothing else). Then for each
 /// answer j, `acc_j = min(1, #{other answers equal to the prediction} / 3)`, where "other" means every answer
 /// dict that is not *equal* to dict j — equal dicts (same answer, id, confidence) drop out together. The result is
-/// the mean of the `acc_j`, summed left to right in f64 as CPython (<= 3.11) `sum` does.
-pub fn question_accuracy(answers: &[GtAnswer], prediction: &str) -> f64 {
+/// the mean of the `acc_j`, summed as CPython's `sum` does (see [`PythonSum`]).
+pub fn question_accuracy(answers: &[GtAnswer], prediction: &str, summation: PythonSum) -> f64 {
     let predicted = normalize_prediction(prediction);
-    answer_accuracy(answers, &predicted)
+    answer_accuracy(answers, &predicted, summation)
 }
 
-fn answer_accuracy(answers: &[GtAnswer], predicted: &str) -> f64 {
+fn answer_accuracy(answers: &[GtAnswer], predicted: &str, summation: PythonSum) -> f64 {
     let first = answers.first().map(|a| a.answer.as_str());
     let all_same = answers.iter().all(|a| Some(a.answer.as_str()) == first);
     let processed: Vec<String> = if all_same {
@@ -90,20 +90,23 @@ fn answer_accuracy(answers: &[GtAnswer], predicted: &str) -> f64 {
             d
         })
         .collect();
-    let mut sum = 0.0f64;
-    for dj in &dicts {
-        let matching = dicts
-            .iter()
-            .zip(&processed)
-            .filter(|(dk, pk)| !py_object_eq(dk, dj) && pk.as_str() == predicted)
-            .count();
-        sum += if matching >= 3 {
-            1.0
-        } else {
-            matching as f64 / 3.0
-        };
-    }
-    sum / answers.len() as f64
+    let gt_acc: Vec<PyNum> = dicts
+        .iter()
+        .map(|dj| {
+            let matching = dicts
+                .iter()
+                .zip(&processed)
+                .filter(|(dk, pk)| !py_object_eq(dk, dj) && pk.as_str() == predicted)
+                .count();
+            // `min(1, float(m) / 3)` keeps the int 1 once m >= 3, which matters to 3.12's `sum`.
+            if matching >= 3 {
+                PyNum::Int(1)
+            } else {
+                PyNum::Float(matching as f64 / 3.0)
+            }
+        })
+        .collect();
+    py_sum(gt_acc, summation) / answers.len() as f64
 }
 
 /// Python `==` on JSON-decoded values: numbers compare by value across int and float (`1 == 1.0`),
@@ -162,24 +165,33 @@ fn py_number(v: &Value) -> Option<PyNumber> {
 }
 
 /// Percent of a list of per-question accuracies, as `round(100 * float(sum(accs)) / len(accs), 2)`.
-fn percent(accs: &[f64]) -> f64 {
-    let sum: f64 = accs.iter().fold(0.0, |s, a| s + a);
+fn percent(accs: &[f64], summation: PythonSum) -> f64 {
+    let sum = py_sum(accs.iter().map(|&a| PyNum::Float(a)), summation);
     py_round2(100.0 * sum / accs.len() as f64)
 }
 
-fn group_percent(groups: Vec<(String, Vec<f64>)>) -> OrderedScores {
+fn group_percent(groups: Vec<(String, Vec<f64>)>, summation: PythonSum) -> OrderedScores {
     OrderedScores(
         groups
             .into_iter()
-            .map(|(k, accs)| (k, percent(&accs)))
+            .map(|(k, accs)| (k, percent(&accs, summation)))
             .collect(),
     )
 }
 
 /// Score a result set against the annotations the way `VQA.loadRes` + `VQAEval.evaluate` do:
 /// the result question ids must be exactly the annotation question ids (a repeated result keeps its last
-/// answer), questions are averaged in annotation order.
+/// answer), questions are averaged in annotation order. Sums as CPython <= 3.11; see [`vqa_accuracy_with`].
 pub fn vqa_accuracy(annotations: &VqaAnnotations, results: &VqaResults) -> Result<VqaAccuracy> {
+    vqa_accuracy_with(annotations, results, PythonSum::LeftFold)
+}
+
+/// [`vqa_accuracy`] with the float summation of a chosen CPython version.
+pub fn vqa_accuracy_with(
+    annotations: &VqaAnnotations,
+    results: &VqaResults,
+    summation: PythonSum,
+) -> Result<VqaAccuracy> {
     let anns = &annotations.annotations;
     if anns.is_empty() {
         return Err(Error::field(
@@ -219,16 +231,16 @@ pub fn vqa_accuracy(annotations: &VqaAnnotations, results: &VqaResults) -> Resul
     let mut by_question_type: Vec<(String, Vec<f64>)> = Vec::new();
     let mut per_question = Vec::with_capacity(anns.len());
     for ann in anns {
-        let acc = question_accuracy(&ann.answers, answer_of[&ann.question_id]);
+        let acc = question_accuracy(&ann.answers, answer_of[&ann.question_id], summation);
         all.push(acc);
         push_group(&mut by_answer_type, &ann.answer_type, acc);
         push_group(&mut by_question_type, &ann.question_type, acc);
         per_question.push((ann.question_id, py_round2(100.0 * acc)));
     }
     Ok(VqaAccuracy {
-        overall: percent(&all),
-        per_answer_type: group_percent(by_answer_type),
-        per_question_type: group_percent(by_question_type),
+        overall: percent(&all, summation),
+        per_answer_type: group_percent(by_answer_type, summation),
+        per_question_type: group_percent(by_question_type, summation),
         per_question,
     })
 }
@@ -246,6 +258,7 @@ pub fn vqa_accuracy_with_questions(
     questions: &VqaQuestions,
     annotations: &VqaAnnotations,
     results: &VqaResults,
+    summation: PythonSum,
 ) -> Result<VqaAccuracy> {
     if questions.is_multiple_choice() {
         for (i, p) in results.predictions.iter().enumerate() {
@@ -266,7 +279,7 @@ pub fn vqa_accuracy_with_questions(
             }
         }
     }
-    vqa_accuracy(annotations, results)
+    vqa_accuracy_with(annotations, results, summation)
 }
 
 #[cfg(test)]
@@ -288,7 +301,7 @@ mod tests {
         for (m, want) in [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)] {
             let mut answers = vec!["cat"; m];
             answers.resize(10, "dog");
-            let acc = question_accuracy(&gt(&answers), "cat");
+            let acc = question_accuracy(&gt(&answers), "cat", PythonSum::LeftFold);
             assert!((acc - want).abs() < 1e-12, "m={m}: {acc}");
         }
     }
@@ -296,7 +309,7 @@ mod tests {
     #[test]
     fn equal_dicts_leave_together() {
         let same: Vec<GtAnswer> = (0..10).map(|_| GtAnswer::new("yes", 1)).collect();
-        assert_eq!(question_accuracy(&same, "yes"), 0.0);
+        assert_eq!(question_accuracy(&same, "yes", PythonSum::LeftFold), 0.0);
         let mut float_id = gt(&[
             "yes", "yes", "yes", "no", "no", "no", "no", "no", "no", "no",
         ]);
@@ -305,6 +318,6 @@ mod tests {
             .insert("answer_id".into(), serde_json::json!(1.0));
         // dicts 0 and 1 are equal in Python (1 == 1.0): each of them sees only one other "yes".
         let want = (2.0 * (1.0 / 3.0) + 2.0 / 3.0 + 7.0) / 10.0;
-        assert!((question_accuracy(&float_id, "yes") - want).abs() < 1e-12);
+        assert!((question_accuracy(&float_id, "yes", PythonSum::LeftFold) - want).abs() < 1e-12);
     }
 }

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use ::eval::vqa::{
-    vqa_accuracy_with_questions, OrderedScores, VqaAccuracy, VqaAnnotations, VqaQuestions,
-    VqaResults,
+    vqa_accuracy_with_questions, OrderedScores, PythonSum, VqaAccuracy, VqaAnnotations,
+    VqaQuestions, VqaResults,
 };
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -21,9 +21,23 @@ pub struct VqaScoreArgs {
     /// Annotation file (`v2_mscoco_val2014_annotations.json` layout).
     #[arg(long)]
     pub annotations: PathBuf,
+    /// Float summation of the Python that runs the official scorer: its `sum()` changed in 3.12, which can
+    /// move a score by 0.01.
+    #[arg(long, value_enum, default_value_t = PythonVersion::Py311)]
+    pub python: PythonVersion,
     /// Print `{"overall": .., "perAnswerType": {..}}` (percent, 2 decimals) instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PythonVersion {
+    /// CPython 3.11 and older (plain left-fold `sum`).
+    #[value(name = "3.11")]
+    Py311,
+    /// CPython 3.12 and newer (compensated `sum`).
+    #[value(name = "3.12")]
+    Py312,
 }
 
 #[derive(Serialize)]
@@ -37,8 +51,12 @@ pub fn run(args: VqaScoreArgs) -> Result<()> {
     let questions = VqaQuestions::read(&args.questions)?;
     let annotations = VqaAnnotations::read(&args.annotations)?;
     let results = VqaResults::read(&args.results)?;
+    let summation = match args.python {
+        PythonVersion::Py311 => PythonSum::LeftFold,
+        PythonVersion::Py312 => PythonSum::Neumaier,
+    };
     // Errors from here on already name the files involved.
-    let acc = vqa_accuracy_with_questions(&questions, &annotations, &results)?;
+    let acc = vqa_accuracy_with_questions(&questions, &annotations, &results, summation)?;
     if args.json {
         let summary = Summary {
             overall: acc.overall,
