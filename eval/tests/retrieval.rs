@@ -59,7 +59,10 @@ fn random_case_matches_lavis_report_metrics() {
 }
 
 // 3 images, 6 captions: image 0 owns {0, 1, 5}, image 1 owns {2, 3}, image 2 owns {4}.
-fn toy() -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<usize>>, Vec<usize>) {
+/// (scores_i2t, scores_t2i, img2txt, txt2img)
+type Case = (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<usize>>, Vec<usize>);
+
+fn toy() -> Case {
     let img2txt = vec![vec![0, 1, 5], vec![2, 3], vec![4]];
     let txt2img = vec![0, 0, 1, 1, 2, 0];
     let i2t = vec![
