@@ -2,8 +2,14 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::cmd::eval::EvalArgs;
+
 #[derive(Debug, Parser)]
-#[command(name = "blip2", version, about = "Pretrain and evaluate BLIP-2 Q-Formers")]
+#[command(
+    name = "blip2",
+    version,
+    about = "Pretrain and evaluate BLIP-2 Q-Formers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -13,4 +19,6 @@ pub struct Cli {
 pub enum Command {
     /// Print the versions and the compute devices this build supports.
     Info,
+    /// Evaluate: metrics of result files, evaluation loops.
+    Eval(EvalArgs),
 }

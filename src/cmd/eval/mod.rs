@@ -1,0 +1,25 @@
+//! `blip2 eval <metric>`: evaluation subcommands. Each subcommand's arguments live beside its
+//! implementation; add a variant to [`EvalCommand`] and a match arm in [`run`].
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+pub mod vqa_score;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub command: EvalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Score a VQA result file with the official VQA metric (as LAVIS runs it).
+    VqaScore(vqa_score::VqaScoreArgs),
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    match args.command {
+        EvalCommand::VqaScore(a) => vqa_score::run(a),
+    }
+}
