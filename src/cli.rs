@@ -13,4 +13,6 @@ pub struct Cli {
 pub enum Command {
     /// Print the versions and the compute devices this build supports.
     Info,
+    /// Write the synthetic shapes world (PNG, Karpathy JSON, VQAv2 JSON, webdataset shards).
+    Synth(crate::cmd::synth::SynthArgs),
 }

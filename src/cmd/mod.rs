@@ -2,6 +2,8 @@
 
 use anyhow::Result;
 
+pub mod synth;
+
 use crate::cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -11,5 +13,6 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("cuda: {}", candle_core::utils::cuda_is_available());
             Ok(())
         }
+        Command::Synth(args) => synth::run(args),
     }
 }
