@@ -160,7 +160,10 @@ impl Drop for EpochIter {
     }
 }
 
-fn load_pixels(item: &ImageTextItem, limits: DecodeLimits) -> crate::Result<crate::image::RgbImage8> {
+fn load_pixels(
+    item: &ImageTextItem,
+    limits: DecodeLimits,
+) -> crate::Result<crate::image::RgbImage8> {
     match &item.image {
         ImageSource::Path(p) => decode_file(p, limits),
         ImageSource::Bytes(b) => decode_bytes(b, &item.key, limits),

@@ -29,7 +29,10 @@ fn karpathy_train_groups_image_ids_and_eval_numbers_texts() {
         items.iter().map(|i| i.image_id).collect::<Vec<_>>(),
         vec![0, 0, 1]
     );
-    assert_eq!(items[2].image, ImageSource::Path("/imgs/val2014/b.jpg".into()));
+    assert_eq!(
+        items[2].image,
+        ImageSource::Path("/imgs/val2014/b.jpg".into())
+    );
     assert_eq!(items[0].caption, "A cat.");
 
     let test = write(
@@ -57,8 +60,13 @@ fn karpathy_errors_name_file_and_field() {
         "bad_id.json",
         r#"[{"image":"a.jpg","caption":"x","image_id":[1]}]"#,
     );
-    let e = read_karpathy_train(&bad_id, d.path()).unwrap_err().to_string();
-    assert!(e.contains("bad_id.json") && e.contains("[0].image_id"), "{e}");
+    let e = read_karpathy_train(&bad_id, d.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bad_id.json") && e.contains("[0].image_id"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -160,7 +168,10 @@ fn nocaps_capfilt_and_jsonl_pairs() {
     );
     let items = read_capfilt(&c, Path::new("/root")).unwrap();
     assert_eq!(items[0].image, ImageSource::Url("http://x/1.jpg".into()));
-    assert_eq!(items[1].image, ImageSource::Path("/root/local/2.jpg".into()));
+    assert_eq!(
+        items[1].image,
+        ImageSource::Path("/root/local/2.jpg".into())
+    );
     let j = write(
         d.path(),
         "pairs.jsonl",
@@ -193,13 +204,19 @@ fn webdataset_shard_groups_members_and_prefers_json_caption() {
             vec![
                 ("jpg".to_string(), png_bytes()),
                 ("txt".to_string(), b"txt caption".to_vec()),
-                ("json".to_string(), br#"{"caption": "json caption", "key": "000000000"}"#.to_vec()),
+                (
+                    "json".to_string(),
+                    br#"{"caption": "json caption", "key": "000000000"}"#.to_vec(),
+                ),
             ],
         ),
         (
             "000000001".to_string(),
             vec![
-                ("jpg".to_string(), b"\xff\xd8\xff\xe0 not really a jpeg".to_vec()),
+                (
+                    "jpg".to_string(),
+                    b"\xff\xd8\xff\xe0 not really a jpeg".to_vec(),
+                ),
                 ("txt".to_string(), b"corrupt one".to_vec()),
             ],
         ),
@@ -251,7 +268,11 @@ fn img2dataset_parquet_and_tsv_skip_failed_rows() {
     assert_eq!(t.skipped_total(), 2);
     assert_eq!(t.skipped["failed_to_download"], 1);
 
-    let tsv = write(d.path(), "cc3m.tsv", "caption\turl\na b\thttp://x\nc d\thttp://y\n");
+    let tsv = write(
+        d.path(),
+        "cc3m.tsv",
+        "caption\turl\na b\thttp://x\nc d\thttp://y\n",
+    );
     let t = read_table(&tsv, "caption").unwrap();
     assert_eq!(t.rows.len(), 2);
     assert_eq!(t.rows[0].url.as_deref(), Some("http://x"));

@@ -9,16 +9,12 @@ use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
 use datasets::{ImageSource, ImageTextItem, Loader, LoaderConfig, LoaderState};
 
 fn tokenizer() -> TextTokenizer {
-    TextTokenizer::from_file(
-        &common::fixtures().join("hf-tiny/itm/tokenizer.json"),
-        32,
-    )
-    .unwrap()
+    TextTokenizer::from_file(&common::fixtures().join("hf-tiny/itm/tokenizer.json"), 32).unwrap()
 }
 
 fn png(img: &datasets::image::RgbImage8) -> Vec<u8> {
-    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone())
-        .unwrap();
+    let buf =
+        image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone()).unwrap();
     let mut c = std::io::Cursor::new(Vec::new());
     buf.write_to(&mut c, image::ImageFormat::Png).unwrap();
     c.into_inner()
@@ -166,7 +162,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

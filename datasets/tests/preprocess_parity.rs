@@ -40,11 +40,18 @@ fn extra_cases_match_pillow_bytes_and_hf_pixels() {
     for case in meta["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let size = case["size"].as_u64().unwrap() as usize;
-        let img = decode_file(&dir.join(case["file"].as_str().unwrap()), DecodeLimits::default())
-            .unwrap();
+        let img = decode_file(
+            &dir.join(case["file"].as_str().unwrap()),
+            DecodeLimits::default(),
+        )
+        .unwrap();
         let input = case["input"].as_array().unwrap();
         assert_eq!(img.width as u64, input[0].as_u64().unwrap(), "{name} width");
-        assert_eq!(img.height as u64, input[1].as_u64().unwrap(), "{name} height");
+        assert_eq!(
+            img.height as u64,
+            input[1].as_u64().unwrap(),
+            "{name} height"
+        );
         let resized = datasets::image::resize_bicubic(&img, size, size);
         let hf_u8 = &want[&format!("{name}.resized_u8")];
         assert_eq!(hf_u8.shape, vec![size, size, 3]);

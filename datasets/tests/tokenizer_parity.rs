@@ -47,7 +47,10 @@ fn lavis_max_length_ids_and_dec_bos_match_fixture() {
     let want = read_safetensors(&dir.join("expected_losses.safetensors"));
     assert_eq!(vec![got.batch, got.seq_len], want["text_input_ids"].shape);
     assert_eq!(as_i64(&got.input_ids), want["text_input_ids"].i64s());
-    assert_eq!(as_i64(&got.attention_mask), want["text_attention_mask"].i64s());
+    assert_eq!(
+        as_i64(&got.attention_mask),
+        want["text_attention_mask"].i64s()
+    );
     assert_eq!(
         as_i64(&got.with_bos(tok.bos_id)),
         want["itg_decoder_input_ids"].i64s()
@@ -59,15 +62,24 @@ fn truncation_keeps_cls_and_sep() {
     let dir = fixtures().join("hf-tiny/itm");
     let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"), 5).unwrap();
     let got = tok
-        .encode(&["a red circle on the left of the picture"], Padding::MaxLength)
+        .encode(
+            &["a red circle on the left of the picture"],
+            Padding::MaxLength,
+        )
         .unwrap();
     assert_eq!(got.seq_len, 5);
     let full = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64)
         .unwrap()
-        .encode(&["a red circle on the left of the picture"], Padding::Longest)
+        .encode(
+            &["a red circle on the left of the picture"],
+            Padding::Longest,
+        )
         .unwrap();
     assert_eq!(got.row(0)[..4], full.row(0)[..4]);
-    assert_eq!(got.row(0)[4], *full.row(0).iter().rev().find(|&&v| v != 0).unwrap());
+    assert_eq!(
+        got.row(0)[4],
+        *full.row(0).iter().rev().find(|&&v| v != 0).unwrap()
+    );
 }
 
 #[test]

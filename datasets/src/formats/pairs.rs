@@ -30,7 +30,11 @@ pub fn read_capfilt(path: &Path, image_root: &Path) -> Result<Vec<ImageTextItem>
                 (Some(p), _) => (p.clone(), ImageSource::Path(image_root.join(p))),
                 (None, Some(u)) => (u.clone(), ImageSource::Url(u)),
                 (None, None) => {
-                    return Err(DataError::field(path, format!("[{i}]"), "needs `image` or `url`"))
+                    return Err(DataError::field(
+                        path,
+                        format!("[{i}]"),
+                        "needs `image` or `url`",
+                    ))
                 }
             };
             Ok(ImageTextItem {
@@ -59,9 +63,8 @@ pub fn read_pairs_jsonl(path: &Path, image_root: &Path) -> Result<Vec<ImageTextI
         if line.trim().is_empty() {
             continue;
         }
-        let row: PairRow = serde_json::from_str(&line).map_err(|e| {
-            DataError::field(path, format!("line {}", n + 1), e.to_string())
-        })?;
+        let row: PairRow = serde_json::from_str(&line)
+            .map_err(|e| DataError::field(path, format!("line {}", n + 1), e.to_string()))?;
         let next = ids.len() as u64;
         let image_id = *ids.entry(row.image_path.clone()).or_insert(next);
         items.push(ImageTextItem {

@@ -45,7 +45,10 @@ fn load_frame(path: &Path) -> std::result::Result<DataFrame, PolarsError> {
         .finish()
 }
 
-fn string_column(df: &DataFrame, name: &str) -> std::result::Result<Option<Vec<Option<String>>>, PolarsError> {
+fn string_column(
+    df: &DataFrame,
+    name: &str,
+) -> std::result::Result<Option<Vec<Option<String>>>, PolarsError> {
     let Ok(col) = df.column(name) else {
         return Ok(None);
     };
@@ -67,8 +70,8 @@ pub fn read_table(path: &Path, caption_col: &str) -> Result<TableRead> {
     };
     let df = load_frame(path).map_err(|e| table_err(e.to_string()))?;
     let col = |name: &str| string_column(&df, name).map_err(|e| table_err(e.to_string()));
-    let captions = col(caption_col)?
-        .ok_or_else(|| DataError::field(path, caption_col, "column not found"))?;
+    let captions =
+        col(caption_col)?.ok_or_else(|| DataError::field(path, caption_col, "column not found"))?;
     let urls = col("url")?;
     let keys = col("key")?;
     let status = col("status")?;

@@ -41,7 +41,10 @@ impl Pending {
         let from_json = members
             .get("json")
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-            .and_then(|v| v.get("caption").and_then(|c| c.as_str().map(str::to_string)));
+            .and_then(|v| {
+                v.get("caption")
+                    .and_then(|c| c.as_str().map(str::to_string))
+            });
         let caption = from_json.or_else(|| {
             members
                 .get("txt")
@@ -129,8 +132,14 @@ mod tests {
 
     #[test]
     fn key_is_up_to_the_first_dot_of_the_basename() {
-        assert_eq!(split_key("000010005.jpg"), Some(("000010005", "jpg".into())));
-        assert_eq!(split_key("a/b.c/x.seg.JSON"), Some(("a/b.c/x", "seg.json".into())));
+        assert_eq!(
+            split_key("000010005.jpg"),
+            Some(("000010005", "jpg".into()))
+        );
+        assert_eq!(
+            split_key("a/b.c/x.seg.JSON"),
+            Some(("a/b.c/x", "seg.json".into()))
+        );
         assert_eq!(split_key("noext"), None);
     }
 }

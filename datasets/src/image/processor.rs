@@ -97,7 +97,11 @@ impl ImageProcessorConfig {
             ));
         }
         if self.size.height == 0 || self.size.width == 0 {
-            return Err(DataError::field(path, "size", "height and width must be > 0"));
+            return Err(DataError::field(
+                path,
+                "size",
+                "height and width must be > 0",
+            ));
         }
         Ok(())
     }

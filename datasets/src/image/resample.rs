@@ -213,7 +213,10 @@ mod tests {
             let c = precompute(i, o);
             for w in &c.weights {
                 let s: i64 = w.iter().map(|&v| v as i64).sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= w.len() as i64, "{i}->{o}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= w.len() as i64,
+                    "{i}->{o}"
+                );
             }
         }
     }

@@ -113,7 +113,15 @@ pub struct SceneQuestion {
     pub question_type: &'static str,
 }
 
-fn region_objects(g: &Group, x0: f32, y0: f32, w: f32, h: f32, s: f32, rng: &mut ChaCha8Rng) -> Vec<Placed> {
+fn region_objects(
+    g: &Group,
+    x0: f32,
+    y0: f32,
+    w: f32,
+    h: f32,
+    s: f32,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Placed> {
     let cell = w / g.count as f32;
     let want = (if g.size == 0 { 0.09 } else { 0.16 }) * s;
     let r = want.min(cell / 2.0 - 1.0).min(h / 2.0 - 1.0).max(2.0);
@@ -152,8 +160,12 @@ impl Scene {
                 size: rng.random_range(0..SIZES.len()),
                 count: rng.random_range(1..=2),
             };
-            let rel = [Relation::Above, Relation::Below, Relation::LeftOf, Relation::RightOf]
-                [rng.random_range(0..4)];
+            let rel = [
+                Relation::Above,
+                Relation::Below,
+                Relation::LeftOf,
+                Relation::RightOf,
+            ][rng.random_range(0..4)];
             Some((g, rel))
         } else {
             None
@@ -190,8 +202,14 @@ impl Scene {
         }
         for o in &self.objects {
             let color = COLORS[o.color].1;
-            let (x0, x1) = ((o.cx - o.r).floor().max(0.0) as usize, ((o.cx + o.r).ceil() as usize).min(n));
-            let (y0, y1) = ((o.cy - o.r).floor().max(0.0) as usize, ((o.cy + o.r).ceil() as usize).min(n));
+            let (x0, x1) = (
+                (o.cx - o.r).floor().max(0.0) as usize,
+                ((o.cx + o.r).ceil() as usize).min(n),
+            );
+            let (y0, y1) = (
+                (o.cy - o.r).floor().max(0.0) as usize,
+                ((o.cy + o.r).ceil() as usize).min(n),
+            );
             for y in y0..y1 {
                 for x in x0..x1 {
                     let (dx, dy) = (x as f32 + 0.5 - o.cx, y as f32 + 0.5 - o.cy);

@@ -133,13 +133,18 @@ pub fn write_world(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         .map(|s| {
             let img = s.scene.render();
             let path = out.join(s.file_name());
-            let png = encode(&img, ::image::ImageFormat::Png)
-                .map_err(|m| DataError::Image { what: path.display().to_string(), message: m })?;
+            let png = encode(&img, ::image::ImageFormat::Png).map_err(|m| DataError::Image {
+                what: path.display().to_string(),
+                message: m,
+            })?;
             std::fs::write(&path, png).map_err(|e| DataError::io(&path, e))?;
             if s.split == Split::Train {
                 encode(&img, ::image::ImageFormat::Jpeg)
                     .map(Some)
-                    .map_err(|m| DataError::Image { what: path.display().to_string(), message: m })
+                    .map_err(|m| DataError::Image {
+                        what: path.display().to_string(),
+                        message: m,
+                    })
             } else {
                 Ok(None)
             }
@@ -170,9 +175,12 @@ pub fn write_world(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         for s in &rows {
             for (k, q) in s.questions.iter().enumerate() {
                 let qid = s.id * 1000 + k as u64;
-                questions.push(json!({"image_id": s.id, "question": q.question, "question_id": qid}));
+                questions
+                    .push(json!({"image_id": s.id, "question": q.question, "question_id": qid}));
                 let answers: Vec<_> = (1..=10)
-                    .map(|i| json!({"answer": q.answer, "answer_confidence": "yes", "answer_id": i}))
+                    .map(
+                        |i| json!({"answer": q.answer, "answer_confidence": "yes", "answer_id": i}),
+                    )
                     .collect();
                 annotations.push(json!({
                     "question_id": qid, "image_id": s.id, "question_type": q.question_type,
@@ -217,7 +225,10 @@ pub fn write_world(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
                     vec![
                         ("jpg".to_string(), (*jpg).clone()),
                         ("txt".to_string(), s.captions[0].clone().into_bytes()),
-                        ("json".to_string(), serde_json::to_vec_pretty(&meta).unwrap_or_default()),
+                        (
+                            "json".to_string(),
+                            serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+                        ),
                     ],
                 )
             })

@@ -77,7 +77,10 @@ pub fn pre_caption(caption: &str, max_words: usize) -> String {
             i += 1;
         }
     }
-    let trimmed = collapsed.trim_end_matches('\n').trim_matches(' ').to_string();
+    let trimmed = collapsed
+        .trim_end_matches('\n')
+        .trim_matches(' ')
+        .to_string();
     keep_first_words(trimmed, max_words)
 }
 
@@ -98,17 +101,77 @@ mod tests {
     /// (input, pre_caption, pre_caption max 5, pre_question, pre_question max 5), printed by
     /// `tools/lavis_text_cases.py` running the LAVIS functions.
     const CASES: &[(&str, &str, &str, &str, &str)] = &[
-        ("A photo of two cats laying on a pink blanket!", "a photo of two cats laying on a pink blanket", "a photo of two cats", "a photo of two cats laying on a pink blanket", "a photo of two cats"),
-        ("  Hello,   World... (test) #1: it's a t-shirt; ok~  ", "hello, world test 1 it's a t-shirt ok", "hello, world test 1 it's", "  hello,   world test 1 it's a t-shirt ok", "  hello,  "),
-        ("Line one.\nLine two\n", "line one line two", "line one line two", "line one\nline two\n", "line one\nline two\n"),
-        ("tab\tseparated\t\twords", "tab\tseparated words", "tab\tseparated words", "tab\tseparated\t\twords", "tab\tseparated\t\twords"),
-        ("What's on the table?", "what's on the table?", "what's on the table?", "what's on the table?", "what's on the table?"),
-        ("Is the man's shirt RED??  ", "is the man's shirt red??", "is the man's shirt red??", "is the man's shirt red??", "is the man's shirt red??"),
-        ("\"Quoted\" *stars* and ~tilde~", "quoted stars and tilde", "quoted stars and tilde", "quoted stars and tilde", "quoted stars and tilde"),
-        ("ÉCOLE Straße ΣΟΦΟΣ", "école straße σοφος", "école straße σοφος", "école straße σοφος", "école straße σοφος"),
-        ("trailing newline only\n", "trailing newline only", "trailing newline only", "trailing newline only\n", "trailing newline only\n"),
+        (
+            "A photo of two cats laying on a pink blanket!",
+            "a photo of two cats laying on a pink blanket",
+            "a photo of two cats",
+            "a photo of two cats laying on a pink blanket",
+            "a photo of two cats",
+        ),
+        (
+            "  Hello,   World... (test) #1: it's a t-shirt; ok~  ",
+            "hello, world test 1 it's a t-shirt ok",
+            "hello, world test 1 it's",
+            "  hello,   world test 1 it's a t-shirt ok",
+            "  hello,  ",
+        ),
+        (
+            "Line one.\nLine two\n",
+            "line one line two",
+            "line one line two",
+            "line one\nline two\n",
+            "line one\nline two\n",
+        ),
+        (
+            "tab\tseparated\t\twords",
+            "tab\tseparated words",
+            "tab\tseparated words",
+            "tab\tseparated\t\twords",
+            "tab\tseparated\t\twords",
+        ),
+        (
+            "What's on the table?",
+            "what's on the table?",
+            "what's on the table?",
+            "what's on the table?",
+            "what's on the table?",
+        ),
+        (
+            "Is the man's shirt RED??  ",
+            "is the man's shirt red??",
+            "is the man's shirt red??",
+            "is the man's shirt red??",
+            "is the man's shirt red??",
+        ),
+        (
+            "\"Quoted\" *stars* and ~tilde~",
+            "quoted stars and tilde",
+            "quoted stars and tilde",
+            "quoted stars and tilde",
+            "quoted stars and tilde",
+        ),
+        (
+            "ÉCOLE Straße ΣΟΦΟΣ",
+            "école straße σοφος",
+            "école straße σοφος",
+            "école straße σοφος",
+            "école straße σοφος",
+        ),
+        (
+            "trailing newline only\n",
+            "trailing newline only",
+            "trailing newline only",
+            "trailing newline only\n",
+            "trailing newline only\n",
+        ),
         ("a.b.c", "a b c", "a b c", "abc", "abc"),
-        ("single\ttab", "single\ttab", "single\ttab", "single\ttab", "single\ttab"),
+        (
+            "single\ttab",
+            "single\ttab",
+            "single\ttab",
+            "single\ttab",
+            "single\ttab",
+        ),
         ("   ", "", "", "", ""),
     ];
 

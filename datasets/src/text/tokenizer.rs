@@ -69,9 +69,9 @@ impl TextTokenizer {
         let pad_id = tokenizer
             .token_to_id("[PAD]")
             .ok_or_else(|| tok_err("no [PAD] token in the vocabulary".into()))?;
-        let bos_id = tokenizer
-            .token_to_id("[DEC]")
-            .ok_or_else(|| tok_err("no [DEC] token (the ITG bos token) in the vocabulary".into()))?;
+        let bos_id = tokenizer.token_to_id("[DEC]").ok_or_else(|| {
+            tok_err("no [DEC] token (the ITG bos token) in the vocabulary".into())
+        })?;
         Ok(TextTokenizer {
             tokenizer,
             path: path.to_path_buf(),
@@ -109,12 +109,12 @@ impl TextTokenizer {
             pad_type_id: 0,
             pad_token: "[PAD]".to_string(),
         }));
-        let encodings = tok
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| DataError::Tokenizer {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?;
+        let encodings =
+            tok.encode_batch(texts.to_vec(), true)
+                .map_err(|e| DataError::Tokenizer {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                })?;
         let seq_len = encodings.first().map_or(0, |e| e.get_ids().len());
         let mut input_ids = Vec::with_capacity(texts.len() * seq_len);
         let mut attention_mask = Vec::with_capacity(texts.len() * seq_len);

@@ -46,7 +46,10 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, Tensor> {
             continue;
         }
         let off = v["data_offsets"].as_array().unwrap();
-        let (s, e) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+        let (s, e) = (
+            off[0].as_u64().unwrap() as usize,
+            off[1].as_u64().unwrap() as usize,
+        );
         out.insert(
             k.clone(),
             Tensor {
@@ -66,5 +69,8 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, Tensor> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
