@@ -21,4 +21,6 @@ pub enum Command {
     Info,
     /// Evaluate: metrics of result files, evaluation loops.
     Eval(EvalArgs),
+    /// Write the synthetic shapes world (PNG, Karpathy JSON, VQAv2 JSON, webdataset shards).
+    Synth(crate::cmd::synth::SynthArgs),
 }

@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 pub mod eval;
+pub mod synth;
 
 use crate::cli::{Cli, Command};
 
@@ -14,5 +15,6 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Eval(args) => eval::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }

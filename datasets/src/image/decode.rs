@@ -1,0 +1,119 @@
+//! Decoding any supported file into the 8-bit RGB that `PIL.Image.open(..).convert("RGB")` gives.
+
+use std::io::{BufRead, Cursor, Seek};
+use std::path::Path;
+
+use ::image::{DynamicImage, ImageDecoder, ImageReader};
+
+use super::resample::RgbImage8;
+use crate::error::{DataError, Result};
+
+/// Dimension limits checked from the header, before any pixel is decoded, so a decompression
+/// bomb costs nothing. Defaults follow Pillow's `MAX_IMAGE_PIXELS` error threshold
+/// (2 × 89,478,485 pixels) and refuse sides above 32,768.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_side: u32,
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_side: 32_768,
+            max_pixels: 2 * 89_478_485,
+        }
+    }
+}
+
+/// Decode an image file (format guessed from content), honouring EXIF orientation.
+pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<RgbImage8> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_with_name(&bytes, &path.display().to_string(), limits)
+}
+
+/// Decode in-memory bytes; `what` names the sample in errors (a path or a shard key).
+pub fn decode_bytes(bytes: &[u8], what: &str, limits: DecodeLimits) -> Result<RgbImage8> {
+    decode_with_name(bytes, what, limits)
+}
+
+fn decode_with_name(bytes: &[u8], what: &str, limits: DecodeLimits) -> Result<RgbImage8> {
+    decode_reader(Cursor::new(bytes), limits).map_err(|message| DataError::Image {
+        what: what.to_string(),
+        message,
+    })
+}
+
+fn decode_reader<R: BufRead + Seek>(
+    reader: R,
+    limits: DecodeLimits,
+) -> std::result::Result<RgbImage8, String> {
+    let mut reader = ImageReader::new(reader)
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut lim = ::image::Limits::default();
+    lim.max_image_width = Some(limits.max_side);
+    lim.max_image_height = Some(limits.max_side);
+    reader.limits(lim);
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(format!("empty image ({w}x{h})"));
+    }
+    if w as u64 * h as u64 > limits.max_pixels {
+        return Err(format!(
+            "{w}x{h} exceeds the {} pixel limit (decompression bomb?)",
+            limits.max_pixels
+        ));
+    }
+    // A broken EXIF block must not lose an otherwise good image: fall back to no rotation.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(::image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb8(img))
+}
+
+/// `convert("RGB")` semantics: grey is replicated, alpha is dropped without compositing
+/// (LAVIS/HF do not matte onto white), 16-bit samples keep their high byte as PIL's PNG
+/// loader does for RGB. (PIL clips 16-bit *grey* to 255 instead; we do not copy that quirk.)
+pub fn to_rgb8(img: DynamicImage) -> RgbImage8 {
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    let data: Vec<u8> = match img {
+        DynamicImage::ImageRgb8(b) => b.into_raw(),
+        DynamicImage::ImageLuma8(b) => b.into_raw().iter().flat_map(|&v| [v, v, v]).collect(),
+        DynamicImage::ImageLumaA8(b) => b
+            .into_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
+        DynamicImage::ImageRgba8(b) => b
+            .into_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        DynamicImage::ImageLuma16(b) => b
+            .into_raw()
+            .iter()
+            .flat_map(|&v| [(v >> 8) as u8; 3])
+            .collect(),
+        DynamicImage::ImageLumaA16(b) => b
+            .into_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [(p[0] >> 8) as u8; 3])
+            .collect(),
+        DynamicImage::ImageRgb16(b) => b.into_raw().iter().map(|&v| (v >> 8) as u8).collect(),
+        DynamicImage::ImageRgba16(b) => b
+            .into_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+            .collect(),
+        other => other.to_rgb8().into_raw(),
+    };
+    RgbImage8 {
+        width,
+        height,
+        data,
+    }
+}

@@ -1,0 +1,247 @@
+//! Deterministic, resumable, prefetching batch loader.
+//!
+//! The epoch permutation is recomputed from `(seed, epoch)`, so a `LoaderState` saved in a
+//! checkpoint is enough to replay exactly the samples a run would have seen. Decoding and
+//! preprocessing run on a producer thread (rayon inside a batch) and reach the consumer in
+//! order through a bounded channel. A sample that cannot be read or decoded is skipped and
+//! reported in its batch (`skipped`), never silently dropped.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::image::{
+    decode_bytes, decode_file, eval_transform, DecodeLimits, ImageProcessorConfig, TrainAugment,
+};
+use crate::item::{ImageSource, ImageTextItem};
+use crate::text::{CaptionCleaner, Padding, TextTokenizer};
+
+/// The data cursor a checkpoint saves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderState {
+    pub seed: u64,
+    pub epoch: u64,
+    /// Index into the epoch permutation of the next sample to read.
+    pub position: usize,
+}
+
+/// Loader settings.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+    pub shuffle: bool,
+    /// Train transform (random resized crop + flip) instead of the eval resize.
+    pub augment: Option<TrainAugment>,
+    pub image: ImageProcessorConfig,
+    pub caption: CaptionCleaner,
+    pub padding: Padding,
+    pub limits: DecodeLimits,
+}
+
+/// A sample that was left out of its batch, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedSample {
+    pub key: String,
+    pub reason: String,
+}
+
+/// One batch, channels-first pixels `[batch, 3, H, W]` and `[batch, seq_len]` token ids.
+#[derive(Debug, Clone)]
+pub struct ImageTextBatch {
+    pub pixel_values: Vec<f32>,
+    pub batch_size: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub input_ids: Vec<u32>,
+    pub attention_mask: Vec<u32>,
+    pub seq_len: usize,
+    pub image_ids: Vec<u64>,
+    pub keys: Vec<String>,
+    pub captions: Vec<String>,
+    pub skipped: Vec<SkippedSample>,
+    /// Cursor after this batch: save it to resume right after it.
+    pub state_after: LoaderState,
+}
+
+/// Permutation of `0..n` for an epoch.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if shuffle {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(epoch);
+        order.shuffle(&mut rng);
+    }
+    order
+}
+
+/// Loader over a fixed list of items.
+pub struct Loader {
+    items: Arc<Vec<ImageTextItem>>,
+    tokenizer: Arc<TextTokenizer>,
+    config: Arc<LoaderConfig>,
+}
+
+impl Loader {
+    pub fn new(items: Vec<ImageTextItem>, tokenizer: TextTokenizer, config: LoaderConfig) -> Self {
+        Loader {
+            items: Arc::new(items),
+            tokenizer: Arc::new(tokenizer),
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Iterate the rest of the epoch named by `state`, starting at `state.position`.
+    pub fn epoch(&self, state: LoaderState) -> EpochIter {
+        let (tx, rx) = crossbeam_channel::bounded(self.config.prefetch.max(1));
+        let items = self.items.clone();
+        let tokenizer = self.tokenizer.clone();
+        let config = self.config.clone();
+        let handle = std::thread::spawn(move || {
+            let order = epoch_order(items.len(), state.seed, state.epoch, config.shuffle);
+            let bs = config.batch_size.max(1);
+            let mut pos = state.position.min(order.len());
+            while pos < order.len() {
+                let end = (pos + bs).min(order.len());
+                let cursor = LoaderState {
+                    position: end,
+                    ..state
+                };
+                let batch = build_batch(&items, &order[pos..end], pos, &tokenizer, &config, cursor);
+                if tx.send(batch).is_err() {
+                    return;
+                }
+                pos = end;
+            }
+        });
+        EpochIter {
+            rx,
+            handle: Some(handle),
+        }
+    }
+}
+
+/// Receives the prepared batches of one epoch, in order.
+pub struct EpochIter {
+    rx: crossbeam_channel::Receiver<crate::Result<ImageTextBatch>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Iterator for EpochIter {
+    type Item = crate::Result<ImageTextBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        // Disconnect first so a producer blocked on a full queue wakes up and exits.
+        let (_, dead) = crossbeam_channel::bounded(0);
+        self.rx = dead;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn load_pixels(
+    item: &ImageTextItem,
+    limits: DecodeLimits,
+) -> crate::Result<crate::image::RgbImage8> {
+    match &item.image {
+        ImageSource::Path(p) => decode_file(p, limits),
+        ImageSource::Bytes(b) => decode_bytes(b, &item.key, limits),
+        ImageSource::Url(u) => Err(crate::DataError::Image {
+            what: item.key.clone(),
+            message: format!("{u} is a URL: download it first (img2dataset)"),
+        }),
+    }
+}
+
+fn build_batch(
+    items: &[ImageTextItem],
+    indices: &[usize],
+    first_position: usize,
+    tokenizer: &TextTokenizer,
+    config: &LoaderConfig,
+    cursor: LoaderState,
+) -> crate::Result<ImageTextBatch> {
+    let results: Vec<_> = indices
+        .par_iter()
+        .enumerate()
+        .map(|(k, &idx)| {
+            let item = &items[idx];
+            let img = load_pixels(item, config.limits)?;
+            let tensor = match &config.augment {
+                Some(aug) => {
+                    // One stream per (seed, epoch, position): independent of thread timing.
+                    let mut rng = ChaCha8Rng::seed_from_u64(cursor.seed ^ 0x9e37_79b9_7f4a_7c15);
+                    rng.set_stream(cursor.epoch);
+                    rng.set_word_pos(((first_position + k) as u128) << 16);
+                    aug.apply(&img, &config.image, &mut rng)
+                }
+                None => eval_transform(&img, &config.image),
+            };
+            Ok::<_, crate::DataError>(tensor)
+        })
+        .collect();
+    let (h, w) = (config.image.size.height, config.image.size.width);
+    let mut batch = ImageTextBatch {
+        pixel_values: Vec::with_capacity(indices.len() * 3 * h * w),
+        batch_size: 0,
+        channels: 3,
+        height: h,
+        width: w,
+        input_ids: Vec::new(),
+        attention_mask: Vec::new(),
+        seq_len: 0,
+        image_ids: Vec::new(),
+        keys: Vec::new(),
+        captions: Vec::new(),
+        skipped: Vec::new(),
+        state_after: cursor,
+    };
+    for (&idx, res) in indices.iter().zip(results) {
+        let item = &items[idx];
+        match res {
+            Ok(t) => {
+                batch.pixel_values.extend_from_slice(&t.data);
+                batch.image_ids.push(item.image_id);
+                batch.keys.push(item.key.clone());
+                batch.captions.push(config.caption.clean(&item.caption));
+            }
+            Err(e) => {
+                eprintln!("warning: skipping sample {}: {e}", item.key);
+                batch.skipped.push(SkippedSample {
+                    key: item.key.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    batch.batch_size = batch.keys.len();
+    if batch.batch_size > 0 {
+        let texts: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
+        let tokens = tokenizer.encode(&texts, config.padding)?;
+        batch.input_ids = tokens.input_ids;
+        batch.attention_mask = tokens.attention_mask;
+        batch.seq_len = tokens.seq_len;
+    }
+    Ok(batch)
+}
