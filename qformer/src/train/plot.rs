@@ -131,50 +131,67 @@ pub fn plot_metrics(records: &[MetricsRecord], path: &Path, title: &str) -> Resu
     let cols = if panels.len() > 1 { 2 } else { 1 };
     let rows = panels.len().div_ceil(cols);
     let size = (PANEL.0 * cols as u32, PANEL.1 * rows as u32 + 50);
-    let root = BitMapBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let body = root
-        .titled(title, (FAMILY, 26))
-        .map_err(|e| err(e.to_string()))?;
-    for (i, (area, panel)) in body
-        .split_evenly((rows, cols))
-        .iter()
-        .zip(&panels)
-        .enumerate()
+    // Draw into memory and encode with the `image` crate the workspace already builds (plotters'
+    // own encoder would pull a second, older `image` into every build).
+    let mut pixels = vec![0u8; size.0 as usize * size.1 as usize * 3];
     {
-        let (x0, x1) = range(panel.points().map(|p| p.0));
-        let (y0, y1) = range(panel.points().map(|p| p.1));
-        let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, (FAMILY, 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(72)
-            .build_cartesian_2d(x0..x1, y0..y1)
+        let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let body = root
+            .titled(title, (FAMILY, 26))
             .map_err(|e| err(e.to_string()))?;
-        let sci = panel.scientific;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| tick_label(*y, y1 - y0, sci))
-            .label_style((FAMILY, 14))
-            .bold_line_style(RGBColor(225, 225, 225))
-            .light_line_style(WHITE)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
-        let color = COLORS[i % COLORS.len()];
-        for seg in &panel.segments {
-            chart
-                .draw_series(LineSeries::new(seg.iter().copied(), color.stroke_width(2)))
+        for (i, (area, panel)) in body
+            .split_evenly((rows, cols))
+            .iter()
+            .zip(&panels)
+            .enumerate()
+        {
+            let (x0, x1) = range(panel.points().map(|p| p.0));
+            let (y0, y1) = range(panel.points().map(|p| p.1));
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, (FAMILY, 20))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(72)
+                .build_cartesian_2d(x0..x1, y0..y1)
                 .map_err(|e| err(e.to_string()))?;
-        }
-        if panel.points().count() <= 40 {
+            let sci = panel.scientific;
             chart
-                .draw_series(panel.points().map(|&p| Circle::new(p, 3, color.filled())))
+                .configure_mesh()
+                .x_desc("step")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| tick_label(*y, y1 - y0, sci))
+                .label_style((FAMILY, 14))
+                .bold_line_style(RGBColor(225, 225, 225))
+                .light_line_style(WHITE)
+                .draw()
                 .map_err(|e| err(e.to_string()))?;
+            let color = COLORS[i % COLORS.len()];
+            for seg in &panel.segments {
+                chart
+                    .draw_series(LineSeries::new(seg.iter().copied(), color.stroke_width(2)))
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            if panel.points().count() <= 40 {
+                chart
+                    .draw_series(panel.points().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(|e| err(e.to_string()))?;
+            }
         }
+        root.present().map_err(|e| err(e.to_string()))?;
     }
-    root.present().map_err(|e| err(e.to_string()))?;
+    // Write next to the target and rename, so a crash never leaves a half-written PNG.
+    let tmp = path.with_extension("png.tmp");
+    image::save_buffer_with_format(
+        &tmp,
+        &pixels,
+        size.0,
+        size.1,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(())
 }
 
