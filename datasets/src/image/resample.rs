@@ -3,8 +3,8 @@
 //! HF `BlipImageProcessor` and LAVIS both resize through PIL, so matching their pixel values to
 //! 1e-4 after normalisation means matching Pillow's uint8 output exactly: a separable
 //! convolution (support 2·scale, a = -0.5), coefficients in f64 normalised per output pixel,
-//! then quantised to 22-bit fixed point; horizontal pass first, rounded and clamped to uint8,
-//! then the vertical pass (`src/libImaging/Resample.c`).
+//! then quantised to 22-bit fixed point; two passes, each rounded and clamped to uint8, in the
+//! order `ImagingResampleInner` picks (see [`vertical_pass_first`], `src/libImaging/Resample.c`).
 
 /// An 8-bit RGB image, rows of interleaved `r, g, b` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,19 +164,46 @@ fn vertical(src: &RgbImage8, out_h: usize) -> RgbImage8 {
     }
 }
 
-/// `PIL.Image.resize((width, height), BICUBIC)` for an RGB image.
+/// Pillow 13's pass order (`ImagingResampleInner`): the vertical pass runs first when the
+/// height shrinks by more than twice as many pixels as the width does (so the horizontal pass
+/// has fewer rows to filter); otherwise horizontal first. Each pass rounds to uint8, so the
+/// order changes the output bytes. Differences are signed: a growing width never forces
+/// vertical-first on its own.
+pub fn vertical_pass_first(in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> bool {
+    let dh = in_h as i64 - out_h as i64;
+    let dw = in_w as i64 - out_w as i64;
+    dh > 0 && dh > dw * 2
+}
+
+/// `PIL.Image.resize((width, height), BICUBIC)` for an RGB image (Pillow 13.0.0).
 pub fn resize_bicubic(src: &RgbImage8, width: usize, height: usize) -> RgbImage8 {
-    // Pillow skips a pass whose size does not change (the identity kernel would give the same
-    // bytes anyway, this only saves the work).
-    let h = if width != src.width {
-        horizontal(src, width)
+    // Pillow skips a pass whose size does not change (and copies when neither does).
+    let need_h = width != src.width;
+    let need_v = height != src.height;
+    if vertical_pass_first(src.width, src.height, width, height) {
+        let v = if need_v {
+            vertical(src, height)
+        } else {
+            src.clone()
+        };
+        if need_h {
+            horizontal(&v, width)
+        } else {
+            v
+        }
     } else {
-        src.clone()
-    };
-    if height != h.height {
-        vertical(&h, height)
-    } else {
-        h
+        // Pillow filters only the rows the vertical pass reads; rows outside that band never
+        // reach the output, so filtering them all gives the same bytes.
+        let h = if need_h {
+            horizontal(src, width)
+        } else {
+            src.clone()
+        };
+        if need_v {
+            vertical(&h, height)
+        } else {
+            h
+        }
     }
 }
 
@@ -205,6 +232,19 @@ mod tests {
             let out = resize_bicubic(&img, w, h);
             assert!(out.data.iter().all(|&v| v == 77), "{w}x{h}");
         }
+    }
+
+    #[test]
+    fn pass_order_follows_pillow_13() {
+        // img2 of the HF fixture: 33x71 -> 32x32 shrinks height by 39 > 2 * 1.
+        assert!(vertical_pass_first(33, 71, 32, 32));
+        assert!(!vertical_pass_first(640, 480, 224, 224));
+        assert!(!vertical_pass_first(100, 60, 364, 364));
+        // Equal to twice the width change is not "more than twice".
+        assert!(!vertical_pass_first(40, 50, 35, 40));
+        assert!(vertical_pass_first(40, 51, 35, 40));
+        // A growing width makes dw negative: any height shrink wins.
+        assert!(vertical_pass_first(10, 20, 30, 19));
     }
 
     #[test]
