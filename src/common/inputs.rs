@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Device, Tensor};
 use datasets::image::{decode_file, eval_transform, DecodeLimits, ImageProcessorConfig};
 use datasets::text::{Padding, TextTokenizer, TokenBatch};
@@ -22,8 +22,8 @@ pub fn load_images(
     let mut data = Vec::new();
     let mut shape = (0, 0, 0);
     for path in paths {
-        let img = decode_file(path, DecodeLimits::default())
-            .with_context(|| format!("cannot read image {}", path.display()))?;
+        // The datasets error already names the file; its source chain would repeat the OS error.
+        let img = decode_file(path, DecodeLimits::default()).map_err(|e| anyhow!("image {e}"))?;
         let t = eval_transform(&img, processor);
         shape = (t.channels, t.height, t.width);
         data.extend_from_slice(&t.data);

@@ -75,7 +75,10 @@ pub fn load_model_dir(
             // LAVIS saves only trainable tensors: the ViT comes from the HF directory.
             read_lavis_pth(pth, device)?.merge(hf.vision_encoder_only())?
         }
-        None => hf,
+        // The LLM half of a Blip2ForConditionalGeneration directory is not part of the Q-Former model.
+        None => hf.filter(|n| {
+            !n.starts_with("language_model.") && !n.starts_with("language_projection.")
+        }),
     };
     if let Some(head) = &src.lm_head {
         if !head.is_file() {
