@@ -23,4 +23,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Write the synthetic shapes world (PNG, Karpathy JSON, VQAv2 JSON, webdataset shards).
     Synth(crate::cmd::synth::SynthArgs),
+    /// ITC similarity and ITM match probability of every image x text pair.
+    Score(crate::cmd::score::ScoreArgs),
+    /// Write normalized ITC embeddings of images and/or texts to a safetensors file.
+    Embed(crate::cmd::embed::EmbedArgs),
 }

@@ -2,7 +2,9 @@
 
 use anyhow::Result;
 
+pub mod embed;
 pub mod eval;
+pub mod score;
 pub mod synth;
 
 use crate::cli::{Cli, Command};
@@ -16,5 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => eval::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Score(args) => score::run(args),
+        Command::Embed(args) => embed::run(args),
     }
 }

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+pub mod loss;
 pub mod vqa_score;
 
 #[derive(Debug, Args)]
@@ -16,10 +17,13 @@ pub struct EvalArgs {
 pub enum EvalCommand {
     /// Score a VQA result file with the official VQA metric (as LAVIS runs it).
     VqaScore(vqa_score::VqaScoreArgs),
+    /// Stage-one losses (ITC, ITM, ITG) of one batch of image-text pairs.
+    Loss(loss::LossArgs),
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     match args.command {
         EvalCommand::VqaScore(a) => vqa_score::run(a),
+        EvalCommand::Loss(a) => loss::run(a),
     }
 }
