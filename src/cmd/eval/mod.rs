@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+pub mod retrieval;
 pub mod vqa_score;
 
 #[derive(Debug, Args)]
@@ -16,10 +17,13 @@ pub struct EvalArgs {
 pub enum EvalCommand {
     /// Score a VQA result file with the official VQA metric (as LAVIS runs it).
     VqaScore(vqa_score::VqaScoreArgs),
+    /// Image-text retrieval recall (ITC + ITM re-ranking, as LAVIS) on a Karpathy-format split.
+    Retrieval(retrieval::RetrievalArgs),
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     match args.command {
         EvalCommand::VqaScore(a) => vqa_score::run(a),
+        EvalCommand::Retrieval(a) => retrieval::run(a),
     }
 }

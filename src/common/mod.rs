@@ -1,0 +1,3 @@
+//! Helpers shared by several subcommands.
+
+pub mod device;
