@@ -11,7 +11,7 @@ ITM logit + ITC sim) and `RetrievalTask._report_metrics`, line for line in numpy
     python3 tools/retrieval_hf_reference.py tests/fixtures/hf-tiny \
         tests/fixtures/hf-tiny/retrieval/karpathy_test.json tests/fixtures/hf-tiny/retrieval/expected.json
 """
-import json, re, sys
+import json, os, re, sys
 
 import numpy as np
 import torch
@@ -108,4 +108,10 @@ for k in K_TESTS:
     out["rerank"][str(k)] = {"score_i2t": i2t.tolist(), "score_t2i": t2i.tolist(),
                              "metrics": report_metrics(i2t, t2i)}
 json.dump(out, open(out_path, "w"), indent=1)
+# The exact model inputs, so the Rust loop can be checked apart from image resizing (which agrees with Pillow to
+# 1e-4 in pixel space; the tiny random ViT amplifies that to ~1e-4 in the similarities of img2).
+from safetensors.torch import save_file
+save_file({"pixel_values": pixels.contiguous(), "input_ids": enc.input_ids.to(torch.int64).contiguous(),
+           "attention_mask": enc.attention_mask.to(torch.int64).contiguous()},
+          os.path.join(os.path.dirname(out_path), "inputs.safetensors"))
 print(json.dumps({k: out[k] for k in ["itc_metrics"]}), {k: v["metrics"] for k, v in out["rerank"].items()})
