@@ -113,3 +113,65 @@ impl ImageCache {
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        // http://www.isthe.com/chongo/src/fnv/test_fnv.c
+        assert_eq!(Fnv64::default().finish(), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(
+            Fnv64::default().update(b"a").finish(),
+            0xaf63_dc4c_8601_ec8c
+        );
+        assert_eq!(
+            Fnv64::default().update(b"foobar").finish(),
+            0x8594_4171_f739_67e8
+        );
+    }
+
+    #[test]
+    fn key_depends_on_model_and_image_and_fields_do_not_run_together() {
+        let k = ImageCache::key("model-a", b"pixels");
+        assert_eq!(k, ImageCache::key("model-a", b"pixels"));
+        assert_ne!(k, ImageCache::key("model-b", b"pixels"));
+        assert_ne!(k, ImageCache::key("model-a", b"pixelz"));
+        assert_ne!(
+            ImageCache::key("model-a", b"pixels"),
+            ImageCache::key("model-ap", b"ixels")
+        );
+    }
+
+    #[test]
+    fn store_then_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ImageCache::open(&dir.path().join("c")).unwrap();
+        let dev = Device::Cpu;
+        let enc = EncodedImages {
+            vision_features: Tensor::arange(0f32, 24.0, &dev)
+                .unwrap()
+                .reshape((1, 4, 6))
+                .unwrap(),
+            image_feats: Tensor::arange(0f32, 6.0, &dev)
+                .unwrap()
+                .reshape((1, 2, 3))
+                .unwrap(),
+        };
+        assert!(cache.load("k", &dev).unwrap().is_none());
+        cache.store("k", &enc).unwrap();
+        let back = cache.load("k", &dev).unwrap().unwrap();
+        assert_eq!(
+            back.vision_features.to_vec3::<f32>().unwrap(),
+            enc.vision_features.to_vec3::<f32>().unwrap()
+        );
+        assert_eq!(
+            back.image_feats.to_vec3::<f32>().unwrap(),
+            enc.image_feats.to_vec3::<f32>().unwrap()
+        );
+        std::fs::write(dir.path().join("c/bad.safetensors"), b"not a file").unwrap();
+        let err = cache.load("bad", &dev).unwrap_err().to_string();
+        assert!(err.contains("bad.safetensors"), "{err}");
+    }
+}

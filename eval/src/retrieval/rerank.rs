@@ -183,3 +183,19 @@ impl RetrievalScores {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_the_union_of_both_directions_without_duplicates() {
+        // image 0 prefers text 1, image 1 prefers text 1; text 0 prefers image 1, text 1 prefers image 0.
+        let sims = vec![vec![0.1f32, 0.9], vec![0.5, 0.6]];
+        assert_eq!(rerank_pairs(&sims, 1).unwrap(), [(0, 1), (1, 0), (1, 1)]);
+        assert_eq!(
+            rerank_pairs(&sims, 5).unwrap(),
+            [(0, 0), (0, 1), (1, 0), (1, 1)]
+        );
+    }
+}
