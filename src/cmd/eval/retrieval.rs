@@ -231,6 +231,9 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
 
 pub fn run(args: RetrievalArgs) -> Result<()> {
     let start = Instant::now();
+    if args.k_test == 0 {
+        anyhow::bail!("--k-test must be at least 1");
+    }
     let device = parse_device(&args.device)?;
     let split = read_karpathy_eval(&args.annotations)?;
     let model = load_model(&args, &device)?;
