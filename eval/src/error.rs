@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Tensor computation failed (shape mismatch between model and inputs, device errors).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

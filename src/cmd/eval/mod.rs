@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 pub mod loss;
+pub mod retrieval;
 pub mod vqa_score;
 
 #[derive(Debug, Args)]
@@ -19,11 +20,14 @@ pub enum EvalCommand {
     VqaScore(vqa_score::VqaScoreArgs),
     /// Stage-one losses (ITC, ITM, ITG) of one batch of image-text pairs.
     Loss(loss::LossArgs),
+    /// Image-text retrieval recall (ITC + ITM re-ranking, as LAVIS) on a Karpathy-format split.
+    Retrieval(retrieval::RetrievalArgs),
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     match args.command {
         EvalCommand::VqaScore(a) => vqa_score::run(a),
         EvalCommand::Loss(a) => loss::run(a),
+        EvalCommand::Retrieval(a) => retrieval::run(a),
     }
 }
