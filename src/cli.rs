@@ -23,4 +23,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Write the synthetic shapes world (PNG, Karpathy JSON, VQAv2 JSON, webdataset shards).
     Synth(crate::cmd::synth::SynthArgs),
+    /// Stage-one pretraining (ITC + ITM + ITG) with a frozen ViT; checkpoints, metrics, curves.
+    Pretrain(crate::cmd::pretrain::PretrainArgs),
+    /// Redraw RUN_DIR/curves.png from RUN_DIR/metrics.jsonl.
+    Plot(crate::cmd::plot::PlotArgs),
 }

@@ -3,6 +3,8 @@
 use anyhow::Result;
 
 pub mod eval;
+pub mod plot;
+pub mod pretrain;
 pub mod synth;
 
 use crate::cli::{Cli, Command};
@@ -16,5 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => eval::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
+        Command::Plot(args) => plot::run(args),
     }
 }
