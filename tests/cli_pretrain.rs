@@ -128,6 +128,9 @@ fn six_steps_equal_three_plus_resume_plus_three() {
     assert_eq!(la.len(), 6);
     assert_eq!(la, lb);
     assert_eq!(final_weights(&a), final_weights(&b), "final weights differ");
+    // Validation ran at step 4 (tiny preset: every 4 steps) in both runs without disturbing them.
+    let metrics = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.matches("\"val_loss\"").count(), 1, "{metrics}");
     // The steps must actually train (a comparison of frozen weights would prove nothing).
     assert_ne!(la[0], la[5]);
 }

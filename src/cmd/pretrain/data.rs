@@ -10,7 +10,7 @@ use datasets::formats::karpathy::read_karpathy_train;
 use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
 use datasets::synth::{write_world, SynthConfig};
 use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
-use datasets::{Loader, LoaderConfig};
+use datasets::{ImageSource, ImageTextItem, Loader, LoaderConfig};
 use qformer::train::RunConfig;
 
 pub fn loader(
@@ -47,6 +47,54 @@ pub fn loader(
         prefetch: 2,
         shuffle: true,
         augment: Some(TrainAugment::default()),
+        image: ImageProcessorConfig::square(image_size),
+        caption: CaptionCleaner::new("", 50),
+        padding: Padding::Longest,
+        limits: DecodeLimits::default(),
+    };
+    Ok(Loader::new(items, tokenizer, config))
+}
+
+/// The held-out split for validation losses: `annotations/karpathy_val.json` of the data root
+/// (first caption of each image), read in file order with the eval transform (no random crop).
+pub fn val_loader(
+    cfg: &RunConfig,
+    run_root: &Path,
+    tokenizer: TextTokenizer,
+    image_size: usize,
+) -> Result<Loader> {
+    let root = match &cfg.data.root {
+        Some(r) => r.clone(),
+        None => run_root.join("synth"),
+    };
+    let ann = root.join("annotations/karpathy_val.json");
+    let split = datasets::formats::karpathy::read_karpathy_eval(&ann)
+        .with_context(|| format!("reading the validation split {}", ann.display()))?;
+    let items: Vec<ImageTextItem> = split
+        .images
+        .iter()
+        .enumerate()
+        .filter_map(|(i, im)| {
+            im.captions.first().map(|c| ImageTextItem {
+                key: im.image.clone(),
+                image: ImageSource::Path(root.join(&im.image)),
+                caption: c.clone(),
+                image_id: i as u64,
+            })
+        })
+        .collect();
+    if items.len() < 2 {
+        bail!(
+            "{}: validation needs at least 2 images (ITM negatives), found {}",
+            ann.display(),
+            items.len()
+        );
+    }
+    let config = LoaderConfig {
+        batch_size: cfg.batch.eval_size,
+        prefetch: 1,
+        shuffle: false,
+        augment: None,
         image: ImageProcessorConfig::square(image_size),
         caption: CaptionCleaner::new("", 50),
         padding: Padding::Longest,

@@ -9,6 +9,7 @@
 mod data;
 mod init;
 mod model;
+mod validate;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -81,7 +82,7 @@ fn parse_device(s: &str) -> Result<Device> {
 }
 
 /// The loader's batch as `micro` tensor batches: (pixels, ids, mask) each.
-fn to_micro(
+pub(crate) fn to_micro(
     b: &ImageTextBatch,
     micro: usize,
     dev: &Device,
@@ -127,6 +128,15 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     };
     let image_size = built.model.config().vision_config.image_size;
     let loader = data::loader(&cfg, &run.root, tokenizer, image_size)?;
+    // Built after `loader`, which writes the synthetic world the split is read from.
+    let val_loader = cfg
+        .validation
+        .every_steps
+        .map(|_| {
+            let t = TextTokenizer::from_file(&tok_path, cfg.data.max_txt_len as usize)?;
+            data::val_loader(&cfg, &run.root, t, image_size)
+        })
+        .transpose()?;
     let steps_per_epoch = (loader.len() / cfg.batch.size).max(1) as u64;
     let schedule = cfg.lr_schedule(steps_per_epoch);
     let total = cfg.total_steps(steps_per_epoch);
@@ -222,6 +232,17 @@ pub fn run(args: PretrainArgs) -> Result<()> {
                 rec.extra.insert("spike".into(), true.into());
             }
             StepVerdict::Apply { spike: false } => {}
+        }
+        let val_due = cfg
+            .validation
+            .every_steps
+            .is_some_and(|n| state.step % n == 0);
+        if let (true, Some(vl)) = (val_due, &val_loader) {
+            let val = validate::validation_losses(&built.model, vl, &objectives, &dev)?;
+            state.record_metric("val_loss", val["val_loss"], false);
+            for (k, v) in val {
+                rec.extra.insert(k, v.into());
+            }
         }
         metrics.append(&rec)?;
         bar.set_position(state.step);
