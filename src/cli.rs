@@ -25,6 +25,8 @@ pub enum Command {
     Synth(crate::cmd::synth::SynthArgs),
     /// Stage-one pretraining (ITC + ITM + ITG) with a frozen ViT; checkpoints, metrics, curves.
     Pretrain(crate::cmd::pretrain::PretrainArgs),
+    /// Run the frozen ViT once over a dataset and store its features (sharded safetensors + index).
+    CacheFeatures(crate::cmd::cache_features::CacheFeaturesArgs),
     /// Redraw RUN_DIR/curves.png from RUN_DIR/metrics.jsonl.
     Plot(crate::cmd::plot::PlotArgs),
 }

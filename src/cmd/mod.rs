@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 
+pub mod cache_features;
 pub mod eval;
 pub mod plot;
 pub mod pretrain;
@@ -20,5 +21,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Pretrain(args) => pretrain::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::CacheFeatures(args) => cache_features::run(args),
     }
 }

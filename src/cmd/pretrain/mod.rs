@@ -7,6 +7,7 @@
 //! continues bit for bit.
 
 mod data;
+mod features;
 mod init;
 mod model;
 mod validate;
@@ -81,10 +82,11 @@ fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-/// The loader's batch as `micro` tensor batches: (pixels, ids, mask) each.
+/// The loader's batch as `micro` tensor batches: (pixels or cached features, ids, mask) each.
 pub(crate) fn to_micro(
     b: &ImageTextBatch,
     micro: usize,
+    cache: Option<&features::FeatureCache>,
     dev: &Device,
 ) -> Result<Vec<(Tensor, Tensor, PaddingMask)>> {
     let per = b.batch_size.div_ceil(micro);
@@ -93,7 +95,11 @@ pub(crate) fn to_micro(
     for start in (0..b.batch_size).step_by(per.max(1)) {
         let n = per.min(b.batch_size - start);
         let px = &b.pixel_values[start * img..(start + n) * img];
-        let pixels = Tensor::from_slice(px, (n, b.channels, b.height, b.width), dev)?;
+        // Pixels [n, 3, H, W], or the cached ViT features [n, N, Dv] of the same images.
+        let pixels = match cache {
+            Some(c) => c.batch(&b.keys[start..start + n])?,
+            None => Tensor::from_slice(px, (n, b.channels, b.height, b.width), dev)?,
+        };
         let ids = &b.input_ids[start * b.seq_len..(start + n) * b.seq_len];
         let ids = Tensor::from_slice(ids, (n, b.seq_len), dev)?;
         let rows: Vec<Vec<u32>> = b.attention_mask[start * b.seq_len..(start + n) * b.seq_len]
@@ -137,6 +143,13 @@ pub fn run(args: PretrainArgs) -> Result<()> {
             data::val_loader(&cfg, &run.root, t, image_size)
         })
         .transpose()?;
+    let cache = match &cfg.data.features {
+        Some(dir) => Some(
+            features::FeatureCache::load(dir, &dev)
+                .with_context(|| format!("data.features {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let steps_per_epoch = (loader.len() / cfg.batch.size).max(1) as u64;
     let schedule = cfg.lr_schedule(steps_per_epoch);
     let total = cfg.total_steps(steps_per_epoch);
@@ -194,11 +207,14 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         };
         let t0 = Instant::now();
         let lr = schedule.lr(state.schedule_pos());
-        let micro = to_micro(&batch, cfg.batch.micro_batches, &dev)?;
+        let micro = to_micro(&batch, cfg.batch.micro_batches, cache.as_ref(), &dev)?;
         let views: Vec<PretrainBatch> = micro
             .iter()
             .map(|(px, ids, mask)| PretrainBatch {
-                image: ImageInput::Pixels(px),
+                image: match cache {
+                    Some(_) => ImageInput::VisionFeatures(px),
+                    None => ImageInput::Pixels(px),
+                },
                 input_ids: ids,
                 attention_mask: mask,
                 image_ids: None,

@@ -9,7 +9,9 @@ use candle_nn::{VarBuilder, VarMap};
 
 use qformer::model::{Blip2Qformer, ModelParts};
 use qformer::train::{rng, RunConfig};
-use qformer::weights::{detect_parts, load, load_hf_dir, read_lavis_pth, LoadOptions, TensorSet};
+use qformer::weights::{
+    detect_parts, load, read_lavis_pth, read_lavis_safetensors, LoadOptions, TensorSet,
+};
 use qformer::Blip2Config;
 
 use super::init::init_fresh;
@@ -32,7 +34,22 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<RunModel> {
     let m = &cfg.model;
     if let Some(src) = &m.init_from {
         if src.is_dir() {
-            let loaded = load_hf_dir(src, &opts)
+            // HF retrieval checkpoints have no ITG head: take it from `lm_head.safetensors`
+            // (LAVIS names) beside them.
+            let (hf_cfg, mut set) = TensorSet::from_hf_dir(src, device)
+                .with_context(|| format!("reading model.init_from {}", src.display()))?;
+            if !set.names().any(|n| n.starts_with("cls.predictions.")) {
+                let head = src.join("lm_head.safetensors");
+                if !head.exists() {
+                    bail!("model.init_from {}: no ITG head (cls.predictions.*) and no lm_head.safetensors beside it", src.display());
+                }
+                set = set.merge(
+                    read_lavis_safetensors(&head, device)
+                        .with_context(|| format!("reading {}", head.display()))?,
+                )?;
+            }
+            let parts = detect_parts(&hf_cfg, &set);
+            let loaded = load(&hf_cfg, &set, parts, &opts)
                 .with_context(|| format!("loading model.init_from {}", src.display()))?;
             return Ok(RunModel {
                 model: loaded.model,

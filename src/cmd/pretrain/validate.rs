@@ -36,7 +36,7 @@ pub fn validation_losses(
         if batch.batch_size < 2 {
             continue;
         }
-        let (px, ids, mask) = to_micro(&batch, 1, dev)?.remove(0);
+        let (px, ids, mask) = to_micro(&batch, 1, None, dev)?.remove(0);
         let b = PretrainBatch {
             image: ImageInput::Pixels(&px),
             input_ids: &ids,
