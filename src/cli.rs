@@ -27,4 +27,10 @@ pub enum Command {
     Score(crate::cmd::score::ScoreArgs),
     /// Write normalized ITC embeddings of images and/or texts to a safetensors file.
     Embed(crate::cmd::embed::EmbedArgs),
+    /// Stage-one pretraining (ITC + ITM + ITG) with a frozen ViT; checkpoints, metrics, curves.
+    Pretrain(crate::cmd::pretrain::PretrainArgs),
+    /// Run the frozen ViT once over a dataset and store its features (sharded safetensors + index).
+    CacheFeatures(crate::cmd::cache_features::CacheFeaturesArgs),
+    /// Redraw RUN_DIR/curves.png from RUN_DIR/metrics.jsonl.
+    Plot(crate::cmd::plot::PlotArgs),
 }

@@ -5,6 +5,9 @@ use anyhow::Result;
 pub mod embed;
 pub mod eval;
 pub mod score;
+pub mod cache_features;
+pub mod plot;
+pub mod pretrain;
 pub mod synth;
 
 use crate::cli::{Cli, Command};
@@ -20,5 +23,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Score(args) => score::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
+        Command::Plot(args) => plot::run(args),
+        Command::CacheFeatures(args) => cache_features::run(args),
     }
 }

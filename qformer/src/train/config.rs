@@ -64,6 +64,9 @@ pub struct DataConfig {
     pub root: Option<PathBuf>,
     /// Use N synthetic image–text pairs instead of `datasets` (tests, benchmarks).
     pub synthetic: Option<u64>,
+    /// Frozen-ViT features written by `blip2 cache-features`: used instead of running the ViT
+    /// (no random crops or flips then: the cache was made with the eval transform).
+    pub features: Option<PathBuf>,
     pub image_size: u32,
     pub max_txt_len: u32,
     pub num_workers: u32,
@@ -194,6 +197,7 @@ impl Default for DataConfig {
             datasets: vec!["coco_caption".into(), "vg_caption".into()],
             root: None,
             synthetic: None,
+            features: None,
             image_size: 224,
             max_txt_len: 32, // blip2 pretrain model yaml
             num_workers: 4,
@@ -317,6 +321,7 @@ impl RunConfig {
                 datasets: vec![],
                 root: None,
                 synthetic: Some(64),
+                features: None,
                 image_size: 32,
                 max_txt_len: 16,
                 num_workers: 0,
@@ -601,6 +606,7 @@ fn schema() -> toml::Table {
     c.model.vision_weights = Some(PathBuf::new());
     c.data.root = Some(PathBuf::new());
     c.data.synthetic = Some(1);
+    c.data.features = Some(PathBuf::new());
     c.optimizer.max_grad_norm = Some(1.0);
     c.steps.max_steps = Some(1);
     c.checkpointing.every_steps = Some(1);

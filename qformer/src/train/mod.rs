@@ -33,6 +33,7 @@ pub mod params;
 pub mod plot;
 pub mod rng;
 pub mod schedule;
+pub mod step;
 
 #[cfg(test)]
 mod resume_test;
@@ -45,3 +46,4 @@ pub use optim::{AdamW, AdamWConfig};
 pub use params::{DecayRule, LoadReport, ParamStore};
 pub use rng::TrainRng;
 pub use schedule::{LrSchedule, SchedulePos};
+pub use step::{stage_one_step, StepOutcome};

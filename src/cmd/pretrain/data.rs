@@ -1,0 +1,104 @@
+//! The training data of a run: a Karpathy caption JSON + image directory (`data.root` holding
+//! `annotations/karpathy_train.json` and the images), or a synthetic world written into the run
+//! directory (`data.synthetic = N`), read by the datasets loader with the LAVIS train transform.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use datasets::formats::karpathy::read_karpathy_train;
+use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
+use datasets::synth::{write_world, SynthConfig};
+use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
+use datasets::{ImageSource, ImageTextItem, Loader, LoaderConfig};
+use qformer::train::RunConfig;
+
+pub fn loader(
+    cfg: &RunConfig,
+    run_root: &Path,
+    tokenizer: TextTokenizer,
+    image_size: usize,
+) -> Result<Loader> {
+    let root = match (&cfg.data.root, cfg.data.synthetic) {
+        (Some(root), _) => root.clone(),
+        (None, Some(n)) => {
+            let dir = run_root.join("synth");
+            if !dir.join("annotations/karpathy_train.json").exists() {
+                let sc = SynthConfig {
+                    images: n as usize,
+                    seed: cfg.seed,
+                    image_size: cfg.data.image_size,
+                    ..Default::default()
+                };
+                write_world(&dir, &sc).with_context(|| format!("writing the synthetic world to {}", dir.display()))?;
+            }
+            dir
+        }
+        (None, None) => bail!("no training data: set data.root (a directory with annotations/karpathy_train.json) or data.synthetic"),
+    };
+    let ann = root.join("annotations/karpathy_train.json");
+    let items =
+        read_karpathy_train(&ann, &root).with_context(|| format!("reading {}", ann.display()))?;
+    if items.is_empty() {
+        bail!("{}: no training captions", ann.display());
+    }
+    let config = LoaderConfig {
+        batch_size: cfg.batch.size,
+        prefetch: 2,
+        shuffle: true,
+        augment: Some(TrainAugment::default()),
+        image: ImageProcessorConfig::square(image_size),
+        caption: CaptionCleaner::new("", 50),
+        padding: Padding::Longest,
+        limits: DecodeLimits::default(),
+    };
+    Ok(Loader::new(items, tokenizer, config))
+}
+
+/// The held-out split for validation losses: `annotations/karpathy_val.json` of the data root
+/// (first caption of each image), read in file order with the eval transform (no random crop).
+pub fn val_loader(
+    cfg: &RunConfig,
+    run_root: &Path,
+    tokenizer: TextTokenizer,
+    image_size: usize,
+) -> Result<Loader> {
+    let root = match &cfg.data.root {
+        Some(r) => r.clone(),
+        None => run_root.join("synth"),
+    };
+    let ann = root.join("annotations/karpathy_val.json");
+    let split = datasets::formats::karpathy::read_karpathy_eval(&ann)
+        .with_context(|| format!("reading the validation split {}", ann.display()))?;
+    let items: Vec<ImageTextItem> = split
+        .images
+        .iter()
+        .enumerate()
+        .filter_map(|(i, im)| {
+            im.captions.first().map(|c| ImageTextItem {
+                key: im.image.clone(),
+                image: ImageSource::Path(root.join(&im.image)),
+                caption: c.clone(),
+                image_id: i as u64,
+            })
+        })
+        .collect();
+    if items.len() < 2 {
+        bail!(
+            "{}: validation needs at least 2 images (ITM negatives), found {}",
+            ann.display(),
+            items.len()
+        );
+    }
+    let config = LoaderConfig {
+        batch_size: cfg.batch.eval_size,
+        prefetch: 1,
+        shuffle: false,
+        augment: None,
+        image: ImageProcessorConfig::square(image_size),
+        caption: CaptionCleaner::new("", 50),
+        padding: Padding::Longest,
+        limits: DecodeLimits::default(),
+    };
+    Ok(Loader::new(items, tokenizer, config))
+}
