@@ -6,6 +6,7 @@ use clap::Parser;
 
 mod cli;
 mod cmd;
+mod common;
 
 // glibc malloc maps and unmaps every large tensor buffer, costing up to 2.6x on CPU
 // (see shared/research/candle-feasibility.md §4); mimalloc keeps them.

@@ -2,7 +2,9 @@
 
 use anyhow::Result;
 
+pub mod caption;
 pub mod eval;
+pub mod generate;
 pub mod synth;
 
 use crate::cli::{Cli, Command};
@@ -16,5 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => eval::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Caption(args) => caption::run(args),
     }
 }

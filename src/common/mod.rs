@@ -1,0 +1,3 @@
+//! Helpers shared by CLI commands.
+
+pub mod generator;
