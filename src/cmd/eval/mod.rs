@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+pub mod vqa;
 pub mod vqa_score;
 
 #[derive(Debug, Args)]
@@ -16,10 +17,13 @@ pub struct EvalArgs {
 pub enum EvalCommand {
     /// Score a VQA result file with the official VQA metric (as LAVIS runs it).
     VqaScore(vqa_score::VqaScoreArgs),
+    /// Zero-shot VQA with a BLIP-2 OPT/T5 model (LAVIS settings): results file + VQA accuracy.
+    Vqa(vqa::VqaArgs),
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     match args.command {
         EvalCommand::VqaScore(a) => vqa_score::run(a),
+        EvalCommand::Vqa(a) => vqa::run(a),
     }
 }
