@@ -129,8 +129,7 @@ impl Blip2Generator {
         let mut data = Vec::new();
         let (mut h, mut w) = (0, 0);
         for p in paths {
-            let img = decode_file(p, DecodeLimits::default())
-                .with_context(|| format!("reading image {}", p.display()))?;
+            let img = decode_file(p, DecodeLimits::default()).context("reading an input image")?;
             let t = eval_transform(&img, &self.processor);
             (h, w) = (t.height, t.width);
             data.extend(t.data);
