@@ -1,6 +1,7 @@
 //! `blip2 eval vqa` on a 7-question VQAv2-format set over the hf-tiny images
 //! (tests/fixtures/vqa-tiny): batched (left-padded OPT, right-padded T5) answers equal unbatched
-//! ones, and the written results file re-scored by `eval vqa-score` gives the printed numbers.
+//! ones, both equal transformers 4.57.6 answers (reference.json), the written results file
+//! re-scored by `eval vqa-score` gives the printed numbers, and `caption` equals HF captions.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -118,4 +119,58 @@ fn prompt_without_slot_and_missing_images_are_clear_errors() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("x0.jpg") && !err.contains("panicked"), "{err}");
+}
+
+/// tools/generate_reference.py: transformers 4.57.6 batched `generate` (batch 3, OPT left
+/// padding) with the LAVIS zero-shot settings, LAVIS question cleaning and answer processing.
+fn reference() -> serde_json::Value {
+    read_json(&root().join("tests/fixtures/vqa-tiny/reference.json"))
+}
+
+#[test]
+fn answers_equal_hf_reference_for_opt_and_t5() {
+    let reference = reference();
+    for model in ["opt", "t5"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("r.json");
+        let out = eval_vqa(model, 3, &path, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(read_json(&path), reference["vqa"][model], "{model}");
+    }
+}
+
+#[test]
+fn captions_equal_hf_reference_with_lavis_caption_settings() {
+    let reference = reference();
+    let r = root();
+    for model in ["opt", "t5"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_blip2"))
+            .args(["caption", "--model"])
+            .arg(r.join("tests/fixtures/hf-tiny").join(model))
+            .arg("--image")
+            .args((0..4).map(|i| r.join(format!("tests/fixtures/hf-tiny/images/img{i}.png"))))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let want: Vec<String> = reference["captions"][model]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, want, "{model}");
+    }
 }
