@@ -21,6 +21,10 @@ pub enum Command {
     Info,
     /// Evaluate: metrics of result files, evaluation loops.
     Eval(EvalArgs),
+    /// Generate text from an image and a prompt (Blip2ForConditionalGeneration, OPT or T5).
+    Generate(crate::cmd::generate::GenerateArgs),
+    /// Caption images with the LAVIS BLIP-2 caption settings.
+    Caption(crate::cmd::caption::CaptionArgs),
     /// Write the synthetic shapes world (PNG, Karpathy JSON, VQAv2 JSON, webdataset shards).
     Synth(crate::cmd::synth::SynthArgs),
     /// ITC similarity and ITM match probability of every image x text pair.

@@ -2,12 +2,14 @@
 
 use anyhow::Result;
 
+pub mod cache_features;
+pub mod caption;
 pub mod embed;
 pub mod eval;
-pub mod score;
-pub mod cache_features;
+pub mod generate;
 pub mod plot;
 pub mod pretrain;
+pub mod score;
 pub mod synth;
 
 use crate::cli::{Cli, Command};
@@ -26,5 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(args) => pretrain::run(args),
         Command::Plot(args) => plot::run(args),
         Command::CacheFeatures(args) => cache_features::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Caption(args) => caption::run(args),
     }
 }

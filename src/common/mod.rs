@@ -3,4 +3,4 @@
 
 pub mod device;
 pub mod inputs;
-pub mod model_dir;
+pub mod model_dir;pub mod generator;

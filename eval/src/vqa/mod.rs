@@ -5,6 +5,7 @@ pub mod contractions;
 pub mod files;
 pub mod normalize;
 pub mod score;
+pub mod zero_shot;
 
 pub use crate::pystr::PythonSum;
 pub use answer::{postprocess_generated_answer, AnswerDecoder};

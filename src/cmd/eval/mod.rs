@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 
 pub mod loss;
 pub mod retrieval;
+pub mod vqa;
 pub mod vqa_score;
 
 #[derive(Debug, Args)]
@@ -22,6 +23,8 @@ pub enum EvalCommand {
     Loss(loss::LossArgs),
     /// Image-text retrieval recall (ITC + ITM re-ranking, as LAVIS) on a Karpathy-format split.
     Retrieval(retrieval::RetrievalArgs),
+    /// Zero-shot VQA with a BLIP-2 OPT/T5 model (LAVIS settings): results file + VQA accuracy.
+    Vqa(vqa::VqaArgs),
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -29,5 +32,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
         EvalCommand::VqaScore(a) => vqa_score::run(a),
         EvalCommand::Loss(a) => loss::run(a),
         EvalCommand::Retrieval(a) => retrieval::run(a),
+        EvalCommand::Vqa(a) => vqa::run(a),
     }
 }

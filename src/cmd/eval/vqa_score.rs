@@ -57,14 +57,19 @@ pub fn run(args: VqaScoreArgs) -> Result<()> {
     };
     // Errors from here on already name the files involved.
     let acc = vqa_accuracy_with_questions(&questions, &annotations, &results, summation)?;
-    if args.json {
+    print_scores(&acc, args.json)
+}
+
+/// Print scores as JSON (`{"overall", "perAnswerType"}`) or as a table.
+pub fn print_scores(acc: &VqaAccuracy, json: bool) -> Result<()> {
+    if json {
         let summary = Summary {
             overall: acc.overall,
             per_answer_type: &acc.per_answer_type,
         };
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        print!("{}", table(&acc));
+        print!("{}", table(acc));
     }
     Ok(())
 }

@@ -1,0 +1,127 @@
+//! `blip2 eval vqa`: zero-shot VQA with a `Blip2ForConditionalGeneration` directory, LAVIS
+//! settings (beams 5, max 10 / min 1 new tokens, OPT length penalty 0, T5 -1), official results
+//! file and VQA accuracy.
+
+use std::path::PathBuf;
+
+use ::eval::vqa::zero_shot::{answer_all, read_items, write_results, AnswerGenerator};
+use ::eval::vqa::{
+    vqa_accuracy_with_questions, AnswerDecoder, PythonSum, VqaAnnotations, VqaQuestions, VqaResults,
+};
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use qformer::llm::GenerationConfig;
+
+use super::vqa_score::{print_scores, PythonVersion};
+use crate::common::generator::{Blip2Generator, LlmKind};
+
+#[derive(Debug, Args)]
+pub struct VqaArgs {
+    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Question file (`v2_OpenEnded_mscoco_val2014_questions.json` layout).
+    #[arg(long)]
+    pub questions: PathBuf,
+    /// Annotation file (`v2_mscoco_val2014_annotations.json` layout).
+    #[arg(long)]
+    pub annotations: PathBuf,
+    /// Image folder.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Image file name of an image id (`{image_id}` or zero-padded `{image_id:012}`).
+    #[arg(long, default_value = "COCO_val2014_{image_id:012}.jpg")]
+    pub image_pattern: String,
+    #[arg(long, default_value = ::eval::vqa::zero_shot::DEFAULT_PROMPT)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 5)]
+    pub num_beams: usize,
+    #[arg(long, default_value_t = 10)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    pub min_new_tokens: usize,
+    /// Default: 0 for OPT, -1 for T5 (LAVIS `predict_answers`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub length_penalty: Option<f64>,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Where to write `[{"question_id", "answer"}]`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = PythonVersion::Py311)]
+    pub python: PythonVersion,
+    /// Print `{"overall": .., "perAnswerType": {..}}` instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Answerer<'a> {
+    gen: &'a Blip2Generator,
+    cfg: GenerationConfig,
+}
+
+impl AnswerGenerator for Answerer<'_> {
+    fn answer_batch(
+        &mut self,
+        images: &[PathBuf],
+        prompts: &[String],
+    ) -> std::result::Result<Vec<String>, String> {
+        let ids = self
+            .gen
+            .generate(images, prompts, &self.cfg)
+            .map_err(|e| format!("{e:#}"))?;
+        ids.iter()
+            .map(|r| self.gen.decode(r).map_err(|e| format!("{e:#}")))
+            .collect()
+    }
+}
+
+pub fn run(args: VqaArgs) -> Result<()> {
+    let questions = VqaQuestions::read(&args.questions)?;
+    let annotations = VqaAnnotations::read(&args.annotations)?;
+    let items = read_items(
+        &args.questions,
+        &args.images,
+        &args.image_pattern,
+        &args.prompt,
+    )?;
+    let gen = Blip2Generator::load(&args.model, &Device::Cpu)?;
+    let (decoder, default_lp) = match gen.kind() {
+        LlmKind::Opt => (AnswerDecoder::Opt, 0.0),
+        LlmKind::T5 => (AnswerDecoder::FlanT5, -1.0),
+    };
+    let cfg = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        min_new_tokens: args.min_new_tokens,
+        num_beams: args.num_beams,
+        length_penalty: args.length_penalty.unwrap_or(default_lp),
+        ..gen.generation_config()
+    };
+    let bar = ProgressBar::new(items.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} questions {elapsed} eta {eta}")
+            .context("progress bar template")?,
+    );
+    let mut answerer = Answerer { gen: &gen, cfg };
+    let preds = answer_all(&items, args.batch_size, decoder, &mut answerer, |n| {
+        bar.set_position(n as u64)
+    })?;
+    bar.finish_and_clear();
+    if let Some(out) = &args.out {
+        write_results(out, &preds)?;
+    }
+    let source = args
+        .out
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "generated answers".into());
+    let results = VqaResults::from_predictions(&source, preds);
+    let summation = match args.python {
+        PythonVersion::Py311 => PythonSum::LeftFold,
+        PythonVersion::Py312 => PythonSum::Neumaier,
+    };
+    let acc = vqa_accuracy_with_questions(&questions, &annotations, &results, summation)?;
+    print_scores(&acc, args.json)
+}

@@ -1,0 +1,62 @@
+//! `blip2 generate`: prompted generation from one image with a `Blip2ForConditionalGeneration`
+//! directory, as HF 4.57 `generate` does it.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::Device;
+use clap::Args;
+use serde::Serialize;
+
+use crate::common::generator::Blip2Generator;
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub image: PathBuf,
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 20)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    pub num_beams: usize,
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    pub length_penalty: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    /// Print `{"ids": [...], "text": "..."}` instead of the text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    ids: &'a [u32],
+    text: &'a str,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let gen = Blip2Generator::load(&args.model, &Device::Cpu)?;
+    let cfg = qformer::llm::GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        min_new_tokens: args.min_new_tokens,
+        num_beams: args.num_beams,
+        length_penalty: args.length_penalty,
+        repetition_penalty: args.repetition_penalty,
+        ..gen.generation_config()
+    };
+    let ids = gen.generate(&[args.image], &[args.prompt], &cfg)?;
+    let ids = &ids[0];
+    let text = gen.decode(ids)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&Output { ids, text: &text })?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
