@@ -1,6 +1,7 @@
 //! Helpers shared by the CLI commands: device parsing, loading a model directory, turning
-//! preprocessed images and token batches into tensors.
+//! preprocessed images and token batches into tensors, loading a generation model.
 
 pub mod device;
+pub mod generator;
 pub mod inputs;
-pub mod model_dir;pub mod generator;
+pub mod model_dir;
