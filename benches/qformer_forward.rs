@@ -22,13 +22,8 @@ fn bench_qformer_queries(c: &mut Criterion) {
     let queries = (Tensor::randn(0f32, 1.0, (BATCH, QUERIES, cfg.hidden_size), &dev).unwrap()
         * 0.02)
         .unwrap();
-    let image = Tensor::randn(
-        0f32,
-        1.0,
-        (BATCH, VISION_TOKENS, cfg.encoder_hidden_size),
-        &dev,
-    )
-    .unwrap();
+    let image =
+        Tensor::randn(0f32, 1.0, (BATCH, VISION_TOKENS, cfg.encoder_hidden_size), &dev).unwrap();
     let mask = AdditiveMask::new(MaskMode::UniModal, QUERIES, None, BATCH, &dev).unwrap();
     let inp = QFormerInput {
         query_embeds: Some(&queries),
@@ -38,16 +33,11 @@ fn bench_qformer_queries(c: &mut Criterion) {
         past_query_kv: None,
     };
     let mut group = c.benchmark_group("qformer_forward");
-    group
-        .sample_size(10)
-        .throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(10).throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("b8_q32_feat257x1408", |b| {
         b.iter(|| {
             let out = qformer.forward_eval(&inp).unwrap();
-            assert_eq!(
-                out.query_output().unwrap().dims(),
-                &[BATCH, QUERIES, cfg.hidden_size]
-            );
+            assert_eq!(out.query_output().unwrap().dims(), &[BATCH, QUERIES, cfg.hidden_size]);
         })
     });
     group.finish();

@@ -5,11 +5,7 @@ use clap::{Parser, Subcommand};
 use crate::cmd::eval::EvalArgs;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "blip2",
-    version,
-    about = "Pretrain and evaluate BLIP-2 Q-Formers"
-)]
+#[command(name = "blip2", version, about = "Pretrain and evaluate BLIP-2 Q-Formers")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -13,10 +13,7 @@ fn model_dir() -> PathBuf {
 }
 
 fn blip2(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_blip2")).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "blip2 {args:?}\nstdout:\n{}\nstderr:\n{}",
@@ -32,20 +29,9 @@ fn s(p: &Path) -> &str {
 #[test]
 fn cached_features_match_the_vit_and_train() {
     let dir = tempfile::tempdir().unwrap();
-    let (world, feat, run) = (
-        dir.path().join("world"),
-        dir.path().join("feat"),
-        dir.path().join("run"),
-    );
-    blip2(&[
-        "synth",
-        "--out",
-        s(&world),
-        "--images",
-        "20",
-        "--image-size",
-        "32",
-    ]);
+    let (world, feat, run) =
+        (dir.path().join("world"), dir.path().join("feat"), dir.path().join("run"));
+    blip2(&["synth", "--out", s(&world), "--images", "20", "--image-size", "32"]);
     let ann = world.join("annotations/karpathy_train.json");
     blip2(&[
         "cache-features",
@@ -65,9 +51,7 @@ fn cached_features_match_the_vit_and_train() {
 
     // Every cached row against the ViT run on its image here, one at a time.
     let dev = Device::Cpu;
-    let model = load_hf_dir(model_dir(), &LoadOptions::default())
-        .unwrap()
-        .model;
+    let model = load_hf_dir(model_dir(), &LoadOptions::default()).unwrap().model;
     let pp =
         ImageProcessorConfig::from_file(&model_dir().join("preprocessor_config.json")).unwrap();
     let index: serde_json::Value =
@@ -86,12 +70,7 @@ fn cached_features_match_the_vit_and_train() {
             let px =
                 Tensor::from_vec(px.data, (1, px.channels, px.height, px.width), &dev).unwrap();
             let want = model.vision_features(&px).unwrap().squeeze(0).unwrap();
-            let d = (feats.get(i).unwrap() - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap();
+            let d = (feats.get(i).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
             assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "{key}");
             n += 1;
         }

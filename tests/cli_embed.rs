@@ -9,21 +9,11 @@ use common::*;
 fn embeddings_match_hf() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("emb.safetensors");
-    let mut a = vec![
-        os("embed"),
-        os("--model"),
-        os(fixture("itm")),
-        os("--out"),
-        os(&out),
-    ];
+    let mut a = vec![os("embed"), os("--model"), os(fixture("itm")), os("--out"), os(&out)];
     a.extend(image_args(&images()));
     a.extend(text_args(&TEXTS));
     let run = blip2(&a);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 
     let got = load_tensors(&out);
     let want = load_tensors(&fixture("itm/expected.safetensors"));
@@ -55,20 +45,10 @@ fn embeddings_match_hf() {
 fn text_only_writes_only_text_embeds() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.safetensors");
-    let mut a = vec![
-        os("embed"),
-        os("--model"),
-        os(fixture("itm")),
-        os("--out"),
-        os(&out),
-    ];
+    let mut a = vec![os("embed"), os("--model"), os(fixture("itm")), os("--out"), os(&out)];
     a.extend(text_args(&TEXTS[..2]));
     let run = blip2(&a);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let got = load_tensors(&out);
     assert_eq!(got.len(), 1);
     assert_eq!(got["text_embeds"].dims(), &[2, 16]);

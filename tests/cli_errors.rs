@@ -9,25 +9,14 @@ use common::*;
 fn assert_clean_error(a: &[OsString], culprit: &str) {
     let out = blip2(a);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "should fail; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(!out.status.success(), "should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
     assert!(!err.contains("panicked"), "panic: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(err.contains(culprit), "error should name {culprit}: {err}");
 }
 
 fn score_with(model: OsString, image: OsString) -> Vec<OsString> {
-    let mut a = vec![
-        os("score"),
-        os("--model"),
-        model,
-        os("--json"),
-        os("--image"),
-        image,
-    ];
+    let mut a = vec![os("score"), os("--model"), model, os("--json"), os("--image"), image];
     a.extend(text_args(&TEXTS[..1]));
     a
 }
@@ -59,10 +48,7 @@ fn wrong_directory() {
 fn wrong_checkpoint() {
     // A safetensors file where a LAVIS .pth is expected.
     let mut a = score_with(os(fixture("itm")), os(fixture("images/img0.png")));
-    a.extend([
-        os("--lavis-checkpoint"),
-        os(fixture("itm/lm_head.safetensors")),
-    ]);
+    a.extend([os("--lavis-checkpoint"), os(fixture("itm/lm_head.safetensors"))]);
     assert_clean_error(&a, "lm_head.safetensors");
 }
 

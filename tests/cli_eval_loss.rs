@@ -28,9 +28,7 @@ fn assert_losses(got: &serde_json::Value, want: [f64; 4]) {
     let obj = got.as_object().unwrap();
     assert_eq!(obj.len(), 4, "exactly itc, itm, itg, total: {got}");
     for (key, w) in ["itc", "itm", "itg", "total"].iter().zip(want) {
-        let g = got[key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{key} missing: {got}"));
+        let g = got[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {got}"));
         assert!((g - w).abs() <= ATOL as f64, "{key}: got {g}, LAVIS {w}");
     }
 }
@@ -45,10 +43,7 @@ fn lavis_checkpoint_losses_match_lavis() {
     ]);
     let l = &json_file("itm/expected_losses.json")["losses"];
     let f = |k: &str| l[k].as_f64().unwrap();
-    assert_losses(
-        &got,
-        [f("loss_itc"), f("loss_itm"), f("loss_itg"), f("total")],
-    );
+    assert_losses(&got, [f("loss_itc"), f("loss_itm"), f("loss_itg"), f("total")]);
 }
 
 /// The HF directory alone (ln_vision eps 1e-6 from its config) matches LAVIS run with that eps.
@@ -58,10 +53,7 @@ fn hf_directory_losses_match_lavis_with_hf_eps() {
     let l =
         &json_file("itm/expected_losses.json")["variant_ln_vision_eps_from_hf_config"]["losses"];
     let f = |k: &str| l[k].as_f64().unwrap();
-    assert_losses(
-        &got,
-        [f("loss_itc"), f("loss_itm"), f("loss_itg"), f("total")],
-    );
+    assert_losses(&got, [f("loss_itc"), f("loss_itm"), f("loss_itg"), f("total")]);
 }
 
 #[test]

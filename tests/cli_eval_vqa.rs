@@ -76,11 +76,7 @@ fn check(model: &str) {
         .arg(r.join("tests/fixtures/vqa-tiny/annotations.json"))
         .output()
         .unwrap();
-    assert!(
-        rescored.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rescored.stderr)
-    );
+    assert!(rescored.status.success(), "{}", String::from_utf8_lossy(&rescored.stderr));
     let rescored: serde_json::Value = serde_json::from_slice(&rescored.stdout).unwrap();
     assert_eq!(printed, rescored, "{model}");
 }
@@ -103,18 +99,10 @@ fn t5_batched_answers_equal_unbatched_and_rescore() {
 #[test]
 fn prompt_without_slot_and_missing_images_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = eval_vqa(
-        "opt",
-        2,
-        &tmp.path().join("r.json"),
-        &["--prompt", "no slot"],
-    );
+    let out = eval_vqa("opt", 2, &tmp.path().join("r.json"), &["--prompt", "no slot"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no slot") && !err.contains("panicked"),
-        "{err}"
-    );
+    assert!(err.contains("no slot") && !err.contains("panicked"), "{err}");
     let out = eval_vqa_pattern("opt", 2, &tmp.path().join("r.json"), "x{image_id}.jpg", &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -134,11 +122,7 @@ fn answers_equal_hf_reference_for_opt_and_t5() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("r.json");
         let out = eval_vqa(model, 3, &path, &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(read_json(&path), reference["vqa"][model], "{model}");
     }
 }
@@ -155,16 +139,9 @@ fn captions_equal_hf_reference_with_lavis_caption_settings() {
             .args((0..4).map(|i| r.join(format!("tests/fixtures/hf-tiny/images/img{i}.png"))))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got: Vec<String> =
+            String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
         let want: Vec<String> = reference["captions"][model]
             .as_array()
             .unwrap()

@@ -5,17 +5,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf-tiny")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny").join(name)
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
 }
 
 /// HF rows are padded after EOS to the batch width; ours end at EOS.
@@ -34,44 +28,23 @@ fn check_model(name: &str, min_new_tokens: usize, eos: u64, skip: usize) {
     let images = expected["images"].as_array().unwrap();
     let mut checked = 0;
     for case in expected["cases"].as_array().unwrap() {
-        let image = fixture("").join(
-            images[case["image"].as_u64().unwrap() as usize]
-                .as_str()
-                .unwrap(),
-        );
-        let prompt = prompts[case["prompt"].as_u64().unwrap() as usize]
-            .as_str()
-            .unwrap();
+        let image =
+            fixture("").join(images[case["image"].as_u64().unwrap() as usize].as_str().unwrap());
+        let prompt = prompts[case["prompt"].as_u64().unwrap() as usize].as_str().unwrap();
         for (key, beams) in [("greedy_ids", "1"), ("beam3_ids", "3")] {
             let out = Command::new(env!("CARGO_BIN_EXE_blip2"))
                 .args(["generate", "--model"])
                 .arg(&dir)
                 .arg("--image")
                 .arg(&image)
-                .args([
-                    "--prompt",
-                    prompt,
-                    "--max-new-tokens",
-                    "6",
-                    "--num-beams",
-                    beams,
-                ])
+                .args(["--prompt", prompt, "--max-new-tokens", "6", "--num-beams", beams])
                 .args(["--min-new-tokens", &min_new_tokens.to_string(), "--json"])
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             let want = trim_after_eos(&ids(&case[key]), eos, skip);
-            assert_eq!(
-                ids(&got["ids"]),
-                want,
-                "{name} {key} {} / {prompt}",
-                image.display()
-            );
+            assert_eq!(ids(&got["ids"]), want, "{name} {key} {} / {prompt}", image.display());
             if key == "greedy_ids" {
                 if let Some(text) = case.get("greedy_text") {
                     assert_eq!(got["text"], *text, "{name} greedy text");
@@ -104,8 +77,5 @@ fn generate_names_a_missing_image() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("/nonexistent/x.png") && !err.contains("panicked"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/x.png") && !err.contains("panicked"), "{err}");
 }

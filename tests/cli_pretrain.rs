@@ -69,16 +69,10 @@ fn tiny_run_writes_config_metrics_checkpoint_and_curves() {
     let out = pretrain(&args.iter().map(String::as_str).collect::<Vec<_>>());
     ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("trainable"),
-        "parameter summary missing: {stdout}"
-    );
-    for f in [
-        "config.toml",
-        "metrics.jsonl",
-        "curves.png",
-        "checkpoints/step-000003/model.safetensors",
-    ] {
+    assert!(stdout.contains("trainable"), "parameter summary missing: {stdout}");
+    for f in
+        ["config.toml", "metrics.jsonl", "curves.png", "checkpoints/step-000003/model.safetensors"]
+    {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let l = losses(&run);
@@ -110,17 +104,9 @@ fn six_steps_equal_three_plus_resume_plus_three() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a");
     let b = dir.path().join("b");
+    ok(&pretrain(&tiny_args(&a, &[]).iter().map(String::as_str).collect::<Vec<_>>()));
     ok(&pretrain(
-        &tiny_args(&a, &[])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    ));
-    ok(&pretrain(
-        &tiny_args(&b, &["--stop-after", "3"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &tiny_args(&b, &["--stop-after", "3"]).iter().map(String::as_str).collect::<Vec<_>>(),
     ));
     assert_eq!(losses(&b).len(), 3);
     ok(&pretrain(&["--resume", b.to_str().unwrap()]));

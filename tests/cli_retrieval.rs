@@ -10,9 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf-tiny")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny").join(rel)
 }
 
 fn run(k: usize, dir: &Path, cache: Option<&Path>) -> (Value, Value, String) {
@@ -35,11 +33,7 @@ fn run(k: usize, dir: &Path, cache: Option<&Path>) -> (Value, Value, String) {
         cmd.arg("--cache").arg(c);
     }
     let res = cmd.output().unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let stdout = String::from_utf8(res.stdout).unwrap();
     let read =
         |p: &Path| serde_json::from_str::<Value>(&std::fs::read_to_string(p).unwrap()).unwrap();
@@ -75,16 +69,9 @@ fn matches_reference_and_cache_reuse_is_identical() {
         let printed: Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(printed["itc"], expected["itc_metrics"]);
         assert_eq!(printed["rerank"], want["metrics"]);
-        assert_eq!(
-            (printed["images"].as_u64(), printed["texts"].as_u64()),
-            (Some(4), Some(5))
-        );
+        assert_eq!((printed["images"].as_u64(), printed["texts"].as_u64()), (Some(4), Some(5)));
         let keys: Vec<&String> = printed.as_object().unwrap().keys().collect();
-        assert_eq!(
-            keys.len(),
-            4,
-            "--json prints exactly itc, rerank, images, texts"
-        );
+        assert_eq!(keys.len(), 4, "--json prints exactly itc, rerank, images, texts");
         assert_eq!(report["rerank"], want["metrics"]);
         assert_eq!(report["k_test"].as_u64(), Some(k as u64));
     }
@@ -92,11 +79,7 @@ fn matches_reference_and_cache_reuse_is_identical() {
     let cache = tmp.path().join("cache");
     let (fresh_report, fresh, fresh_out) = run(2, tmp.path(), Some(&cache));
     assert_eq!(fresh_report["images_from_cache"].as_u64(), Some(0));
-    assert_eq!(
-        std::fs::read_dir(&cache).unwrap().count(),
-        4,
-        "one entry per image"
-    );
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 4, "one entry per image");
     let (cached_report, cached, cached_out) = run(2, tmp.path(), Some(&cache));
     assert_eq!(cached_report["images_from_cache"].as_u64(), Some(4));
     assert_eq!(fresh, cached, "cached images give bit-identical scores");
@@ -110,14 +93,7 @@ fn matches_reference_and_cache_reuse_is_identical() {
 #[test]
 fn bad_annotation_path_is_a_clear_error() {
     let res = Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .args([
-            "eval",
-            "retrieval",
-            "--annotations",
-            "/nonexistent/ann.json",
-            "--images",
-            ".",
-        ])
+        .args(["eval", "retrieval", "--annotations", "/nonexistent/ann.json", "--images", "."])
         .arg("--model")
         .arg(fixture("itm"))
         .output()

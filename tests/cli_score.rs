@@ -27,12 +27,7 @@ fn score_json_matches_hf_retrieval_model() {
     let obj = got.as_object().unwrap();
     assert_eq!(obj.len(), 2, "exactly itc and itm: {got}");
     let want = json_file("itm/expected.json");
-    assert_matrix_close(
-        "itc",
-        &matrix(&got["itc"]),
-        &matrix(&want["itc"]),
-        ATOL as f64,
-    );
+    assert_matrix_close("itc", &matrix(&got["itc"]), &matrix(&want["itc"]), ATOL as f64);
     assert_matrix_close(
         "itm match probability",
         &matrix(&got["itm"]),
@@ -45,13 +40,7 @@ fn score_json_matches_hf_retrieval_model() {
 /// LAVIS's own similarities and ITM logits from `Blip2Qformer.forward`.
 #[test]
 fn score_with_lavis_checkpoint_matches_lavis_forward() {
-    let got = score(
-        &[
-            os("--lavis-checkpoint"),
-            os(fixture("itm/lavis_stage1.pth")),
-        ],
-        &TEXTS,
-    );
+    let got = score(&[os("--lavis-checkpoint"), os(fixture("itm/lavis_stage1.pth"))], &TEXTS);
     let itc = matrix(&got["itc"]);
     let itm = matrix(&got["itm"]);
     let e = load_tensors(&fixture("itm/expected_losses.safetensors"));
@@ -80,12 +69,7 @@ fn score_with_lavis_checkpoint_matches_lavis_forward() {
     }
     let got_rows: Vec<Vec<f64>> = pairs.iter().map(|&(i, t)| vec![itm[i][t]]).collect();
     let want_rows: Vec<Vec<f64>> = logits.iter().map(|l| vec![softmax1(l)]).collect();
-    assert_matrix_close(
-        "itm vs LAVIS itm_logits",
-        &got_rows,
-        &want_rows,
-        ATOL as f64,
-    );
+    assert_matrix_close("itm vs LAVIS itm_logits", &got_rows, &want_rows, ATOL as f64);
 }
 
 #[test]
@@ -94,11 +78,7 @@ fn score_table_names_every_pair() {
     a.extend(image_args(&images()[..2]));
     a.extend(text_args(&TEXTS[..3]));
     let out = blip2(&a);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     for t in &TEXTS[..3] {
         assert_eq!(text.matches(t).count(), 2, "{t} once per image in:\n{text}");

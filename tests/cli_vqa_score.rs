@@ -7,9 +7,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/vqa-official")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqa-official").join(name)
 }
 
 fn vqa_score(results: &Path, extra: &[&str]) -> Output {
@@ -28,11 +26,7 @@ fn vqa_score(results: &Path, extra: &[&str]) -> Output {
 #[test]
 fn json_output_matches_the_official_scorer() {
     let out = vqa_score(&fixture("results.json"), &["--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     let want: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
@@ -44,10 +38,7 @@ fn json_output_matches_the_official_scorer() {
 #[test]
 fn python_version_flag_selects_the_summation() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqa-summation");
-    for (flag, expected) in [
-        ("3.11", "expected_py311.json"),
-        ("3.12", "expected_py312.json"),
-    ] {
+    for (flag, expected) in [("3.11", "expected_py311.json"), ("3.12", "expected_py312.json")] {
         let out = Command::new(env!("CARGO_BIN_EXE_blip2"))
             .args(["eval", "vqa-score", "--json", "--python", flag, "--results"])
             .arg(dir.join("results.json"))
@@ -57,11 +48,7 @@ fn python_version_flag_selects_the_summation() {
             .arg(dir.join("annotations.json"))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let got: Value = serde_json::from_slice(&out.stdout).unwrap();
         let want: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(expected)).unwrap()).unwrap();
@@ -98,10 +85,7 @@ fn bad_results_fail_with_file_and_field() {
             r#"[{"question_id": 99999, "answer": "yes"}]"#,
             "[0].question_id 99999 is not a question of",
         ),
-        (
-            r#"[{"question_id": 1001, "answer": "yes"}]"#,
-            "no answer for question_id 1002",
-        ),
+        (r#"[{"question_id": 1001, "answer": "yes"}]"#, "no answer for question_id 1002"),
         (r#"{"question_id": 1001}"#, "(top level): expected an array"),
         ("[{", "invalid JSON"),
     ];
@@ -111,10 +95,7 @@ fn bad_results_fail_with_file_and_field() {
         let out = vqa_score(&path, &["--json"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "case {i} succeeded");
-        assert!(
-            err.contains(want) && err.contains(&format!("results{i}.json")),
-            "case {i}: {err}"
-        );
+        assert!(err.contains(want) && err.contains(&format!("results{i}.json")), "case {i}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
     let out = vqa_score(&dir.path().join("missing.json"), &[]);

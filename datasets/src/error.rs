@@ -22,11 +22,7 @@ pub enum DataError {
     },
     /// A field is missing or has the wrong type (`field` is a JSON-pointer-like path).
     #[error("{path}: field `{field}`: {message}")]
-    Field {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
+    Field { path: PathBuf, field: String, message: String },
     #[error("{what}: cannot decode image: {message}")]
     Image { what: String, message: String },
     #[error("{path}: tokenizer: {message}")]
@@ -41,10 +37,7 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.into(),
-            source,
-        }
+        DataError::Io { path: path.into(), source }
     }
 
     pub(crate) fn field(
@@ -52,10 +45,6 @@ impl DataError {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        DataError::Field {
-            path: path.into(),
-            field: field.into(),
-            message: message.into(),
-        }
+        DataError::Field { path: path.into(), field: field.into(), message: message.into() }
     }
 }

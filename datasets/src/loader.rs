@@ -91,11 +91,7 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(items: Vec<ImageTextItem>, tokenizer: TextTokenizer, config: LoaderConfig) -> Self {
-        Loader {
-            items: Arc::new(items),
-            tokenizer: Arc::new(tokenizer),
-            config: Arc::new(config),
-        }
+        Loader { items: Arc::new(items), tokenizer: Arc::new(tokenizer), config: Arc::new(config) }
     }
 
     pub fn len(&self) -> usize {
@@ -118,10 +114,7 @@ impl Loader {
             let mut pos = state.position.min(order.len());
             while pos < order.len() {
                 let end = (pos + bs).min(order.len());
-                let cursor = LoaderState {
-                    position: end,
-                    ..state
-                };
+                let cursor = LoaderState { position: end, ..state };
                 let batch = build_batch(&items, &order[pos..end], pos, &tokenizer, &config, cursor);
                 if tx.send(batch).is_err() {
                     return;
@@ -129,10 +122,7 @@ impl Loader {
                 pos = end;
             }
         });
-        EpochIter {
-            rx,
-            handle: Some(handle),
-        }
+        EpochIter { rx, handle: Some(handle) }
     }
 }
 
@@ -228,10 +218,7 @@ fn build_batch(
             }
             Err(e) => {
                 eprintln!("warning: skipping sample {}: {e}", item.key);
-                batch.skipped.push(SkippedSample {
-                    key: item.key.clone(),
-                    reason: e.to_string(),
-                });
+                batch.skipped.push(SkippedSample { key: item.key.clone(), reason: e.to_string() });
             }
         }
     }

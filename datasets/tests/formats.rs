@@ -25,14 +25,8 @@ fn karpathy_train_groups_image_ids_and_eval_numbers_texts() {
     );
     let items = read_karpathy_train(&train, Path::new("/imgs")).unwrap();
     assert_eq!(items.len(), 3);
-    assert_eq!(
-        items.iter().map(|i| i.image_id).collect::<Vec<_>>(),
-        vec![0, 0, 1]
-    );
-    assert_eq!(
-        items[2].image,
-        ImageSource::Path("/imgs/val2014/b.jpg".into())
-    );
+    assert_eq!(items.iter().map(|i| i.image_id).collect::<Vec<_>>(), vec![0, 0, 1]);
+    assert_eq!(items[2].image, ImageSource::Path("/imgs/val2014/b.jpg".into()));
     assert_eq!(items[0].caption, "A cat.");
 
     let test = write(
@@ -55,28 +49,17 @@ fn karpathy_errors_name_file_and_field() {
     let bad = write(d.path(), "bad.json", r#"[{"image":"a.jpg"}]"#);
     let e = read_karpathy_eval(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.json") && e.contains("caption"), "{e}");
-    let bad_id = write(
-        d.path(),
-        "bad_id.json",
-        r#"[{"image":"a.jpg","caption":"x","image_id":[1]}]"#,
-    );
-    let e = read_karpathy_train(&bad_id, d.path())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("bad_id.json") && e.contains("[0].image_id"),
-        "{e}"
-    );
+    let bad_id =
+        write(d.path(), "bad_id.json", r#"[{"image":"a.jpg","caption":"x","image_id":[1]}]"#);
+    let e = read_karpathy_train(&bad_id, d.path()).unwrap_err().to_string();
+    assert!(e.contains("bad_id.json") && e.contains("[0].image_id"), "{e}");
 }
 
 #[test]
 fn vqa_official_fixture_joins_annotations() {
     let dir = common::fixtures().join("vqa-official");
-    let qs = read_vqa_official(
-        &dir.join("questions.json"),
-        Some(&dir.join("annotations.json")),
-    )
-    .unwrap();
+    let qs = read_vqa_official(&dir.join("questions.json"), Some(&dir.join("annotations.json")))
+        .unwrap();
     assert_eq!(qs.len(), 40);
     let q0 = &qs[0];
     assert_eq!((q0.question_id, q0.image_id), (1001, 500));
@@ -168,20 +151,14 @@ fn nocaps_capfilt_and_jsonl_pairs() {
     );
     let items = read_capfilt(&c, Path::new("/root")).unwrap();
     assert_eq!(items[0].image, ImageSource::Url("http://x/1.jpg".into()));
-    assert_eq!(
-        items[1].image,
-        ImageSource::Path("/root/local/2.jpg".into())
-    );
+    assert_eq!(items[1].image, ImageSource::Path("/root/local/2.jpg".into()));
     let j = write(
         d.path(),
         "pairs.jsonl",
         "{\"image_path\":\"a.png\",\"caption\":\"one\"}\n\n{\"image_path\":\"a.png\",\"caption\":\"two\"}\n{\"image_path\":\"b.png\",\"caption\":\"three\"}\n",
     );
     let items = read_pairs_jsonl(&j, d.path()).unwrap();
-    assert_eq!(
-        items.iter().map(|i| i.image_id).collect::<Vec<_>>(),
-        vec![0, 0, 1]
-    );
+    assert_eq!(items.iter().map(|i| i.image_id).collect::<Vec<_>>(), vec![0, 0, 1]);
     let bad = write(d.path(), "bad.jsonl", "{\"image_path\":\"a.png\"}\n");
     let e = read_pairs_jsonl(&bad, d.path()).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl") && e.contains("line 1"), "{e}");
@@ -213,17 +190,11 @@ fn webdataset_shard_groups_members_and_prefers_json_caption() {
         (
             "000000001".to_string(),
             vec![
-                (
-                    "jpg".to_string(),
-                    b"\xff\xd8\xff\xe0 not really a jpeg".to_vec(),
-                ),
+                ("jpg".to_string(), b"\xff\xd8\xff\xe0 not really a jpeg".to_vec()),
                 ("txt".to_string(), b"corrupt one".to_vec()),
             ],
         ),
-        (
-            "000000002".to_string(),
-            vec![("txt".to_string(), b"no image".to_vec())],
-        ),
+        ("000000002".to_string(), vec![("txt".to_string(), b"no image".to_vec())]),
     ];
     write_shard(&shard, &samples).unwrap();
     let mut got = Vec::new();
@@ -258,9 +229,7 @@ fn img2dataset_parquet_and_tsv_skip_failed_rows() {
     )
     .unwrap();
     let p = d.path().join("00000.parquet");
-    ParquetWriter::new(std::fs::File::create(&p).unwrap())
-        .finish(&mut df)
-        .unwrap();
+    ParquetWriter::new(std::fs::File::create(&p).unwrap()).finish(&mut df).unwrap();
     let t = read_table(&p, "caption").unwrap();
     assert_eq!(t.rows.len(), 2);
     assert_eq!(t.rows[1].caption, "third");
@@ -268,11 +237,7 @@ fn img2dataset_parquet_and_tsv_skip_failed_rows() {
     assert_eq!(t.skipped_total(), 2);
     assert_eq!(t.skipped["failed_to_download"], 1);
 
-    let tsv = write(
-        d.path(),
-        "cc3m.tsv",
-        "caption\turl\na b\thttp://x\nc d\thttp://y\n",
-    );
+    let tsv = write(d.path(), "cc3m.tsv", "caption\turl\na b\thttp://x\nc d\thttp://y\n");
     let t = read_table(&tsv, "caption").unwrap();
     assert_eq!(t.rows.len(), 2);
     assert_eq!(t.rows[0].url.as_deref(), Some("http://x"));

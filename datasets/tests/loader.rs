@@ -21,20 +21,15 @@ fn png(img: &datasets::image::RgbImage8) -> Vec<u8> {
 }
 
 fn items(n: usize) -> Vec<ImageTextItem> {
-    generate(&SynthConfig {
-        images: n,
-        seed: 5,
-        image_size: 24,
-        ..Default::default()
-    })
-    .into_iter()
-    .map(|s| ImageTextItem {
-        key: format!("s{}", s.id),
-        image: ImageSource::Bytes(png(&s.scene.render())),
-        caption: s.captions[0].clone(),
-        image_id: s.id,
-    })
-    .collect()
+    generate(&SynthConfig { images: n, seed: 5, image_size: 24, ..Default::default() })
+        .into_iter()
+        .map(|s| ImageTextItem {
+            key: format!("s{}", s.id),
+            image: ImageSource::Bytes(png(&s.scene.render())),
+            caption: s.captions[0].clone(),
+            image_id: s.id,
+        })
+        .collect()
 }
 
 fn config(augment: bool) -> LoaderConfig {
@@ -66,11 +61,7 @@ fn epoch_order_is_a_seeded_permutation() {
 fn resume_from_saved_cursor_sees_the_same_batches() {
     for augment in [false, true] {
         let loader = Loader::new(items(18), tokenizer(), config(augment));
-        let start = LoaderState {
-            seed: 7,
-            epoch: 3,
-            position: 0,
-        };
+        let start = LoaderState { seed: 7, epoch: 3, position: 0 };
         let full: Vec<_> = loader.epoch(start).map(|b| b.unwrap()).collect();
         assert_eq!(full.len(), 5); // 4+4+4+4+2
         assert_eq!(full.iter().map(|b| b.batch_size).sum::<usize>(), 18);
@@ -100,11 +91,7 @@ fn resume_from_saved_cursor_sees_the_same_batches() {
 #[test]
 fn augmentation_changes_pixels_but_not_eval() {
     let it = items(4);
-    let state = LoaderState {
-        seed: 1,
-        epoch: 0,
-        position: 0,
-    };
+    let state = LoaderState { seed: 1, epoch: 0, position: 0 };
     let eval = Loader::new(it.clone(), tokenizer(), config(false));
     let train = Loader::new(it, tokenizer(), config(true));
     let e = eval.epoch(state).next().unwrap().unwrap();
@@ -119,11 +106,7 @@ fn corrupt_missing_and_bomb_samples_are_skipped_and_counted() {
     it[1].image = ImageSource::Bytes(b"\x89PNG\r\n\x1a\n truncated".to_vec());
     it[2].image = ImageSource::Path("/nonexistent/image.png".into());
     // A PNG header claiming 100000 x 100000 pixels: refused from the header alone.
-    let mut bomb = png(&datasets::image::RgbImage8 {
-        width: 1,
-        height: 1,
-        data: vec![0, 0, 0],
-    });
+    let mut bomb = png(&datasets::image::RgbImage8 { width: 1, height: 1, data: vec![0, 0, 0] });
     bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
     bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
     let crc = crc32(&bomb[12..29]);
@@ -133,15 +116,7 @@ fn corrupt_missing_and_bomb_samples_are_skipped_and_counted() {
     cfg.shuffle = false;
     cfg.batch_size = 6;
     let loader = Loader::new(it, tokenizer(), cfg);
-    let b = loader
-        .epoch(LoaderState {
-            seed: 0,
-            epoch: 0,
-            position: 0,
-        })
-        .next()
-        .unwrap()
-        .unwrap();
+    let b = loader.epoch(LoaderState { seed: 0, epoch: 0, position: 0 }).next().unwrap().unwrap();
     assert_eq!(b.batch_size, 3);
     assert_eq!(b.keys, vec!["s0", "s4", "s5"]);
     assert_eq!(b.image_ids, vec![0, 4, 5]);
@@ -149,11 +124,7 @@ fn corrupt_missing_and_bomb_samples_are_skipped_and_counted() {
     let skipped: Vec<_> = b.skipped.iter().map(|s| s.key.as_str()).collect();
     assert_eq!(skipped, vec!["s1", "s2", "s3"]);
     assert!(b.skipped[1].reason.contains("/nonexistent/image.png"));
-    assert!(
-        b.skipped[2].reason.to_lowercase().contains("limit"),
-        "{}",
-        b.skipped[2].reason
-    );
+    assert!(b.skipped[2].reason.to_lowercase().contains("limit"), "{}", b.skipped[2].reason);
 }
 
 /// PNG chunk CRC (ISO 3309), to forge a valid IHDR with absurd dimensions.
@@ -162,11 +133,7 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
         }
     }
     !crc

@@ -16,11 +16,8 @@ fn hf_tiny_pixel_values_match_within_1e4() {
     let want = pv.f32s();
     let per = 3 * 32 * 32;
     for i in 0..4 {
-        let img = decode_file(
-            &dir.join(format!("images/img{i}.png")),
-            DecodeLimits::default(),
-        )
-        .unwrap();
+        let img =
+            decode_file(&dir.join(format!("images/img{i}.png")), DecodeLimits::default()).unwrap();
         let t = eval_transform(&img, &cfg);
         assert_eq!((t.channels, t.height, t.width), (3, 32, 32));
         let d = max_abs_diff(&t.data, &want[i * per..(i + 1) * per]);
@@ -42,27 +39,18 @@ fn extra_cases_match_pillow_bytes_and_hf_pixels() {
     for case in meta["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let size = case["size"].as_u64().unwrap() as usize;
-        let img = decode_file(
-            &dir.join(case["file"].as_str().unwrap()),
-            DecodeLimits::default(),
-        )
-        .unwrap();
+        let img = decode_file(&dir.join(case["file"].as_str().unwrap()), DecodeLimits::default())
+            .unwrap();
         let input = case["input"].as_array().unwrap();
         assert_eq!(img.width as u64, input[0].as_u64().unwrap(), "{name} width");
-        assert_eq!(
-            img.height as u64,
-            input[1].as_u64().unwrap(),
-            "{name} height"
-        );
+        assert_eq!(img.height as u64, input[1].as_u64().unwrap(), "{name} height");
         // Our JPEG decoder is not libjpeg-turbo: feed the resize Pillow's decoded pixels
         // (`tools/pil_decoded_jpeg.py`) so the byte comparison tests the resize alone.
         let file = case["file"].as_str().unwrap();
         let resize_input = if file.ends_with(".jpg") {
-            let pil = decode_file(
-                &dir.join(file.replace(".jpg", ".pil.png")),
-                DecodeLimits::default(),
-            )
-            .unwrap();
+            let pil =
+                decode_file(&dir.join(file.replace(".jpg", ".pil.png")), DecodeLimits::default())
+                    .unwrap();
             assert_eq!((pil.width, pil.height), (img.width, img.height));
             let gap = img
                 .data
@@ -82,12 +70,7 @@ fn extra_cases_match_pillow_bytes_and_hf_pixels() {
         let resized = datasets::image::resize_bicubic(&resize_input, size, size);
         let hf_u8 = &want[&format!("{name}.resized_u8")];
         assert_eq!(hf_u8.shape, vec![size, size, 3]);
-        let diff = resized
-            .data
-            .iter()
-            .zip(&hf_u8.bytes)
-            .filter(|(a, b)| a != b)
-            .count();
+        let diff = resized.data.iter().zip(&hf_u8.bytes).filter(|(a, b)| a != b).count();
         let max = resized
             .data
             .iter()

@@ -8,12 +8,7 @@ use datasets::synth::{generate, write_world, SynthConfig};
 
 #[test]
 fn world_is_deterministic_and_round_trips_through_the_readers() {
-    let cfg = SynthConfig {
-        images: 200,
-        seed: 11,
-        image_size: 32,
-        shard_size: 100,
-    };
+    let cfg = SynthConfig { images: 200, seed: 11, image_size: 32, shard_size: 100 };
     let d1 = tempfile::tempdir().unwrap();
     let d2 = tempfile::tempdir().unwrap();
     let s1 = write_world(d1.path(), &cfg).unwrap();
@@ -26,11 +21,8 @@ fn world_is_deterministic_and_round_trips_through_the_readers() {
             f.display()
         );
     }
-    let train = read_karpathy_train(
-        &d1.path().join("annotations/karpathy_train.json"),
-        d1.path(),
-    )
-    .unwrap();
+    let train =
+        read_karpathy_train(&d1.path().join("annotations/karpathy_train.json"), d1.path()).unwrap();
     assert_eq!(train.len(), 160 * 3);
     let img = match &train[0].image {
         datasets::ImageSource::Path(p) => decode_file(p, DecodeLimits::default()).unwrap(),
@@ -47,17 +39,10 @@ fn world_is_deterministic_and_round_trips_through_the_readers() {
     )
     .unwrap();
     assert!(qs.len() >= 20 * 4);
-    let types: std::collections::BTreeSet<_> = qs
-        .iter()
-        .map(|q| q.annotation.as_ref().unwrap().answer_type.clone())
-        .collect();
-    assert_eq!(
-        types.into_iter().collect::<Vec<_>>(),
-        vec!["number", "other", "yes/no"]
-    );
-    assert!(qs
-        .iter()
-        .all(|q| q.annotation.as_ref().unwrap().answers.len() == 10));
+    let types: std::collections::BTreeSet<_> =
+        qs.iter().map(|q| q.annotation.as_ref().unwrap().answer_type.clone()).collect();
+    assert_eq!(types.into_iter().collect::<Vec<_>>(), vec!["number", "other", "yes/no"]);
+    assert!(qs.iter().all(|q| q.annotation.as_ref().unwrap().answers.len() == 10));
 
     let mut n = 0;
     for_each_shard_sample(&d1.path().join("shards/00000.tar"), |s| {
@@ -70,12 +55,8 @@ fn world_is_deterministic_and_round_trips_through_the_readers() {
 
 #[test]
 fn most_captions_are_unique_and_pixels_show_the_named_color() {
-    let samples = generate(&SynthConfig {
-        images: 1000,
-        seed: 0,
-        image_size: 64,
-        ..Default::default()
-    });
+    let samples =
+        generate(&SynthConfig { images: 1000, seed: 0, image_size: 64, ..Default::default() });
     let unique: std::collections::HashSet<_> =
         samples.iter().map(|s| s.captions[0].clone()).collect();
     assert!(unique.len() > 600, "{} unique of 1000", unique.len());

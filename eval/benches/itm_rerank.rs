@@ -20,12 +20,7 @@ fn bench_itm(c: &mut Criterion) {
     cfg.qformer_config.use_qformer_text_input = true;
     cfg.qformer_config.hidden_dropout_prob = 0.0;
     cfg.qformer_config.attention_probs_dropout_prob = 0.0;
-    let parts = ModelParts {
-        vision: false,
-        text: true,
-        stage_one_heads: true,
-        lm_head: false,
-    };
+    let parts = ModelParts { vision: false, text: true, stage_one_heads: true, lm_head: false };
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let model = Blip2Qformer::new(&cfg, parts, 1e-6, vb.clone(), vb).expect("random model");
@@ -36,14 +31,10 @@ fn bench_itm(c: &mut Criterion) {
         image_feats: Tensor::randn(0f32, 1.0, (n_img, cfg.num_query_tokens, 256), &dev).unwrap(),
         image_embeds: Tensor::randn(0f32, 1.0, (n_img, tokens, dv), &dev).unwrap(),
     };
-    let ids: Vec<u32> = (0..n_txt * len)
-        .map(|i| (1000 + 37 * i % 20000) as u32)
-        .collect();
+    let ids: Vec<u32> = (0..n_txt * len).map(|i| (1000 + 37 * i % 20000) as u32).collect();
     let ids = Tensor::from_vec(ids, (n_txt, len), &dev).unwrap();
     let texts = TextGallery::encode(&model, ids, PaddingMask::all_keep(n_txt, len), n_txt).unwrap();
-    let pairs: Vec<(usize, usize)> = (0..PAIRS)
-        .map(|p| (p % n_img, (p / n_img) % n_txt))
-        .collect();
+    let pairs: Vec<(usize, usize)> = (0..PAIRS).map(|p| (p % n_img, (p / n_img) % n_txt)).collect();
 
     let mut group = c.benchmark_group("itm_rerank");
     group.sample_size(10);

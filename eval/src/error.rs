@@ -24,11 +24,7 @@ pub enum Error {
 
     /// A field that is missing or has the wrong type, e.g. `annotations[3].answers[2].answer`.
     #[error("{source_name}: {field}: {problem}")]
-    Field {
-        source_name: String,
-        field: String,
-        problem: String,
-    },
+    Field { source_name: String, field: String, problem: String },
 
     /// Files that do not belong together (a result for a question the annotations do not have, ...).
     #[error("{0}")]
@@ -43,16 +39,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
     pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
-        Error::Json {
-            path: path.into(),
-            source,
-        }
+        Error::Json { path: path.into(), source }
     }
     pub fn field(
         source_name: impl Into<String>,

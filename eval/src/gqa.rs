@@ -50,9 +50,7 @@ pub fn gqa_correct(pred: &str, gt: &str, scoring: GqaScoring) -> bool {
 /// Accuracy in percent: `sum(correct) / len * 100` (that operation order, as LAVIS has it).
 pub fn gqa_accuracy(rows: &[GqaPrediction], scoring: GqaScoring) -> Result<f64> {
     if rows.is_empty() {
-        return Err(Error::Invalid(
-            "GQA accuracy of an empty result set is undefined".into(),
-        ));
+        return Err(Error::Invalid("GQA accuracy of an empty result set is undefined".into()));
     }
     let mut correct = 0usize;
     for (i, row) in rows.iter().enumerate() {

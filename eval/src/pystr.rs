@@ -136,9 +136,8 @@ fn is_newer_than_unicode_14_cased(c: char) -> bool {
 }
 
 /// Single capitals from Unicode 15.0-17.0 (Latin Extended-D, Cyrillic Extended-C).
-const NEWER_UPPERCASE: [u32; 9] = [
-    0x1C89, 0xA7CB, 0xA7CC, 0xA7CD, 0xA7CE, 0xA7D2, 0xA7D4, 0xA7DA, 0xA7DC,
-];
+const NEWER_UPPERCASE: [u32; 9] =
+    [0x1C89, 0xA7CB, 0xA7CC, 0xA7CD, 0xA7CE, 0xA7D2, 0xA7D4, 0xA7DA, 0xA7DC];
 
 /// Python `round(x, 2)` for a float: correctly rounded, ties to even, on the exact binary value (CPython
 /// formats with `_Py_dg_dtoa` mode 3 and parses back). Rust's exact `{:.2}` formatting rounds the same way
@@ -189,11 +188,7 @@ pub fn py_sum(items: impl IntoIterator<Item = PyNum>, mode: PythonSum) -> f64 {
             (PyNum::Float(x), PythonSum::LeftFold) => f += x,
             (PyNum::Float(x), PythonSum::Neumaier) => {
                 let t = f + x;
-                c += if f.abs() >= x.abs() {
-                    (f - t) + x
-                } else {
-                    (x - t) + f
-                };
+                c += if f.abs() >= x.abs() { (f - t) + x } else { (x - t) + f };
                 f = t;
             }
         }
@@ -237,10 +232,7 @@ mod tests {
         assert_eq!(py_sum(floats, PythonSum::Neumaier), 1.0);
         // sum([1, 1e16, 1.0, -1e16]) == 1.0 on 3.12+: the leading int is absorbed uncompensated.
         assert_eq!(
-            py_sum(
-                [Int(1), Float(1e16), Float(1.0), Float(-1e16)],
-                PythonSum::Neumaier
-            ),
+            py_sum([Int(1), Float(1e16), Float(1.0), Float(-1e16)], PythonSum::Neumaier),
             1.0
         );
         assert_eq!(py_sum([Int(2), Int(3)], PythonSum::Neumaier), 5.0);
@@ -251,10 +243,7 @@ mod tests {
         assert!(is_py_space('\u{1c}') && is_py_space('\u{a0}') && is_py_space('\u{3000}'));
         assert!(!is_py_space('\u{200b}') && !is_py_space('\u{180e}'));
         assert!(is_py_decimal_digit('٣') && is_py_decimal_digit('𝟙') && !is_py_decimal_digit('²'));
-        assert_eq!(
-            py_split(" a\u{a0}b\tc  ").collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
+        assert_eq!(py_split(" a\u{a0}b\tc  ").collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(py_strip("\u{1f} x \u{85}"), "x");
     }
 }

@@ -26,12 +26,8 @@ fn matches_lavis_for_every_variant() {
         ("wheel_rank", GqaScoring::Wheel102Rank),
         ("main", GqaScoring::LavisMain),
     ] {
-        let want: Vec<bool> = fx[key]["correct"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64() == Some(1))
-            .collect();
+        let want: Vec<bool> =
+            fx[key]["correct"].as_array().unwrap().iter().map(|v| v.as_i64() == Some(1)).collect();
         let got: Vec<bool> = rows
             .iter()
             .map(|r| gqa_correct(&r.pred_ans, r.gt_ans.as_deref().unwrap(), scoring))
@@ -52,9 +48,7 @@ fn leaderboard_rows_and_empty_sets_are_errors() {
         pred_ans: "yes".into(),
         gt_ans: None,
     };
-    let e = gqa_accuracy(&[row], GqaScoring::default())
-        .unwrap_err()
-        .to_string();
+    let e = gqa_accuracy(&[row], GqaScoring::default()).unwrap_err().to_string();
     assert!(e.contains("\"201307251\"") && e.contains("gt_ans"), "{e}");
     assert!(gqa_accuracy(&[], GqaScoring::default()).is_err());
 }

@@ -12,13 +12,7 @@ fn matrix(v: &Value) -> Vec<Vec<f32>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
         .collect()
 }
 
@@ -37,11 +31,7 @@ fn random_case_matches_lavis_report_metrics() {
     let k_test = fx["k_test"].as_u64().unwrap() as usize;
     for (key, rows, targets) in [
         ("txt_ranks", &i2t, img2txt.clone()),
-        (
-            "img_ranks",
-            &t2i,
-            txt2img.iter().map(|&i| vec![i]).collect::<Vec<_>>(),
-        ),
+        ("img_ranks", &t2i, txt2img.iter().map(|&i| vec![i]).collect::<Vec<_>>()),
     ] {
         for (q, want) in fx[key].as_array().unwrap().iter().enumerate() {
             let want = want.as_u64().unwrap() as usize;
@@ -84,17 +74,11 @@ fn toy() -> Case {
 #[test]
 fn hand_computed_ranks_and_recalls() {
     let (i2t, t2i, img2txt, txt2img) = toy();
-    let txt_ranks: Vec<_> = i2t
-        .iter()
-        .zip(&img2txt)
-        .map(|(r, t)| rank_of_targets(r, t).unwrap())
-        .collect();
+    let txt_ranks: Vec<_> =
+        i2t.iter().zip(&img2txt).map(|(r, t)| rank_of_targets(r, t).unwrap()).collect();
     assert_eq!(txt_ranks, [2, 1, 0]);
-    let img_ranks: Vec<_> = t2i
-        .iter()
-        .zip(&txt2img)
-        .map(|(r, &i)| rank_of_targets(r, &[i]).unwrap())
-        .collect();
+    let img_ranks: Vec<_> =
+        t2i.iter().zip(&txt2img).map(|(r, &i)| rank_of_targets(r, &[i]).unwrap()).collect();
     assert_eq!(img_ranks, [0, 0, 1, 2, 2, 2]);
     let m = retrieval_metrics(&i2t, &t2i, &img2txt, &txt2img).unwrap();
     // txt: ranks 2,1,0 -> R@1 = 1/3, R@5 = R@10 = 3/3; img: ranks 0,0,1,2,2,2 -> R@1 = 2/6, R@5 = R@10 = 1.
@@ -125,11 +109,7 @@ fn recall_at_k_boundaries_and_captionless_images() {
             })
             .collect();
         let m = retrieval_metrics(&[row], &t2i, &[vec![own]], &txt2img).unwrap();
-        assert_eq!(
-            (m.txt_r1, m.txt_r5, m.txt_r10),
-            (0.0, r5, r10),
-            "own caption {own}"
-        );
+        assert_eq!((m.txt_r1, m.txt_r5, m.txt_r10), (0.0, r5, r10), "own caption {own}");
     }
     // An image without captions never counts (LAVIS: rank 1e20).
     let m = retrieval_metrics(
@@ -170,25 +150,13 @@ fn bad_inputs_are_errors() {
 fn report_round_trips_with_the_documented_keys() {
     let (i2t, t2i, img2txt, txt2img) = toy();
     let m = retrieval_metrics(&i2t, &t2i, &img2txt, &txt2img).unwrap();
-    let report = RetrievalReport {
-        itc: m,
-        rerank: Some(m),
-        images: 3,
-        texts: 6,
-    };
+    let report = RetrievalReport { itc: m, rerank: Some(m), images: 3, texts: 6 };
     let v = serde_json::to_value(&report).unwrap();
     for key in ["itc", "rerank", "images", "texts"] {
         assert!(v.get(key).is_some(), "{key}");
     }
     assert_eq!(v["itc"]["agg_metrics"].as_f64(), Some(m.txt_r_mean));
-    assert_eq!(
-        serde_json::from_value::<RetrievalReport>(v).unwrap(),
-        report
-    );
-    let itc_only = serde_json::to_value(RetrievalReport {
-        rerank: None,
-        ..report
-    })
-    .unwrap();
+    assert_eq!(serde_json::from_value::<RetrievalReport>(v).unwrap(), report);
+    let itc_only = serde_json::to_value(RetrievalReport { rerank: None, ..report }).unwrap();
     assert!(itc_only.get("rerank").is_none());
 }

@@ -10,9 +10,7 @@ use qformer::weights::{load_hf_dir, LoadOptions};
 use serde_json::Value;
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/hf-tiny")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf-tiny").join(rel)
 }
 
 fn matrix(v: &Value) -> Vec<Vec<f32>> {
@@ -36,9 +34,7 @@ fn metrics(v: &Value) -> RetrievalMetrics {
 #[test]
 fn sims_rerank_and_metrics_match_hf_and_lavis() {
     let dev = Device::Cpu;
-    let model = load_hf_dir(fixture("itm"), &LoadOptions::default())
-        .unwrap()
-        .model;
+    let model = load_hf_dir(fixture("itm"), &LoadOptions::default()).unwrap().model;
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("retrieval/expected.json")).unwrap())
             .unwrap();
@@ -61,26 +57,16 @@ fn sims_rerank_and_metrics_match_hf_and_lavis() {
         let images = ImageGallery::from_encoded(&model, &parts).unwrap();
         let texts = TextGallery::encode(&model, ids.clone(), padding.clone(), batch).unwrap();
         for k in ["2", "128"] {
-            let scores = compute_scores(
-                &model,
-                &images,
-                &texts,
-                k.parse().unwrap(),
-                batch,
-                &mut |_, _| {},
-            )
-            .unwrap();
+            let scores =
+                compute_scores(&model, &images, &texts, k.parse().unwrap(), batch, &mut |_, _| {})
+                    .unwrap();
             assert_close("sims_i2t", &scores.sims_i2t, &matrix(&expected["sims_i2t"]));
             let want = &expected["rerank"][k];
             assert_close("score_i2t", &scores.score_i2t, &matrix(&want["score_i2t"]));
             assert_close("score_t2i", &scores.score_t2i, &matrix(&want["score_t2i"]));
             let report = scores.report(&img2txt, &txt2img).unwrap();
             assert_eq!(report.itc, metrics(&expected["itc_metrics"]), "k={k} itc");
-            assert_eq!(
-                report.rerank,
-                Some(metrics(&want["metrics"])),
-                "k={k} rerank"
-            );
+            assert_eq!(report.rerank, Some(metrics(&want["metrics"])), "k={k} rerank");
             assert_eq!((report.images, report.texts), (4, 5));
         }
     }

@@ -9,9 +9,8 @@ use eval::vqa::{normalize_prediction, process_digit_article, process_punctuation
 use serde_json::Value;
 
 fn load(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/vqa-tricky")
-        .join(name);
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/vqa-tricky").join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -24,29 +23,14 @@ fn every_string_normalises_like_the_scorer() {
     for row in rows {
         let input = row["input"].as_str().unwrap();
         let punct = process_punctuation(input);
-        let got = [
-            punct.clone(),
-            process_digit_article(&punct),
-            normalize_prediction(input),
-        ];
-        for (got, key) in got
-            .iter()
-            .zip(["punctuation", "digit_article", "prediction"])
-        {
+        let got = [punct.clone(), process_digit_article(&punct), normalize_prediction(input)];
+        for (got, key) in got.iter().zip(["punctuation", "digit_article", "prediction"]) {
             if got != row[key].as_str().unwrap() {
-                failures.push(format!(
-                    "{key}({input:?}) = {got:?}, scorer: {:?}",
-                    row[key]
-                ));
+                failures.push(format!("{key}({input:?}) = {got:?}, scorer: {:?}", row[key]));
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 fn ranges(v: &Value) -> Vec<(u32, u32)> {
@@ -74,18 +58,10 @@ fn python_whitespace_digits_and_lower_on_every_code_point() {
         }
         let single = c.to_string();
         let got = py_lower(&single);
-        let want = lower
-            .get(&cp.to_string())
-            .and_then(Value::as_str)
-            .unwrap_or(&single);
+        let want = lower.get(&cp.to_string()).and_then(Value::as_str).unwrap_or(&single);
         if got != want {
             failures.push(format!("lower U+{cp:04X}: {got:?}, Python {want:?}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }

@@ -11,9 +11,7 @@ use eval::vqa::{
 use serde_json::Value;
 
 fn fixture(set: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(set)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(set)
 }
 
 fn score(set: &str, expected: &str, summation: PythonSum) -> (VqaAccuracy, Value) {
@@ -28,11 +26,7 @@ fn score(set: &str, expected: &str, summation: PythonSum) -> (VqaAccuracy, Value
 }
 
 fn assert_matches(acc: &VqaAccuracy, expected: &Value) {
-    assert_eq!(
-        acc.overall,
-        expected["overall"].as_f64().unwrap(),
-        "overall"
-    );
+    assert_eq!(acc.overall, expected["overall"].as_f64().unwrap(), "overall");
     let want_types = expected["perAnswerType"].as_object().unwrap();
     assert_eq!(acc.per_answer_type.0.len(), want_types.len());
     for (k, v) in want_types {
@@ -41,11 +35,7 @@ fn assert_matches(acc: &VqaAccuracy, expected: &Value) {
     if let Some(want_q_types) = expected.get("perQuestionType").and_then(Value::as_object) {
         assert_eq!(acc.per_question_type.0.len(), want_q_types.len());
         for (k, v) in want_q_types {
-            assert_eq!(
-                acc.per_question_type.get(k),
-                v.as_f64(),
-                "perQuestionType {k}"
-            );
+            assert_eq!(acc.per_question_type.get(k), v.as_f64(), "perQuestionType {k}");
         }
     }
     let want_q = expected["perQuestion"].as_object().unwrap();
@@ -53,10 +43,7 @@ fn assert_matches(acc: &VqaAccuracy, expected: &Value) {
     let notes = expected.get("notes");
     for (qid, got) in &acc.per_question {
         let want = want_q[&qid.to_string()].as_f64().unwrap();
-        let why = notes
-            .and_then(|n| n.get(qid.to_string()))
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let why = notes.and_then(|n| n.get(qid.to_string())).and_then(Value::as_str).unwrap_or("");
         assert_eq!(*got, want, "question {qid} ({why})");
     }
 }
@@ -79,10 +66,9 @@ fn tricky_fixture_every_number() {
 /// The official number itself depends on the Python running the scorer (3.11: 55.63, 3.12: 55.62).
 #[test]
 fn summation_fixture_matches_each_python_version() {
-    for (expected, summation) in [
-        ("expected_py311.json", PythonSum::LeftFold),
-        ("expected_py312.json", PythonSum::Neumaier),
-    ] {
+    for (expected, summation) in
+        [("expected_py311.json", PythonSum::LeftFold), ("expected_py312.json", PythonSum::Neumaier)]
+    {
         let (acc, want) = score("vqa-summation", expected, summation);
         assert_matches(&acc, &want);
     }
@@ -96,9 +82,8 @@ fn results_json(v: Value) -> VqaResults {
 }
 
 fn annotations_2() -> VqaAnnotations {
-    let ans: Vec<Value> = (1..=10)
-        .map(|i| serde_json::json!({"answer": "yes", "answer_id": i}))
-        .collect();
+    let ans: Vec<Value> =
+        (1..=10).map(|i| serde_json::json!({"answer": "yes", "answer_id": i})).collect();
     VqaAnnotations::from_json(
         "a.json",
         &serde_json::json!({"annotations": [
@@ -128,10 +113,7 @@ fn results_must_cover_exactly_the_annotated_questions() {
         ])),
     );
     let msg = extra.unwrap_err().to_string();
-    assert!(
-        msg.contains("[2].question_id 3") && msg.contains("a.json"),
-        "{msg}"
-    );
+    assert!(msg.contains("[2].question_id 3") && msg.contains("a.json"), "{msg}");
     // A repeated result keeps its last answer, as VQA.loadRes does.
     let acc = vqa_accuracy(
         &anns,
@@ -156,20 +138,11 @@ fn malformed_files_name_the_field() {
     )
     .unwrap_err()
     .to_string();
-    assert!(
-        e.starts_with("r.json: [0].question_id: expected an integer"),
-        "{e}"
-    );
-    let e = VqaResults::from_json(
-        "r.json",
-        &serde_json::json!([{"question_id": 7, "answer": 3}]),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.starts_with("r.json: [0].answer: expected a string"),
-        "{e}"
-    );
+    assert!(e.starts_with("r.json: [0].question_id: expected an integer"), "{e}");
+    let e = VqaResults::from_json("r.json", &serde_json::json!([{"question_id": 7, "answer": 3}]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("r.json: [0].answer: expected a string"), "{e}");
     let e = VqaAnnotations::from_json(
         "a.json",
         &serde_json::json!({"annotations": [{"question_id": 1, "question_type": "is", "answer_type": "yes/no",
@@ -178,16 +151,9 @@ fn malformed_files_name_the_field() {
     .unwrap_err()
     .to_string();
     assert_eq!(e, "a.json: annotations[0].answers[1].answer: missing");
-    let e = VqaAnnotations::from_json("a.json", &serde_json::json!([]))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.starts_with("a.json: (top level): expected an object"),
-        "{e}"
-    );
-    let e = VqaAnnotations::read(Path::new("/nonexistent/a.json"))
-        .unwrap_err()
-        .to_string();
+    let e = VqaAnnotations::from_json("a.json", &serde_json::json!([])).unwrap_err().to_string();
+    assert!(e.starts_with("a.json: (top level): expected an object"), "{e}");
+    let e = VqaAnnotations::read(Path::new("/nonexistent/a.json")).unwrap_err().to_string();
     assert!(e.starts_with("/nonexistent/a.json:"), "{e}");
 }
 
@@ -205,8 +171,5 @@ fn multiple_choice_answers_must_be_choices() {
     let e = vqa_accuracy_with_questions(&questions, &annotations_2(), &res, PythonSum::LeftFold)
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("[1].answer \"Yes\"") && e.contains("q.json"),
-        "{e}"
-    );
+    assert!(e.contains("[1].answer \"Yes\"") && e.contains("q.json"), "{e}");
 }

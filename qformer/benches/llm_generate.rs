@@ -26,9 +26,7 @@ fn bench_opt_greedy(c: &mut Criterion) {
         ..GenerationConfig::default()
     };
     let mut group = c.benchmark_group("opt125m_greedy");
-    group
-        .sample_size(10)
-        .throughput(Throughput::Elements(NEW_TOKENS as u64));
+    group.sample_size(10).throughput(Throughput::Elements(NEW_TOKENS as u64));
     group.bench_function("32q+8prompt_20new", |b| {
         b.iter(|| {
             let out = generate(&model, &embeds, &mask, &gen).unwrap();

@@ -173,15 +173,9 @@ impl Blip2Config {
         positive("qformer_config.intermediate_size", q.intermediate_size);
         positive("qformer_config.num_attention_heads", q.num_attention_heads);
         positive("qformer_config.num_hidden_layers", q.num_hidden_layers);
-        positive(
-            "qformer_config.cross_attention_frequency",
-            q.cross_attention_frequency,
-        );
+        positive("qformer_config.cross_attention_frequency", q.cross_attention_frequency);
         positive("qformer_config.encoder_hidden_size", q.encoder_hidden_size);
-        positive(
-            "qformer_config.max_position_embeddings",
-            q.max_position_embeddings,
-        );
+        positive("qformer_config.max_position_embeddings", q.max_position_embeddings);
         positive("num_query_tokens", self.num_query_tokens);
         positive("image_text_hidden_size", self.image_text_hidden_size);
         if v.num_attention_heads > 0 && !v.hidden_size.is_multiple_of(v.num_attention_heads) {
@@ -213,9 +207,8 @@ impl Blip2Config {
             ("qformer_config.hidden_act", &q.hidden_act),
         ] {
             if act != "gelu" {
-                problems.push(format!(
-                    "{name} {act:?} is not supported (BLIP-2 uses exact \"gelu\")"
-                ));
+                problems
+                    .push(format!("{name} {act:?} is not supported (BLIP-2 uses exact \"gelu\")"));
             }
         }
         if q.position_embedding_type != "absolute" {
@@ -226,10 +219,7 @@ impl Blip2Config {
         }
         for (name, p) in [
             ("qformer_config.hidden_dropout_prob", q.hidden_dropout_prob),
-            (
-                "qformer_config.attention_probs_dropout_prob",
-                q.attention_probs_dropout_prob,
-            ),
+            ("qformer_config.attention_probs_dropout_prob", q.attention_probs_dropout_prob),
         ] {
             if !(0.0..1.0).contains(&p) {
                 problems.push(format!("{name} ({p}) must be in [0, 1)"));
@@ -284,14 +274,8 @@ mod tests {
         cfg.vision_config.hidden_size = 100;
         cfg.qformer_config.encoder_hidden_size = 100;
         let err = cfg.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("qformer_config.num_attention_heads (7)"),
-            "{err}"
-        );
-        assert!(
-            err.contains("vision_config.num_attention_heads (16)"),
-            "{err}"
-        );
+        assert!(err.contains("qformer_config.num_attention_heads (7)"), "{err}");
+        assert!(err.contains("vision_config.num_attention_heads (16)"), "{err}");
     }
 
     #[test]
@@ -301,9 +285,6 @@ mod tests {
         cfg.qformer_config.cross_attention_frequency = 0;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("encoder_hidden_size (1024)"), "{err}");
-        assert!(
-            err.contains("cross_attention_frequency must be > 0"),
-            "{err}"
-        );
+        assert!(err.contains("cross_attention_frequency must be > 0"), "{err}");
     }
 }

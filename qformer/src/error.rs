@@ -38,15 +38,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
     pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
-        Error::Json {
-            path: path.into(),
-            source,
-        }
+        Error::Json { path: path.into(), source }
     }
 }

@@ -23,29 +23,21 @@ impl PaddingMask {
         if rows.iter().any(|r| r.len() != len) {
             candle_core::bail!("padding mask rows have different lengths");
         }
-        Ok(Self {
-            rows: rows
-                .iter()
-                .map(|r| r.iter().map(|&v| v.into() != 0).collect())
-                .collect(),
-        })
+        Ok(Self { rows: rows.iter().map(|r| r.iter().map(|&v| v.into() != 0).collect()).collect() })
     }
 
     /// From an HF `attention_mask` tensor `[B, L]` of any integer or float dtype.
     pub fn from_tensor(mask: &Tensor) -> Result<Self> {
         let (b, l) = mask.dims2()?;
         let vals = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let rows = (0..b)
-            .map(|i| vals[i * l..(i + 1) * l].iter().map(|&v| v != 0.0).collect())
-            .collect();
+        let rows =
+            (0..b).map(|i| vals[i * l..(i + 1) * l].iter().map(|&v| v != 0.0).collect()).collect();
         Ok(Self { rows })
     }
 
     /// Every token kept.
     pub fn all_keep(batch: usize, len: usize) -> Self {
-        Self {
-            rows: vec![vec![true; len]; batch],
-        }
+        Self { rows: vec![vec![true; len]; batch] }
     }
 
     pub fn batch_size(&self) -> usize {
@@ -66,20 +58,14 @@ impl PaddingMask {
 
     /// The mask as a `[B, L]` tensor of 0/1 in `dtype` (HF layout).
     pub fn to_tensor(&self, dtype: DType, device: &Device) -> Result<Tensor> {
-        let flat: Vec<f32> = self
-            .rows
-            .iter()
-            .flatten()
-            .map(|&k| if k { 1.0 } else { 0.0 })
-            .collect();
+        let flat: Vec<f32> =
+            self.rows.iter().flatten().map(|&k| if k { 1.0 } else { 0.0 }).collect();
         Tensor::from_vec(flat, (self.batch_size(), self.len()), device)?.to_dtype(dtype)
     }
 
     /// Rows picked by index (used to build ITM batches with negatives).
     pub fn select_rows(&self, idx: &[usize]) -> Self {
-        Self {
-            rows: idx.iter().map(|&i| self.rows[i].clone()).collect(),
-        }
+        Self { rows: idx.iter().map(|&i| self.rows[i].clone()).collect() }
     }
 }
 
@@ -150,12 +136,7 @@ impl AdditiveMask {
             }
         }
         let mask = Tensor::from_vec(values, (batch, 1, n, n), device)?;
-        Ok(Self {
-            mask,
-            num_queries: q,
-            text_len: l,
-            query_rows: true,
-        })
+        Ok(Self { mask, num_queries: q, text_len: l, query_rows: true })
     }
 
     /// Only the text rows `[B, 1, L, Q + L]`, for a pass whose queries are not recomputed but
@@ -165,11 +146,7 @@ impl AdditiveMask {
             return Ok(self.clone());
         }
         let mask = self.mask.narrow(2, self.num_queries, self.text_len)?;
-        Ok(Self {
-            mask,
-            query_rows: false,
-            ..self.clone()
-        })
+        Ok(Self { mask, query_rows: false, ..self.clone() })
     }
 
     /// `[B, 1, rows, keys]`, to be added to attention scores.
@@ -193,9 +170,7 @@ impl AdditiveMask {
     /// Keep-matrix of batch item `b` (true = attend), for tests and debugging.
     pub fn keep_matrix(&self, b: usize) -> Result<Vec<Vec<bool>>> {
         let m = self.mask.get(b)?.get(0)?.to_vec2::<f32>()?;
-        Ok(m.into_iter()
-            .map(|r| r.into_iter().map(|v| v == 0.0).collect())
-            .collect())
+        Ok(m.into_iter().map(|r| r.into_iter().map(|v| v == 0.0).collect()).collect())
     }
 }
 
@@ -204,9 +179,7 @@ mod tests {
     use super::*;
 
     fn matrix(rows: &[&str]) -> Vec<Vec<bool>> {
-        rows.iter()
-            .map(|r| r.split_whitespace().map(|c| c == "1").collect())
-            .collect()
+        rows.iter().map(|r| r.split_whitespace().map(|c| c == "1").collect()).collect()
     }
 
     // 2 queries; batch item 0: 3 text tokens, the last one padding; item 1: no padding.
@@ -242,41 +215,22 @@ mod tests {
     fn unimodal_text_only_pass() {
         let m =
             AdditiveMask::new(MaskMode::UniModal, 0, Some(&padding()), 2, &Device::Cpu).unwrap();
-        assert_eq!(
-            m.keep_matrix(0).unwrap(),
-            matrix(&["1 1 0", "1 1 0", "1 1 0"])
-        );
+        assert_eq!(m.keep_matrix(0).unwrap(), matrix(&["1 1 0", "1 1 0", "1 1 0"]));
         assert_eq!(m.tensor().dims(), &[2, 1, 3, 3]);
-        let v = m
-            .tensor()
-            .get(0)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let v = m.tensor().get(0).unwrap().get(0).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(v[0], vec![0.0, 0.0, -10000.0]);
     }
 
     #[test]
     fn unimodal_query_only_pass_sees_everything() {
         let m = AdditiveMask::new(MaskMode::UniModal, 3, None, 2, &Device::Cpu).unwrap();
-        assert_eq!(
-            m.keep_matrix(1).unwrap(),
-            matrix(&["1 1 1", "1 1 1", "1 1 1"])
-        );
+        assert_eq!(m.keep_matrix(1).unwrap(), matrix(&["1 1 1", "1 1 1", "1 1 1"]));
     }
 
     #[test]
     fn bidirectional_every_row_sees_queries_and_unpadded_text() {
-        let m = AdditiveMask::new(
-            MaskMode::Bidirectional,
-            2,
-            Some(&padding()),
-            2,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let m = AdditiveMask::new(MaskMode::Bidirectional, 2, Some(&padding()), 2, &Device::Cpu)
+            .unwrap();
         #[rustfmt::skip]
         let expected0 = matrix(&[
             "1 1 1 1 0",
@@ -291,14 +245,8 @@ mod tests {
 
     #[test]
     fn multimodal_causal_matches_unilm_prefix_mask() {
-        let m = AdditiveMask::new(
-            MaskMode::MultimodalCausal,
-            2,
-            Some(&padding()),
-            2,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let m = AdditiveMask::new(MaskMode::MultimodalCausal, 2, Some(&padding()), 2, &Device::Cpu)
+            .unwrap();
         #[rustfmt::skip]
         let expected0 = matrix(&[
             "1 1 0 0 0",
@@ -327,10 +275,7 @@ mod tests {
     fn padding_mask_roundtrip_and_batch_check() {
         let p = padding();
         let t = p.to_tensor(DType::I64, &Device::Cpu).unwrap();
-        assert_eq!(
-            t.to_vec2::<i64>().unwrap(),
-            vec![vec![1, 1, 0], vec![1, 1, 1]]
-        );
+        assert_eq!(t.to_vec2::<i64>().unwrap(), vec![vec![1, 1, 0], vec![1, 1, 1]]);
         assert_eq!(PaddingMask::from_tensor(&t).unwrap(), p);
         assert!(AdditiveMask::new(MaskMode::Bidirectional, 2, Some(&p), 3, &Device::Cpu).is_err());
     }

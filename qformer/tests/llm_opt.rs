@@ -28,15 +28,10 @@ fn opt_case_inputs(fx: &Fixture, case: &serde_json::Value) -> (Tensor, Tensor, V
 #[test]
 fn opt_logits_and_inputs_match_hf_for_every_image_and_prompt() {
     let fx = load("opt", DType::F32);
-    let LanguageModel::Opt(opt) = &fx.model.language_model else {
-        panic!("expected OPT")
-    };
+    let LanguageModel::Opt(opt) = &fx.model.language_model else { panic!("expected OPT") };
     let nq = fx.config.num_query_tokens;
     for case in fx.expected["cases"].as_array().unwrap() {
-        let (i, j) = (
-            case["image"].as_u64().unwrap(),
-            case["prompt"].as_u64().unwrap(),
-        );
+        let (i, j) = (case["image"].as_u64().unwrap(), case["prompt"].as_u64().unwrap());
         let (embeds, mask, _) = opt_case_inputs(&fx, case);
         let want_embeds = &fx.bridge_tensors[&format!("inputs_embeds_{i}_{j}")];
         let d = max_abs_diff(&embeds.squeeze(0).unwrap(), want_embeds);
@@ -52,9 +47,7 @@ fn opt_logits_and_inputs_match_hf_for_every_image_and_prompt() {
 #[test]
 fn opt_left_padded_batch_logits_match_hf() {
     let fx = load("opt", DType::F32);
-    let LanguageModel::Opt(opt) = &fx.model.language_model else {
-        panic!("expected OPT")
-    };
+    let LanguageModel::Opt(opt) = &fx.model.language_model else { panic!("expected OPT") };
     // HF layout [pads][<image>*Q][prompt]: the Rust model takes the same embeddings and mask.
     let embeds = &fx.bridge_tensors["batch_inputs_embeds"];
     let mask = &fx.bridge_tensors["batch_attention_mask"];
@@ -79,10 +72,7 @@ fn opt_left_padded_batch_logits_match_hf() {
 fn opt_lm_loss_matches_hf_per_case() {
     let fx = load("opt", DType::F32);
     for case in fx.expected["cases"].as_array().unwrap() {
-        let (i, j) = (
-            case["image"].as_u64().unwrap(),
-            case["prompt"].as_u64().unwrap(),
-        );
+        let (i, j) = (case["image"].as_u64().unwrap(), case["prompt"].as_u64().unwrap());
         let text: Vec<u32> = fx.bridge_tensors[&format!("loss_ids_{i}_{j}")]
             .to_vec1::<i64>()
             .unwrap()
@@ -92,19 +82,12 @@ fn opt_lm_loss_matches_hf_per_case() {
         let prompt_len = case["prompt_ids"].as_array().unwrap().len();
         let loss = fx
             .model
-            .opt_lm_loss(
-                &fx.query_output(i as usize, DType::F32),
-                &[text],
-                &[prompt_len],
-            )
+            .opt_lm_loss(&fx.query_output(i as usize, DType::F32), &[text], &[prompt_len])
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
         let want = case["loss"].as_f64().unwrap() as f32;
-        assert!(
-            (loss - want).abs() < TOL,
-            "loss image {i} prompt {j}: {loss} vs HF {want}"
-        );
+        assert!((loss - want).abs() < TOL, "loss image {i} prompt {j}: {loss} vs HF {want}");
     }
 }
 
@@ -112,50 +95,26 @@ fn opt_lm_loss_matches_hf_per_case() {
 fn opt_batched_right_padded_loss_matches_hf() {
     let fx = load("opt", DType::F32);
     let c = &fx.bridge["loss_case"];
-    let images: Vec<usize> = c["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect();
+    let images: Vec<usize> =
+        c["images"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     let texts = id_rows(&c["token_ids"]);
-    let prompt_lens: Vec<usize> = c["prompt_lens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect();
-    let loss = fx
-        .model
-        .opt_lm_loss(&fx.query_outputs(&images), &texts, &prompt_lens)
-        .unwrap();
+    let prompt_lens: Vec<usize> =
+        c["prompt_lens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    let loss = fx.model.opt_lm_loss(&fx.query_outputs(&images), &texts, &prompt_lens).unwrap();
     let loss = loss.to_scalar::<f32>().unwrap();
     let want = c["loss"].as_f64().unwrap() as f32;
-    assert!(
-        (loss - want).abs() < TOL,
-        "batched loss {loss} vs HF {want}"
-    );
+    assert!((loss - want).abs() < TOL, "batched loss {loss} vs HF {want}");
 }
 
 #[test]
 fn opt_greedy_and_beam_ids_match_hf() {
     let fx = load("opt", DType::F32);
-    let base = gen_config(
-        &serde_json::json!({"max_new_tokens": 6, "min_new_tokens": 1}),
-        2,
-        1,
-    );
+    let base = gen_config(&serde_json::json!({"max_new_tokens": 6, "min_new_tokens": 1}), 2, 1);
     for case in fx.expected["cases"].as_array().unwrap() {
-        let (i, j) = (
-            case["image"].as_u64().unwrap(),
-            case["prompt"].as_u64().unwrap(),
-        );
+        let (i, j) = (case["image"].as_u64().unwrap(), case["prompt"].as_u64().unwrap());
         let (embeds, mask, history) = opt_case_inputs(&fx, case);
         for (key, beams) in [("greedy_ids", 1), ("beam3_ids", 3)] {
-            let cfg = qformer::llm::GenerationConfig {
-                num_beams: beams,
-                ..base.clone()
-            };
+            let cfg = qformer::llm::GenerationConfig { num_beams: beams, ..base.clone() };
             let got =
                 generate_with_history(&fx.model, &embeds, &mask, Some(&[history.clone()]), &cfg)
                     .unwrap();
@@ -185,19 +144,11 @@ fn opt_batched_left_padded_generation_matches_hf() {
             .iter()
             .zip(&mask)
             .map(|(r, m)| {
-                r.iter()
-                    .zip(m)
-                    .filter(|(_, &m)| m == 1)
-                    .map(|(&t, _)| t)
-                    .skip(nq)
-                    .collect()
+                r.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t).skip(nq).collect()
             })
             .collect();
         assert!(full.iter().all(|r| r.contains(&image)));
-        let (embeds, attn) = fx
-            .model
-            .prompt_inputs(&fx.query_outputs(&images), &prompts)
-            .unwrap();
+        let (embeds, attn) = fx.model.prompt_inputs(&fx.query_outputs(&images), &prompts).unwrap();
         let cfg = gen_config(&case["settings"], 2, 1);
         let got = generate_with_history(&fx.model, &embeds, &attn, Some(&full), &cfg).unwrap();
         for (b, want) in id_rows(&case["output_ids"]).iter().enumerate() {

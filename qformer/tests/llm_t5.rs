@@ -13,22 +13,15 @@ fn t5_case_inputs(fx: &Fixture, case: &serde_json::Value) -> (Tensor, Tensor) {
     let i = case["image"].as_u64().unwrap() as usize;
     let prompt = ids(&case["prompt_ids"]);
     let t = Tensor::from_vec(prompt.clone(), (1, prompt.len()), &Device::Cpu).unwrap();
-    fx.model
-        .inputs_embeds(&fx.query_output(i, DType::F32), &t, &t.ones_like().unwrap())
-        .unwrap()
+    fx.model.inputs_embeds(&fx.query_output(i, DType::F32), &t, &t.ones_like().unwrap()).unwrap()
 }
 
 #[test]
 fn t5_decoder_logits_match_hf_for_every_image_and_prompt() {
     let fx = load("t5", DType::F32);
-    let LanguageModel::T5(t5) = &fx.model.language_model else {
-        panic!("expected T5")
-    };
+    let LanguageModel::T5(t5) = &fx.model.language_model else { panic!("expected T5") };
     for case in fx.expected["cases"].as_array().unwrap() {
-        let (i, j) = (
-            case["image"].as_u64().unwrap(),
-            case["prompt"].as_u64().unwrap(),
-        );
+        let (i, j) = (case["image"].as_u64().unwrap(), case["prompt"].as_u64().unwrap());
         let (embeds, mask) = t5_case_inputs(&fx, case);
         let d = max_abs_diff(
             &embeds.squeeze(0).unwrap(),
@@ -37,15 +30,8 @@ fn t5_decoder_logits_match_hf_for_every_image_and_prompt() {
         assert!(d < TOL, "inputs_embeds {i}/{j}: max diff {d}");
         let dec = ids(&case["decoder_input_ids"]);
         let dec = Tensor::from_vec(dec.clone(), (1, dec.len()), &Device::Cpu).unwrap();
-        let logits = t5
-            .forward(&embeds, &mask, &dec, None)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
-        let d = max_abs_diff(
-            &logits,
-            &fx.expected_tensors[&format!("decoder_logits_{i}_{j}")],
-        );
+        let logits = t5.forward(&embeds, &mask, &dec, None).unwrap().squeeze(0).unwrap();
+        let d = max_abs_diff(&logits, &fx.expected_tensors[&format!("decoder_logits_{i}_{j}")]);
         assert!(d < TOL, "decoder logits image {i} prompt {j}: max diff {d}");
     }
 }
@@ -53,9 +39,7 @@ fn t5_decoder_logits_match_hf_for_every_image_and_prompt() {
 #[test]
 fn t5_cached_decoding_matches_full_decoder_pass() {
     let fx = load("t5", DType::F32);
-    let LanguageModel::T5(t5) = &fx.model.language_model else {
-        panic!("expected T5")
-    };
+    let LanguageModel::T5(t5) = &fx.model.language_model else { panic!("expected T5") };
     let case = &fx.expected["cases"][0];
     let (embeds, mask) = t5_case_inputs(&fx, case);
     let dec = ids(&case["decoder_input_ids"]);
@@ -75,10 +59,7 @@ fn t5_cached_decoding_matches_full_decoder_pass() {
 fn t5_lm_loss_matches_hf_per_case() {
     let fx = load("t5", DType::F32);
     for case in fx.expected["cases"].as_array().unwrap() {
-        let (i, j) = (
-            case["image"].as_u64().unwrap(),
-            case["prompt"].as_u64().unwrap(),
-        );
+        let (i, j) = (case["image"].as_u64().unwrap(), case["prompt"].as_u64().unwrap());
         let loss = fx
             .model
             .t5_lm_loss(
@@ -90,10 +71,7 @@ fn t5_lm_loss_matches_hf_per_case() {
             .to_scalar::<f32>()
             .unwrap();
         let want = case["loss"].as_f64().unwrap() as f32;
-        assert!(
-            (loss - want).abs() < TOL,
-            "loss image {i} prompt {j}: {loss} vs HF {want}"
-        );
+        assert!((loss - want).abs() < TOL, "loss image {i} prompt {j}: {loss} vs HF {want}");
     }
 }
 
@@ -101,12 +79,8 @@ fn t5_lm_loss_matches_hf_per_case() {
 fn t5_batched_padded_loss_matches_hf() {
     let fx = load("t5", DType::F32);
     let c = &fx.bridge["loss_case"];
-    let images: Vec<usize> = c["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect();
+    let images: Vec<usize> =
+        c["images"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     let loss = fx
         .model
         .t5_lm_loss(
@@ -118,10 +92,7 @@ fn t5_batched_padded_loss_matches_hf() {
         .to_scalar::<f32>()
         .unwrap();
     let want = c["loss"].as_f64().unwrap() as f32;
-    assert!(
-        (loss - want).abs() < TOL,
-        "batched loss {loss} vs HF {want}"
-    );
+    assert!((loss - want).abs() < TOL, "batched loss {loss} vs HF {want}");
 }
 
 #[test]
@@ -129,16 +100,10 @@ fn t5_greedy_and_beam_ids_match_hf() {
     let fx = load("t5", DType::F32);
     let base = gen_config(&serde_json::json!({"max_new_tokens": 6}), 1, 0);
     for case in fx.expected["cases"].as_array().unwrap() {
-        let (i, j) = (
-            case["image"].as_u64().unwrap(),
-            case["prompt"].as_u64().unwrap(),
-        );
+        let (i, j) = (case["image"].as_u64().unwrap(), case["prompt"].as_u64().unwrap());
         let (embeds, mask) = t5_case_inputs(&fx, case);
         for (key, beams) in [("greedy_ids", 1), ("beam3_ids", 3)] {
-            let cfg = qformer::llm::GenerationConfig {
-                num_beams: beams,
-                ..base.clone()
-            };
+            let cfg = qformer::llm::GenerationConfig { num_beams: beams, ..base.clone() };
             let got = generate(&fx.model, &embeds, &mask, &cfg).unwrap();
             // Output includes the decoder start token, as HF returns it.
             let want = trim_after_eos(&ids(&case[key]), &cfg.eos_token_ids, 1);
@@ -165,18 +130,10 @@ fn t5_batched_right_padded_generation_matches_hf() {
             .iter()
             .zip(&mask)
             .map(|(r, m)| {
-                r.iter()
-                    .zip(m)
-                    .filter(|(_, &m)| m == 1)
-                    .map(|(&t, _)| t)
-                    .skip(nq)
-                    .collect()
+                r.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t).skip(nq).collect()
             })
             .collect();
-        let (embeds, attn) = fx
-            .model
-            .prompt_inputs(&fx.query_outputs(&images), &prompts)
-            .unwrap();
+        let (embeds, attn) = fx.model.prompt_inputs(&fx.query_outputs(&images), &prompts).unwrap();
         let cfg = gen_config(&case["settings"], 1, 0);
         let got = generate(&fx.model, &embeds, &attn, &cfg).unwrap();
         for (b, want) in id_rows(&case["output_ids"]).iter().enumerate() {

@@ -14,20 +14,14 @@ use qformer::weights::{load_hf_dir, LoadOptions};
 const ATOL: f32 = 1e-4;
 
 fn opts(trainable: bool) -> LoadOptions {
-    LoadOptions {
-        trainable,
-        ..Default::default()
-    }
+    LoadOptions { trainable, ..Default::default() }
 }
 
 fn check_itm(trainable: bool) {
     let loaded = load_hf_dir(fixture("itm"), &opts(trainable)).unwrap();
     let m = &loaded.model;
     assert_eq!(loaded.varmap.is_some(), trainable);
-    assert!(
-        m.lm_head().is_none(),
-        "HF retrieval checkpoints have no LM head"
-    );
+    assert!(m.lm_head().is_none(), "HF retrieval checkpoints have no LM head");
     assert_eq!(loaded.report.defaulted, vec!["temp = 0.07".to_string()]);
     let e = load_tensors("itm/expected.safetensors");
     let pixels = get(&e, "pixel_values");
@@ -39,12 +33,7 @@ fn check_itm(trainable: bool) {
         get(&e, "vision_last_hidden_state"),
         ATOL,
     );
-    assert_close(
-        "query_output",
-        &image.query_output,
-        get(&e, "query_output"),
-        ATOL,
-    );
+    assert_close("query_output", &image.query_output, get(&e, "query_output"), ATOL);
     let image_feats = image.image_feats.clone().unwrap();
     assert_close("image_embeds", &image_feats, get(&e, "image_embeds"), ATOL);
 
@@ -54,12 +43,7 @@ fn check_itm(trainable: bool) {
     assert_close("text_embeds", &text.text_feat, get(&e, "text_embeds"), ATOL);
 
     let itc = itc_similarity(&image_feats, &text.text_feat).unwrap();
-    assert_close(
-        "itc logits_per_image",
-        &itc,
-        get(&e, "itc_logits_per_image"),
-        ATOL,
-    );
+    assert_close("itc logits_per_image", &itc, get(&e, "itc_logits_per_image"), ATOL);
 
     // ITM: every image against all five texts.
     let want = get(&e, "itm_logits"); // [images, texts, 2]
@@ -75,11 +59,7 @@ fn check_itm(trainable: bool) {
             .itm_logits(
                 ImageInput::VisionFeatures(
                     &m.vision_features(
-                        &pixels
-                            .narrow(0, i, 1)
-                            .unwrap()
-                            .repeat((n_text, 1, 1, 1))
-                            .unwrap(),
+                        &pixels.narrow(0, i, 1).unwrap().repeat((n_text, 1, 1, 1)).unwrap(),
                     )
                     .unwrap(),
                 ),
@@ -87,17 +67,10 @@ fn check_itm(trainable: bool) {
                 &padding,
             )
             .unwrap();
-        assert_close(
-            &format!("itm logits image {i}"),
-            &logits,
-            &want.get(i).unwrap(),
-            ATOL,
-        );
+        assert_close(&format!("itm logits image {i}"), &logits, &want.get(i).unwrap(), ATOL);
         // Same through already-normalized image embeds.
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-        let again = m
-            .itm_logits_t(&img, ids, &padding, false, &mut rng)
-            .unwrap();
+        let again = m.itm_logits_t(&img, ids, &padding, false, &mut rng).unwrap();
         assert_close(
             &format!("itm logits image {i} (image_embeds)"),
             &again,
@@ -140,27 +113,14 @@ fn check_generation_checkpoint(name: &str) {
     assert!(msg.contains("language_projection.weight"), "{msg}");
     assert!(msg.contains("unexpected"), "{msg}");
 
-    let o = LoadOptions {
-        allow_known_unused: true,
-        ..Default::default()
-    };
+    let o = LoadOptions { allow_known_unused: true, ..Default::default() };
     let loaded = load_hf_dir(fixture(name), &o).unwrap();
-    assert!(loaded
-        .report
-        .known_unused
-        .iter()
-        .any(|(n, _)| n == "language_projection.weight"));
-    assert!(loaded
-        .report
-        .known_unused
-        .iter()
-        .any(|(n, _)| n.starts_with("language_model.")));
+    assert!(loaded.report.known_unused.iter().any(|(n, _)| n == "language_projection.weight"));
+    assert!(loaded.report.known_unused.iter().any(|(n, _)| n.starts_with("language_model.")));
     let m = &loaded.model;
     assert!(m.heads().is_none() && m.qformer().embeddings().is_none());
     let e = load_tensors(&format!("{name}/qformer_outputs.safetensors"));
-    let image = m
-        .encode_image(ImageInput::Pixels(get(&e, "pixel_values")))
-        .unwrap();
+    let image = m.encode_image(ImageInput::Pixels(get(&e, "pixel_values"))).unwrap();
     assert_close(
         &format!("{name} vision last_hidden_state"),
         &image.image_embeds,
@@ -176,11 +136,7 @@ fn check_generation_checkpoint(name: &str) {
     // No text FFN in these checkpoints: a text pass is refused, not silently wrong.
     let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
     assert!(m
-        .itm_logits(
-            ImageInput::Pixels(get(&e, "pixel_values")),
-            &ids,
-            &PaddingMask::all_keep(1, 3)
-        )
+        .itm_logits(ImageInput::Pixels(get(&e, "pixel_values")), &ids, &PaddingMask::all_keep(1, 3))
         .is_err());
 }
 

@@ -24,11 +24,7 @@ fn lavis_model(ln_vision_eps: Option<f64>, trainable: bool) -> LoadedModel {
     let set = lavis.merge(hf.vision_encoder_only()).unwrap();
     let parts = detect_parts(&cfg, &set);
     assert!(parts.lm_head && parts.stage_one_heads && parts.text);
-    let opts = LoadOptions {
-        trainable,
-        ln_vision_eps,
-        ..Default::default()
-    };
+    let opts = LoadOptions { trainable, ln_vision_eps, ..Default::default() };
     load(&cfg, &set, parts, &opts).unwrap()
 }
 
@@ -41,47 +37,29 @@ fn lavis_pth_reproduces_lavis_forward() {
     let loaded = lavis_model(None, true);
     let m = &loaded.model;
     let r = &loaded.report;
-    assert!(
-        r.defaulted.is_empty(),
-        "temp comes from the checkpoint: {r}"
-    );
+    assert!(r.defaulted.is_empty(), "temp comes from the checkpoint: {r}");
     let ignored: Vec<&str> = r.ignored.iter().map(|(n, _)| n.as_str()).collect();
-    assert!(
-        ignored.contains(&"Qformer.cls.predictions.decoder.weight"),
-        "{ignored:?}"
-    );
-    assert!(
-        ignored.contains(&"Qformer.bert.embeddings.position_ids"),
-        "{ignored:?}"
-    );
+    assert!(ignored.contains(&"Qformer.cls.predictions.decoder.weight"), "{ignored:?}");
+    assert!(ignored.contains(&"Qformer.bert.embeddings.position_ids"), "{ignored:?}");
     assert_eq!(m.ln_vision().eps(), 1e-5);
     let temp = scalar(&m.heads().unwrap().temp);
     assert!((temp - 0.07).abs() < 1e-7);
     // Trainable parts are Vars: ViT excluded, ln_vision included.
     let vm = loaded.varmap.as_ref().unwrap();
     let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
-    assert!(names
-        .iter()
-        .any(|n| n == "vision_model.post_layernorm.weight"));
+    assert!(names.iter().any(|n| n == "vision_model.post_layernorm.weight"));
     assert!(names.iter().any(|n| n == "cls.predictions.bias"));
     assert!(!names.iter().any(|n| n.starts_with("vision_model.encoder.")));
 
     let e = load_tensors("itm/expected_losses.safetensors");
-    let image = m
-        .encode_image(ImageInput::Pixels(get(&e, "pixel_values")))
-        .unwrap();
+    let image = m.encode_image(ImageInput::Pixels(get(&e, "pixel_values"))).unwrap();
     assert_close(
         "image_embeds_ln_vision (eps 1e-5)",
         &image.image_embeds,
         get(&e, "image_embeds_ln_vision"),
         ATOL,
     );
-    assert_close(
-        "query_output",
-        &image.query_output,
-        get(&e, "query_output"),
-        ATOL,
-    );
+    assert_close("query_output", &image.query_output, get(&e, "query_output"), ATOL);
     let image_feats = image.image_feats.clone().unwrap();
     assert_close("image_feats", &image_feats, get(&e, "image_feats"), ATOL);
 
@@ -96,12 +74,7 @@ fn lavis_pth_reproduces_lavis_forward() {
     );
     assert_close("text_feat", &text.text_feat, get(&e, "text_feat"), ATOL);
     let sim = itc_similarity(&image_feats, &text.text_feat).unwrap();
-    assert_close(
-        "itc_sim_i2t_before_temp",
-        &sim,
-        get(&e, "itc_sim_i2t_before_temp"),
-        ATOL,
-    );
+    assert_close("itc_sim_i2t_before_temp", &sim, get(&e, "itc_sim_i2t_before_temp"), ATOL);
     let sim_t = (sim.clone() / temp as f64).unwrap();
     assert_close("sim_i2t (/temp)", &sim_t, get(&e, "sim_i2t"), ATOL);
 
@@ -120,13 +93,7 @@ fn lavis_pth_reproduces_lavis_forward() {
             .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let itm = m
-        .itm_logits_t(
-            &itm_images,
-            get(&e, "itm_text_ids_all"),
-            &text_mask,
-            false,
-            &mut rng,
-        )
+        .itm_logits_t(&itm_images, get(&e, "itm_text_ids_all"), &text_mask, false, &mut rng)
         .unwrap();
     assert_close("itm_logits (3B rows)", &itm, get(&e, "itm_logits"), ATOL);
 
@@ -152,9 +119,7 @@ fn lavis_pth_with_hf_eps_matches_hf_retrieval_numbers() {
     let loaded = lavis_model(Some(1e-6), false);
     let m = &loaded.model;
     let e = load_tensors("itm/expected_losses.safetensors");
-    let image = m
-        .encode_image(ImageInput::Pixels(get(&e, "pixel_values")))
-        .unwrap();
+    let image = m.encode_image(ImageInput::Pixels(get(&e, "pixel_values"))).unwrap();
     assert_close(
         "hfeps.image_embeds_ln_vision",
         &image.image_embeds,
@@ -180,27 +145,15 @@ fn lavis_pth_with_hf_eps_matches_hf_retrieval_numbers() {
     let padding = PaddingMask::from_tensor(get(&h, "attention_mask")).unwrap();
     let text = m.encode_text(ids, &padding).unwrap();
     let itc = itc_similarity(&image.image_feats.clone().unwrap(), &text.text_feat).unwrap();
-    assert_close(
-        "vs HF itc_logits_per_image",
-        &itc,
-        get(&h, "itc_logits_per_image"),
-        ATOL,
-    );
+    assert_close("vs HF itc_logits_per_image", &itc, get(&h, "itc_logits_per_image"), ATOL);
     let want = get(&h, "itm_logits");
     let n = ids.dim(0).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for i in 0..image.image_embeds.dim(0).unwrap() {
         let idx = Tensor::new(vec![i as u32; n].as_slice(), &Device::Cpu).unwrap();
         let img = image.image_embeds.index_select(&idx, 0).unwrap();
-        let logits = m
-            .itm_logits_t(&img, ids, &padding, false, &mut rng)
-            .unwrap();
-        assert_close(
-            &format!("vs HF itm_logits image {i}"),
-            &logits,
-            &want.get(i).unwrap(),
-            ATOL,
-        );
+        let logits = m.itm_logits_t(&img, ids, &padding, false, &mut rng).unwrap();
+        assert_close(&format!("vs HF itm_logits image {i}"), &logits, &want.get(i).unwrap(), ATOL);
     }
 }
 
@@ -214,10 +167,7 @@ fn lavis_eps_differs_measurably_from_hf_eps() {
     let a = lavis.model.image_embeds(ImageInput::Pixels(px)).unwrap();
     let b = hf.model.image_embeds(ImageInput::Pixels(px)).unwrap();
     let d = common::max_abs_diff(&a, &b);
-    assert!(
-        d > 2e-5,
-        "ln_vision eps 1e-5 vs 1e-6 should differ, got {d:e}"
-    );
+    assert!(d > 2e-5, "ln_vision eps 1e-5 vs 1e-6 should differ, got {d:e}");
 }
 
 #[test]
@@ -234,9 +184,7 @@ fn hf_dir_plus_lm_head_file_runs_itg() {
     let m = &loaded.model;
     assert_eq!(m.ln_vision().eps(), 1e-6, "HF source keeps the config eps");
     let e = load_tensors("itm/expected_losses.safetensors");
-    let image = m
-        .encode_image(ImageInput::Pixels(get(&e, "pixel_values")))
-        .unwrap();
+    let image = m.encode_image(ImageInput::Pixels(get(&e, "pixel_values"))).unwrap();
     let itg_mask = get(&e, "itg_attention_mask");
     let q = m.num_queries();
     let padding =
@@ -244,13 +192,7 @@ fn hf_dir_plus_lm_head_file_runs_itg() {
             .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let logits = m
-        .lm_logits_t(
-            &image.query_kv,
-            get(&e, "itg_decoder_input_ids"),
-            &padding,
-            false,
-            &mut rng,
-        )
+        .lm_logits_t(&image.query_kv, get(&e, "itg_decoder_input_ids"), &padding, false, &mut rng)
         .unwrap();
     assert_close(
         "hfeps.itg_logits_sample0",

@@ -28,17 +28,8 @@ fn lavis_model(ln_vision_eps: Option<f64>) -> LoadedModel {
         .merge(hf.vision_encoder_only())
         .unwrap();
     let parts = detect_parts(&cfg, &set);
-    load(
-        &cfg,
-        &set,
-        parts,
-        &LoadOptions {
-            trainable: true,
-            ln_vision_eps,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    load(&cfg, &set, parts, &LoadOptions { trainable: true, ln_vision_eps, ..Default::default() })
+        .unwrap()
 }
 
 fn cfg() -> ObjectiveConfig {
@@ -51,11 +42,7 @@ fn cfg() -> ObjectiveConfig {
 }
 
 fn to_usize(t: &Tensor) -> Vec<usize> {
-    t.to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as usize)
-        .collect()
+    t.to_vec1::<i64>().unwrap().into_iter().map(|x| x as usize).collect()
 }
 
 #[test]
@@ -74,31 +61,12 @@ fn stage_one_losses_match_lavis() {
     let out = stage_one_losses(m, &batch, &cfg(), false, &mut rng).unwrap();
 
     // Negatives exactly, weights closely.
-    assert_eq!(
-        out.negatives.image_for_text,
-        to_usize(get(&e, "neg_image_idx_for_text"))
-    );
-    assert_eq!(
-        out.negatives.text_for_image,
-        to_usize(get(&e, "neg_text_idx_for_image"))
-    );
+    assert_eq!(out.negatives.image_for_text, to_usize(get(&e, "neg_image_idx_for_text")));
+    assert_eq!(out.negatives.text_for_image, to_usize(get(&e, "neg_text_idx_for_image")));
     let w = |v: &Vec<Vec<f32>>| Tensor::new(v.clone(), &Device::Cpu).unwrap();
-    assert_close(
-        "weights_t2i",
-        &w(&out.negatives.weights_t2i),
-        get(&e, "weights_t2i"),
-        ATOL,
-    );
-    assert_close(
-        "weights_i2t",
-        &w(&out.negatives.weights_i2t),
-        get(&e, "weights_i2t"),
-        ATOL,
-    );
-    assert_eq!(
-        out.negatives.labels(),
-        get(&e, "itm_labels").to_vec1::<i64>().unwrap()
-    );
+    assert_close("weights_t2i", &w(&out.negatives.weights_t2i), get(&e, "weights_t2i"), ATOL);
+    assert_close("weights_i2t", &w(&out.negatives.weights_i2t), get(&e, "weights_i2t"), ATOL);
+    assert_eq!(out.negatives.labels(), get(&e, "itm_labels").to_vec1::<i64>().unwrap());
 
     assert_close("sim_i2t", &out.itc_out.sim_i2t, get(&e, "sim_i2t"), ATOL);
     assert_close("sim_t2i", &out.itc_out.sim_t2i, get(&e, "sim_t2i"), ATOL);
@@ -116,27 +84,13 @@ fn stage_one_losses_match_lavis() {
             .unwrap(),
         get(&e, "itg_decoder_input_ids").to_vec2::<i64>().unwrap()
     );
-    assert_eq!(
-        lm_in.labels,
-        get(&e, "itg_labels").to_vec2::<i64>().unwrap()
-    );
+    assert_eq!(lm_in.labels, get(&e, "itg_labels").to_vec2::<i64>().unwrap());
     // Per-token ITG losses (LAVIS reduction='none' view).
     let (b, l, v) = out.lm_logits.dims3().unwrap();
-    let shifted = out
-        .lm_logits
-        .narrow(1, 0, l - 1)
-        .unwrap()
-        .reshape((b * (l - 1), v))
-        .unwrap();
+    let shifted = out.lm_logits.narrow(1, 0, l - 1).unwrap().reshape((b * (l - 1), v)).unwrap();
     let targets: Vec<i64> = lm_in.labels.iter().flat_map(|r| r[1..].to_vec()).collect();
-    let per_tok = cross_entropy_per_row(
-        &shifted,
-        &targets,
-        CeOpts {
-            label_smoothing: 0.1,
-        },
-    )
-    .unwrap();
+    let per_tok =
+        cross_entropy_per_row(&shifted, &targets, CeOpts { label_smoothing: 0.1 }).unwrap();
     assert_close(
         "itg_token_loss",
         &per_tok.reshape((b, l - 1)).unwrap(),
@@ -145,12 +99,7 @@ fn stage_one_losses_match_lavis() {
     );
 
     let losses = Tensor::stack(&[&out.itc, &out.itm, &out.lm, &out.total], 0).unwrap();
-    assert_close(
-        "losses [itc, itm, itg, total]",
-        &losses,
-        get(&e, "losses"),
-        ATOL,
-    );
+    assert_close("losses [itc, itm, itg, total]", &losses, get(&e, "losses"), ATOL);
 }
 
 #[test]
@@ -164,22 +113,12 @@ fn stage_one_losses_match_lavis_with_hf_eps() {
         attention_mask: &mask,
         image_ids: None,
     };
-    let out = stage_one_losses(
-        &loaded.model,
-        &batch,
-        &cfg(),
-        false,
-        &mut ChaCha8Rng::seed_from_u64(0),
-    )
-    .unwrap();
+    let out =
+        stage_one_losses(&loaded.model, &batch, &cfg(), false, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
     let losses = Tensor::stack(&[&out.itc, &out.itm, &out.lm, &out.total], 0).unwrap();
     assert_close("hfeps.losses", &losses, get(&e, "hfeps.losses"), ATOL);
-    assert_close(
-        "hfeps.itm_logits",
-        &out.itm_logits,
-        get(&e, "hfeps.itm_logits"),
-        ATOL,
-    );
+    assert_close("hfeps.itm_logits", &out.itm_logits, get(&e, "hfeps.itm_logits"), ATOL);
     assert_close(
         "hfeps.itg_logits_sample0",
         &out.lm_logits.get(0).unwrap(),
@@ -192,14 +131,7 @@ fn stage_one_losses_match_lavis_with_hf_eps() {
 fn gradients_reach_every_trainable_part_and_itg_reaches_cross_attention() {
     let loaded = lavis_model(None);
     let m = &loaded.model;
-    let vars = loaded
-        .varmap
-        .as_ref()
-        .unwrap()
-        .data()
-        .lock()
-        .unwrap()
-        .clone();
+    let vars = loaded.varmap.as_ref().unwrap().data().lock().unwrap().clone();
     let e = load_tensors("itm/expected_losses.safetensors");
     let mask = PaddingMask::from_tensor(get(&e, "text_attention_mask")).unwrap();
     let batch = PretrainBatch {
@@ -210,15 +142,7 @@ fn gradients_reach_every_trainable_part_and_itg_reaches_cross_attention() {
     };
     let out = stage_one_losses(m, &batch, &cfg(), true, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
     let norm = |g: Option<&Tensor>| {
-        g.map(|g| {
-            g.sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
-        .unwrap_or(0.0)
+        g.map(|g| g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).unwrap_or(0.0)
     };
 
     let grads = out.total.backward().unwrap();
@@ -244,10 +168,7 @@ fn gradients_reach_every_trainable_part_and_itg_reaches_cross_attention() {
         "query_tokens",
         "vision_model.post_layernorm.bias",
     ] {
-        assert!(
-            norm(lm_grads.get(&vars[name])) > 0.0,
-            "ITG gives no gradient to {name}"
-        );
+        assert!(norm(lm_grads.get(&vars[name])) > 0.0, "ITG gives no gradient to {name}");
     }
 }
 
@@ -258,11 +179,8 @@ fn itc_with_distinct_image_ids_equals_diagonal_targets() {
     let txt = qformer::model::l2_normalize(&Tensor::randn(0f32, 1., (3, 4), &Device::Cpu).unwrap())
         .unwrap();
     let temp = Tensor::new(0.07f32, &Device::Cpu).unwrap();
-    let a = itc_loss(&img, &txt, &temp, ItcTargets::Diagonal)
-        .unwrap()
-        .loss
-        .to_scalar::<f32>()
-        .unwrap();
+    let a =
+        itc_loss(&img, &txt, &temp, ItcTargets::Diagonal).unwrap().loss.to_scalar::<f32>().unwrap();
     let b = itc_loss(&img, &txt, &temp, ItcTargets::ImageIds(&[5, 9, 2]))
         .unwrap()
         .loss
@@ -284,14 +202,7 @@ fn gradients_match_lavis() {
     // (tools/lavis_stage1_reference.py), keys "<itc|itm|itg|total>/<LAVIS name>".
     let loaded = lavis_model(None);
     let m = &loaded.model;
-    let vars = loaded
-        .varmap
-        .as_ref()
-        .unwrap()
-        .data()
-        .lock()
-        .unwrap()
-        .clone();
+    let vars = loaded.varmap.as_ref().unwrap().data().lock().unwrap().clone();
     let e = load_tensors("itm/expected_losses.safetensors");
     let want = load_tensors("itm/stage1_grads.safetensors");
     let mask = PaddingMask::from_tensor(get(&e, "text_attention_mask")).unwrap();
@@ -304,40 +215,24 @@ fn gradients_match_lavis() {
     let out = stage_one_losses(m, &batch, &cfg(), true, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
     let mut worst = 0f32;
     let mut checked = 0;
-    for (loss_name, loss) in [
-        ("itc", &out.itc),
-        ("itm", &out.itm),
-        ("itg", &out.lm),
-        ("total", &out.total),
-    ] {
+    for (loss_name, loss) in
+        [("itc", &out.itc), ("itm", &out.itm), ("itg", &out.lm), ("total", &out.total)]
+    {
         let grads = loss.backward().unwrap();
-        for (key, expected) in want
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{loss_name}/")))
+        for (key, expected) in want.iter().filter(|(k, _)| k.starts_with(&format!("{loss_name}/")))
         {
             let lavis_name = &key[loss_name.len() + 1..];
             let canonical = qformer::weights::names::lavis_to_canonical(lavis_name).unwrap();
-            let var = vars
-                .get(&canonical)
-                .unwrap_or_else(|| panic!("no Var {canonical}"));
+            let var = vars.get(&canonical).unwrap_or_else(|| panic!("no Var {canonical}"));
             let got = match grads.get(var) {
                 Some(g) => g.clone(),
                 None => var.zeros_like().unwrap(),
             };
             // Relative to the gradient's own scale, so tiny and large gradients are held alike.
-            let scale = expected
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .max(1e-3);
+            let scale =
+                expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
             let d = common::max_abs_diff(&got, expected) / scale;
-            assert!(
-                d < 1e-3,
-                "{key}: max abs diff / max |grad| = {d:e} (scale {scale:e})"
-            );
+            assert!(d < 1e-3, "{key}: max abs diff / max |grad| = {d:e} (scale {scale:e})");
             worst = worst.max(d);
             checked += 1;
         }

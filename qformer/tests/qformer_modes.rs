@@ -18,9 +18,7 @@ fn model() -> Blip2Qformer {
         .merge(hf.vision_encoder_only())
         .unwrap();
     let parts = detect_parts(&cfg, &set);
-    load(&cfg, &set, parts, &LoadOptions::default())
-        .unwrap()
-        .model
+    load(&cfg, &set, parts, &LoadOptions::default()).unwrap().model
 }
 
 #[test]
@@ -29,9 +27,7 @@ fn single_pass_modes_equal_separate_passes() {
     let e = load_tensors("itm/expected_losses.safetensors");
     let ids = get(&e, "text_input_ids");
     let padding = PaddingMask::from_tensor(get(&e, "text_attention_mask")).unwrap();
-    let image = m
-        .encode_image(ImageInput::Pixels(get(&e, "pixel_values")))
-        .unwrap();
+    let image = m.encode_image(ImageInput::Pixels(get(&e, "pixel_values"))).unwrap();
     let text = m.encode_text(ids, &padding).unwrap();
     let b = ids.dim(0).unwrap();
     let q = m.num_queries();
@@ -58,16 +54,10 @@ fn single_pass_modes_equal_separate_passes() {
     // text rows equal the decoder pass over the cached query K/V.
     let causal = joint(MaskMode::MultimodalCausal);
     assert!(max_abs_diff(&causal.query_output().unwrap(), &image.query_output) < 1e-5);
-    let mask = AdditiveMask::new(
-        MaskMode::MultimodalCausal,
-        q,
-        Some(&padding),
-        b,
-        &Device::Cpu,
-    )
-    .unwrap()
-    .text_rows()
-    .unwrap();
+    let mask = AdditiveMask::new(MaskMode::MultimodalCausal, q, Some(&padding), b, &Device::Cpu)
+        .unwrap()
+        .text_rows()
+        .unwrap();
     let inp = QFormerInput {
         query_embeds: None,
         input_ids: Some(ids),

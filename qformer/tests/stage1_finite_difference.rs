@@ -33,10 +33,7 @@ fn every_trainable_tensor_matches_finite_differences() {
         .merge(hf.vision_encoder_only())
         .unwrap();
     let parts = detect_parts(&cfg, &set);
-    let opts = LoadOptions {
-        trainable: true,
-        ..Default::default()
-    };
+    let opts = LoadOptions { trainable: true, ..Default::default() };
     let loaded = load(&cfg, &set, parts, &opts).unwrap();
     let varmap = loaded.varmap.as_ref().unwrap();
     let e = load_tensors("itm/expected_losses.safetensors");
@@ -61,29 +58,17 @@ fn every_trainable_tensor_matches_finite_differences() {
     let total = || {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let out = stage_one_losses(&loaded.model, &batch, &ocfg, false, &mut rng).unwrap();
-        let negs = (
-            out.negatives.image_for_text.clone(),
-            out.negatives.text_for_image.clone(),
-        );
+        let negs = (out.negatives.image_for_text.clone(), out.negatives.text_for_image.clone());
         (out.total, negs)
     };
     let scalar = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
 
     let (loss0, negs0) = total();
     let grads = loss0.backward().unwrap();
-    let mut vars: Vec<(String, candle_core::Var)> = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut vars: Vec<(String, candle_core::Var)> =
+        varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(
-        vars.len() > 40,
-        "expected the whole stage-one model, got {} tensors",
-        vars.len()
-    );
+    assert!(vars.len() > 40, "expected the whole stage-one model, got {} tensors", vars.len());
 
     let mut dir_rng = ChaCha8Rng::seed_from_u64(7);
     let mut failures = Vec::new();
@@ -101,8 +86,7 @@ fn every_trainable_tensor_matches_finite_differences() {
         let scale = scalar(&original.abs().unwrap().mean_all().unwrap()).max(0.25);
         let mut h = 2e-3 * scale;
         let eval_at = |step: f64| {
-            var.set(&(&original + (&dir * step).unwrap()).unwrap())
-                .unwrap();
+            var.set(&(&original + (&dir * step).unwrap()).unwrap()).unwrap();
             let (loss, negs) = total();
             (scalar(&loss), negs == negs0)
         };
@@ -116,21 +100,13 @@ fn every_trainable_tensor_matches_finite_differences() {
             h /= 4.0;
         }
         var.set(&original).unwrap();
-        assert!(
-            numeric.is_finite(),
-            "{name}: every step changed the ITM negatives"
-        );
+        assert!(numeric.is_finite(), "{name}: every step changed the ITM negatives");
         let err = (numeric - analytic).abs();
         let ok = err <= 2e-2 * numeric.abs().max(analytic.abs()) + 5e-3;
         if !ok || (numeric.abs() > 1e-2 && g.is_none()) {
-            failures.push(format!(
-                "{name}: autograd {analytic:.6} vs finite difference {numeric:.6}"
-            ));
+            failures
+                .push(format!("{name}: autograd {analytic:.6} vs finite difference {numeric:.6}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "gradient mismatches:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "gradient mismatches:\n{}", failures.join("\n"));
 }

@@ -28,11 +28,7 @@ fn ten_adamw_steps_follow_the_lavis_trajectory() {
         .merge(hf.vision_encoder_only())
         .unwrap();
     let parts = detect_parts(&cfg, &set);
-    let opts = LoadOptions {
-        trainable: true,
-        ln_vision_eps: Some(1e-5),
-        ..Default::default()
-    };
+    let opts = LoadOptions { trainable: true, ln_vision_eps: Some(1e-5), ..Default::default() };
     let loaded = load(&cfg, &set, parts, &opts).unwrap();
     let varmap = loaded.varmap.as_ref().unwrap();
     let params = ParamStore::from_varmap(varmap, DecayRule::LavisBase);
@@ -41,22 +37,10 @@ fn ten_adamw_steps_follow_the_lavis_trajectory() {
         serde_json::from_slice(&std::fs::read(fixture("itm/stage1_trajectory.json")).unwrap())
             .unwrap();
     // The decay groups must be LAVIS's, or the comparison below tests something else.
-    let decayed = params
-        .iter()
-        .filter(|(_, p)| p.trainable && p.decay)
-        .count();
-    let not_decayed = params
-        .iter()
-        .filter(|(_, p)| p.trainable && !p.decay)
-        .count();
-    assert_eq!(
-        decayed as u64,
-        traj["num_decayed_tensors"].as_u64().unwrap()
-    );
-    assert_eq!(
-        not_decayed as u64,
-        traj["num_no_decay_tensors"].as_u64().unwrap()
-    );
+    let decayed = params.iter().filter(|(_, p)| p.trainable && p.decay).count();
+    let not_decayed = params.iter().filter(|(_, p)| p.trainable && !p.decay).count();
+    assert_eq!(decayed as u64, traj["num_decayed_tensors"].as_u64().unwrap());
+    assert_eq!(not_decayed as u64, traj["num_no_decay_tensors"].as_u64().unwrap());
 
     let mut opt = AdamW::new(AdamWConfig {
         lr: 1e-3,
@@ -105,10 +89,7 @@ fn ten_adamw_steps_follow_the_lavis_trajectory() {
             (out.loss, "total"),
         ] {
             let w = want[theirs].as_f64().unwrap();
-            assert!(
-                (ours - w).abs() < LOSS_TOL,
-                "step {step} {theirs}: ours {ours}, LAVIS {w}"
-            );
+            assert!((ours - w).abs() < LOSS_TOL, "step {step} {theirs}: ours {ours}, LAVIS {w}");
         }
     }
 
@@ -118,10 +99,7 @@ fn ten_adamw_steps_follow_the_lavis_trajectory() {
     for (lavis_name, want) in &final_params {
         let canonical = qformer::weights::names::lavis_to_canonical(lavis_name)
             .unwrap_or_else(|| panic!("no canonical name for {lavis_name}"));
-        let got = &params
-            .get(&canonical)
-            .unwrap_or_else(|| panic!("no parameter {canonical}"))
-            .var;
+        let got = &params.get(&canonical).unwrap_or_else(|| panic!("no parameter {canonical}")).var;
         let d = max_abs_diff(got.as_tensor(), want);
         // 1e-4 is a tenth of one step's movement (lr = 1e-3): a wrong update rule or decay
         // group would be off by far more.

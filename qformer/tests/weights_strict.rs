@@ -22,10 +22,8 @@ fn write_variant(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::T
 #[test]
 fn refuses_missing_misshaped_mistyped_and_unexpected_tensors_naming_all() {
     let dir = write_variant(|ts| {
-        ts.remove("qformer.encoder.layer.1.output_query.dense.bias")
-            .unwrap();
-        ts.remove("vision_model.encoder.layers.0.mlp.fc2.weight")
-            .unwrap();
+        ts.remove("qformer.encoder.layer.1.output_query.dense.bias").unwrap();
+        ts.remove("vision_model.encoder.layers.0.mlp.fc2.weight").unwrap();
         ts.insert(
             "itm_head.weight".into(),
             Tensor::zeros((3, 48), DType::F32, &Device::Cpu).unwrap(),
@@ -40,15 +38,9 @@ fn refuses_missing_misshaped_mistyped_and_unexpected_tensors_naming_all() {
         );
     });
     for trainable in [false, true] {
-        let err = load_hf_dir(
-            dir.path(),
-            &LoadOptions {
-                trainable,
-                ..Default::default()
-            },
-        )
-        .err()
-        .expect("a broken checkpoint must be refused");
+        let err = load_hf_dir(dir.path(), &LoadOptions { trainable, ..Default::default() })
+            .err()
+            .expect("a broken checkpoint must be refused");
         let msg = err.to_string();
         for needle in [
             "qformer.encoder.layer.1.output_query.dense.bias",
@@ -59,15 +51,9 @@ fn refuses_missing_misshaped_mistyped_and_unexpected_tensors_naming_all() {
             "missing 2",
             "unexpected 1",
         ] {
-            assert!(
-                msg.contains(needle),
-                "error does not name {needle:?}: {msg}"
-            );
+            assert!(msg.contains(needle), "error does not name {needle:?}: {msg}");
         }
-        assert!(
-            msg.contains("model.safetensors"),
-            "error does not name the file: {msg}"
-        );
+        assert!(msg.contains("model.safetensors"), "error does not name the file: {msg}");
     }
 }
 
@@ -78,11 +64,7 @@ fn intact_copy_loads_and_sharded_index_is_followed() {
 
     // Same tensors split over two shards with an index, as large Hub checkpoints are.
     let sharded = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture("itm/config.json"),
-        sharded.path().join("config.json"),
-    )
-    .unwrap();
+    std::fs::copy(fixture("itm/config.json"), sharded.path().join("config.json")).unwrap();
     let ts =
         candle_core::safetensors::load(fixture("itm/model.safetensors"), &Device::Cpu).unwrap();
     let (mut a, mut b) = (HashMap::new(), HashMap::new());
@@ -105,11 +87,7 @@ fn intact_copy_loads_and_sharded_index_is_followed() {
     candle_core::safetensors::save(&b, sharded.path().join("model-00002-of-00002.safetensors"))
         .unwrap();
     let index = serde_json::json!({ "metadata": {}, "weight_map": map });
-    std::fs::write(
-        sharded.path().join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(sharded.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     let loaded = load_hf_dir(sharded.path(), &LoadOptions::default()).unwrap();
     assert_eq!(loaded.report.loaded, a.len() + b.len());
 }
@@ -122,12 +100,6 @@ fn bad_config_is_refused_with_its_path() {
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["qformer_config"]["num_attention_heads"] = serde_json::json!(5);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let msg = load_hf_dir(dir.path(), &LoadOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        msg.contains("config.json") && msg.contains("num_attention_heads (5)"),
-        "{msg}"
-    );
+    let msg = load_hf_dir(dir.path(), &LoadOptions::default()).err().unwrap().to_string();
+    assert!(msg.contains("config.json") && msg.contains("num_attention_heads (5)"), "{msg}");
 }

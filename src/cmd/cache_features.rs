@@ -46,14 +46,9 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
         "--shard-size and --batch-size must be > 0"
     );
     let dev = Device::Cpu;
-    let loaded = load_hf_dir(
-        &args.model,
-        &LoadOptions {
-            allow_known_unused: true,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("loading the model {}", args.model.display()))?;
+    let loaded =
+        load_hf_dir(&args.model, &LoadOptions { allow_known_unused: true, ..Default::default() })
+            .with_context(|| format!("loading the model {}", args.model.display()))?;
     let model = loaded.model;
     let pp = args.model.join("preprocessor_config.json");
     let image_cfg = if pp.exists() {
@@ -65,10 +60,7 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
         .with_context(|| format!("reading {}", args.data.display()))?;
     // One entry per image (captions share it), in order of first appearance.
     let mut seen = BTreeSet::new();
-    let images: Vec<_> = items
-        .into_iter()
-        .filter(|it| seen.insert(it.image_id))
-        .collect();
+    let images: Vec<_> = items.into_iter().filter(|it| seen.insert(it.image_id)).collect();
     ensure!(!images.is_empty(), "{}: no images", args.data.display());
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -84,20 +76,14 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
                 };
                 let img = decode_file(p, DecodeLimits::default())?;
                 let t = eval_transform(&img, &image_cfg);
-                pixels.push(Tensor::from_vec(
-                    t.data,
-                    (t.channels, t.height, t.width),
-                    &dev,
-                )?);
+                pixels.push(Tensor::from_vec(t.data, (t.channels, t.height, t.width), &dev)?);
             }
             feats.push(model.vision_features(&Tensor::stack(&pixels, 0)?)?);
         }
         let file = format!("features-{s:05}.safetensors");
         let path = args.out.join(&file);
         candle_core::safetensors::save(
-            &[("features", Tensor::cat(&feats, 0)?)]
-                .into_iter()
-                .collect(),
+            &[("features", Tensor::cat(&feats, 0)?)].into_iter().collect(),
             &path,
         )
         .with_context(|| format!("writing {}", path.display()))?;

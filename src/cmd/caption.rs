@@ -36,11 +36,8 @@ pub fn run(args: CaptionArgs) -> Result<()> {
         ..gen.generation_config()
     };
     for image in &args.image {
-        let ids = gen.generate(
-            std::slice::from_ref(image),
-            std::slice::from_ref(&args.prompt),
-            &cfg,
-        )?;
+        let ids =
+            gen.generate(std::slice::from_ref(image), std::slice::from_ref(&args.prompt), &cfg)?;
         // LAVIS strips the decoded caption.
         println!("{}", gen.decode(&ids[0])?.trim());
     }

@@ -92,10 +92,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     }
     let itm = Tensor::stack(&itm, 0)?;
 
-    let scores = Scores {
-        itc: to_rows(&itc)?,
-        itm: to_rows(&itm)?,
-    };
+    let scores = Scores { itc: to_rows(&itc)?, itm: to_rows(&itm)? };
     if args.json {
         println!("{}", serde_json::to_string(&scores)?);
     } else {
@@ -105,10 +102,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
 }
 
 fn print_table(images: &[PathBuf], texts: &[String], scores: &Scores) {
-    println!(
-        "{:<6} {:<6} {:>8} {:>8}  text",
-        "image", "text", "itc", "itm"
-    );
+    println!("{:<6} {:<6} {:>8} {:>8}  text", "image", "text", "itc", "itm");
     for (i, path) in images.iter().enumerate() {
         println!("image {i}: {}", path.display());
         for (j, text) in texts.iter().enumerate() {

@@ -56,10 +56,7 @@ fn read_eos(dir: &Path, fallback: u32) -> Result<Vec<u32>> {
                     .ok_or_else(|| anyhow!("{}: eos_token_id holds a non-id", path.display()))
             })
             .collect(),
-        Some(_) => bail!(
-            "{}: eos_token_id must be an id or a list of ids",
-            path.display()
-        ),
+        Some(_) => bail!("{}: eos_token_id must be an id or a list of ids", path.display()),
     }
 }
 
@@ -68,11 +65,8 @@ impl Blip2Generator {
         let (cfg, set) = TensorSet::from_hf_dir(dir, device)
             .with_context(|| format!("loading model directory {}", dir.display()))?;
         let llm_cfg = Blip2LlmConfig::from_json_file(&dir.join("config.json"))?;
-        let opts = LoadOptions {
-            allow_known_unused: true,
-            device: device.clone(),
-            ..Default::default()
-        };
+        let opts =
+            LoadOptions { allow_known_unused: true, device: device.clone(), ..Default::default() };
         let parts = detect_parts(&cfg, &set);
         let vision_qformer = load(&cfg, &set, parts, &opts)
             .with_context(|| format!("loading vision + Q-Former from {}", dir.display()))?
@@ -84,10 +78,7 @@ impl Blip2Generator {
             .collect();
         let vb = VarBuilder::from_tensors(llm_tensors, DType::F32, device);
         let llm = Blip2Llm::load(vb, &llm_cfg).with_context(|| {
-            format!(
-                "loading language_projection + language_model from {}",
-                dir.display()
-            )
+            format!("loading language_projection + language_model from {}", dir.display())
         })?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tok_path)
@@ -134,11 +125,7 @@ impl Blip2Generator {
             (h, w) = (t.height, t.width);
             data.extend(t.data);
         }
-        Ok(Tensor::from_vec(
-            data,
-            (paths.len(), 3, h, w),
-            &self.device,
-        )?)
+        Ok(Tensor::from_vec(data, (paths.len(), 3, h, w), &self.device)?)
     }
 
     /// Prompt ids as the HF tokenizer gives them (OPT: `</s>` + prompt; T5: prompt + `</s>`).
@@ -163,14 +150,9 @@ impl Blip2Generator {
             bail!("{} images but {} prompts", images.len(), prompts.len());
         }
         let pixels = self.pixels(images)?;
-        let query_output = self
-            .vision_qformer
-            .encode_image(ImageInput::Pixels(&pixels))?
-            .query_output;
-        let ids = prompts
-            .iter()
-            .map(|p| self.prompt_ids(p))
-            .collect::<Result<Vec<_>>>()?;
+        let query_output =
+            self.vision_qformer.encode_image(ImageInput::Pixels(&pixels))?.query_output;
+        let ids = prompts.iter().map(|p| self.prompt_ids(p)).collect::<Result<Vec<_>>>()?;
         let (embeds, mask) = self.llm.prompt_inputs(&query_output, &ids)?;
         // HF's repetition penalty sees the decoder-only input ids: `<image>` x Q + prompt,
         // left padded (T5's penalty sees only decoder ids).
@@ -179,11 +161,7 @@ impl Blip2Generator {
                 let nq = self.llm.config.num_query_tokens;
                 let rows: Vec<Vec<u32>> = ids
                     .iter()
-                    .map(|r| {
-                        std::iter::repeat_n(image, nq)
-                            .chain(r.iter().copied())
-                            .collect()
-                    })
+                    .map(|r| std::iter::repeat_n(image, nq).chain(r.iter().copied()).collect())
                     .collect();
                 let (full, _) =
                     pad_batch(&rows, cfg.pad_token_id, PaddingSide::Left, &Device::Cpu)?;
@@ -197,8 +175,6 @@ impl Blip2Generator {
 
     /// `batch_decode(..., skip_special_tokens=True)`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| anyhow!("decoding ids {ids:?}: {e}"))
+        self.tokenizer.decode(ids, true).map_err(|e| anyhow!("decoding ids {ids:?}: {e}"))
     }
 }

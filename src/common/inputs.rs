@@ -49,25 +49,14 @@ pub fn tokenize(tokenizer: &TextTokenizer, texts: &[String], device: &Device) ->
 }
 
 fn to_text_batch(batch: &TokenBatch, device: &Device) -> Result<TextBatch> {
-    let input_ids = Tensor::from_vec(
-        batch.input_ids.clone(),
-        (batch.batch, batch.seq_len),
-        device,
-    )?;
-    let rows: Vec<Vec<u32>> = batch
-        .attention_mask
-        .chunks(batch.seq_len.max(1))
-        .map(<[u32]>::to_vec)
-        .collect();
-    Ok(TextBatch {
-        input_ids,
-        mask: PaddingMask::from_rows(&rows)?,
-    })
+    let input_ids =
+        Tensor::from_vec(batch.input_ids.clone(), (batch.batch, batch.seq_len), device)?;
+    let rows: Vec<Vec<u32>> =
+        batch.attention_mask.chunks(batch.seq_len.max(1)).map(<[u32]>::to_vec).collect();
+    Ok(TextBatch { input_ids, mask: PaddingMask::from_rows(&rows)? })
 }
 
 /// The values of a `[N, M]` tensor as nested vectors (for JSON).
 pub fn to_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(t.to_dtype(DType::F32)?
-        .to_device(&Device::Cpu)?
-        .to_vec2::<f32>()?)
+    Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?)
 }

@@ -56,10 +56,7 @@ pub fn load_model_dir(
         bail!("model directory {} does not exist", dir.display());
     }
     if !dir.join("config.json").is_file() {
-        bail!(
-            "{} is not a model directory: it has no config.json",
-            dir.display()
-        );
+        bail!("{} is not a model directory: it has no config.json", dir.display());
     }
     let processor_path = dir.join("preprocessor_config.json");
     let processor = ImageProcessorConfig::from_file(&processor_path)
@@ -86,24 +83,12 @@ pub fn load_model_dir(
         }
         let head_set = read_lavis_safetensors(head, device)?;
         if !head_set.names().any(|n| n.starts_with("cls.predictions.")) {
-            bail!(
-                "{} holds no Qformer.cls.predictions.* tensors",
-                head.display()
-            );
+            bail!("{} holds no Qformer.cls.predictions.* tensors", head.display());
         }
-        set = set
-            .filter(|n| !n.starts_with("cls.predictions."))
-            .merge(head_set)?;
+        set = set.filter(|n| !n.starts_with("cls.predictions.")).merge(head_set)?;
     }
     let parts = detect_parts(&cfg, &set);
-    let opts = LoadOptions {
-        device: device.clone(),
-        ..Default::default()
-    };
+    let opts = LoadOptions { device: device.clone(), ..Default::default() };
     let loaded = load(&cfg, &set, parts, &opts)?;
-    Ok(LoadedDir {
-        model: loaded.model,
-        processor,
-        tokenizer,
-    })
+    Ok(LoadedDir { model: loaded.model, processor, tokenizer })
 }

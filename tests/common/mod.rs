@@ -19,15 +19,11 @@ pub const TEXTS: [&str; 5] = [
 ];
 
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf-tiny")
-        .join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny").join(rel)
 }
 
 pub fn images() -> Vec<PathBuf> {
-    (0..4)
-        .map(|i| fixture(&format!("images/img{i}.png")))
-        .collect()
+    (0..4).map(|i| fixture(&format!("images/img{i}.png"))).collect()
 }
 
 pub fn blip2<I, S>(args: I) -> Output
@@ -35,10 +31,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .args(args)
-        .output()
-        .expect("run blip2")
+    Command::new(env!("CARGO_BIN_EXE_blip2")).args(args).output().expect("run blip2")
 }
 
 /// `--image` followed by the paths.
@@ -50,9 +43,7 @@ pub fn image_args(paths: &[PathBuf]) -> Vec<OsString> {
 
 /// `--text` followed by the texts.
 pub fn text_args(texts: &[&str]) -> Vec<OsString> {
-    std::iter::once(OsString::from("--text"))
-        .chain(texts.iter().map(OsString::from))
-        .collect()
+    std::iter::once(OsString::from("--text")).chain(texts.iter().map(OsString::from)).collect()
 }
 
 pub fn os(s: impl AsRef<OsStr>) -> OsString {
@@ -60,16 +51,9 @@ pub fn os(s: impl AsRef<OsStr>) -> OsString {
 }
 
 pub fn stdout_json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "blip2 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "blip2 failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON object ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
+        panic!("stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
     })
 }
 
@@ -81,13 +65,7 @@ pub fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {
     v.as_array()
         .expect("array")
         .iter()
-        .map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|x| x.as_f64().expect("number"))
-                .collect()
-        })
+        .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("number")).collect())
         .collect()
 }
 
@@ -99,18 +77,11 @@ pub fn assert_matrix_close(what: &str, got: &[Vec<f64>], want: &[Vec<f64>], atol
         assert_eq!(g.len(), w.len(), "{what}: row {i} length");
         for (j, (a, b)) in g.iter().zip(w).enumerate() {
             if (a - b).abs() > atol || !a.is_finite() {
-                bad.push(format!(
-                    "[{i}][{j}] got {a} want {b} (diff {:.2e})",
-                    (a - b).abs()
-                ));
+                bad.push(format!("[{i}][{j}] got {a} want {b} (diff {:.2e})", (a - b).abs()));
             }
         }
     }
-    assert!(
-        bad.is_empty(),
-        "{what} off by more than {atol}: {}",
-        bad.join("; ")
-    );
+    assert!(bad.is_empty(), "{what} off by more than {atol}: {}", bad.join("; "));
 }
 
 pub fn load_tensors(path: &Path) -> std::collections::HashMap<String, Tensor> {

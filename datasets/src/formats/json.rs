@@ -8,10 +8,8 @@ use crate::error::{DataError, Result};
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    serde_json::from_reader(std::io::BufReader::new(file)).map_err(|source| DataError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|source| DataError::Json { path: path.to_path_buf(), source })
 }
 
 /// Either one string or a list of strings (LAVIS `answer` / `caption` fields use both).

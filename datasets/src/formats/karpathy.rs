@@ -42,11 +42,7 @@ pub fn read_karpathy_train(path: &Path, image_root: &Path) -> Result<Vec<ImageTe
         let image_id = *ids.entry(group).or_insert(next);
         let captions = row.caption.into_vec();
         if captions.is_empty() {
-            return Err(DataError::field(
-                path,
-                format!("[{i}].caption"),
-                "empty caption list",
-            ));
+            return Err(DataError::field(path, format!("[{i}].caption"), "empty caption list"));
         }
         for caption in captions {
             items.push(ImageTextItem {
@@ -105,11 +101,7 @@ pub fn read_karpathy_eval(path: &Path) -> Result<RetrievalSplit> {
     for (i, row) in rows.into_iter().enumerate() {
         let captions = row.caption.into_vec();
         if captions.is_empty() {
-            return Err(DataError::field(
-                path,
-                format!("[{i}].caption"),
-                "no captions",
-            ));
+            return Err(DataError::field(path, format!("[{i}].caption"), "no captions"));
         }
         let mut ids = Vec::with_capacity(captions.len());
         for c in &captions {
@@ -133,14 +125,8 @@ mod tests {
 
     #[test]
     fn coco_id_uses_lavis_charset_strip() {
-        assert_eq!(
-            coco_id_from_filename("val2014/COCO_val2014_000000391895.jpg"),
-            Some(391895)
-        );
-        assert_eq!(
-            coco_id_from_filename("flickr30k-images/1007129816.jpg"),
-            Some(1007129816)
-        );
+        assert_eq!(coco_id_from_filename("val2014/COCO_val2014_000000391895.jpg"), Some(391895));
+        assert_eq!(coco_id_from_filename("flickr30k-images/1007129816.jpg"), Some(1007129816));
         assert_eq!(coco_id_from_filename("x/cat.png"), None);
     }
 }

@@ -30,19 +30,10 @@ pub fn read_capfilt(path: &Path, image_root: &Path) -> Result<Vec<ImageTextItem>
                 (Some(p), _) => (p.clone(), ImageSource::Path(image_root.join(p))),
                 (None, Some(u)) => (u.clone(), ImageSource::Url(u)),
                 (None, None) => {
-                    return Err(DataError::field(
-                        path,
-                        format!("[{i}]"),
-                        "needs `image` or `url`",
-                    ))
+                    return Err(DataError::field(path, format!("[{i}]"), "needs `image` or `url`"))
                 }
             };
-            Ok(ImageTextItem {
-                key,
-                image,
-                caption: r.caption,
-                image_id: i as u64,
-            })
+            Ok(ImageTextItem { key, image, caption: r.caption, image_id: i as u64 })
         })
         .collect()
 }

@@ -29,10 +29,8 @@ impl TableRead {
 }
 
 fn load_frame(path: &Path) -> std::result::Result<DataFrame, PolarsError> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext =
+        path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     if ext == "parquet" {
         let file = std::fs::File::open(path)?;
         return ParquetReader::new(file).finish();
@@ -53,21 +51,12 @@ fn string_column(
         return Ok(None);
     };
     let series = col.as_materialized_series().cast(&DataType::String)?;
-    Ok(Some(
-        series
-            .str()?
-            .into_iter()
-            .map(|v| v.map(str::to_string))
-            .collect(),
-    ))
+    Ok(Some(series.str()?.into_iter().map(|v| v.map(str::to_string)).collect()))
 }
 
 /// Read a table with a `caption_col` (default `caption`) and optional `url`, `key`, `status`.
 pub fn read_table(path: &Path, caption_col: &str) -> Result<TableRead> {
-    let table_err = |message: String| DataError::Table {
-        path: path.to_path_buf(),
-        message,
-    };
+    let table_err = |message: String| DataError::Table { path: path.to_path_buf(), message };
     let df = load_frame(path).map_err(|e| table_err(e.to_string()))?;
     let col = |name: &str| string_column(&df, name).map_err(|e| table_err(e.to_string()));
     let captions =

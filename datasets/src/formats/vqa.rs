@@ -66,11 +66,7 @@ pub fn read_vqa_official(questions: &Path, annotations: Option<&Path>) -> Result
         let file: AnnotationsFile = read_json(a)?;
         for (i, ann) in file.annotations.into_iter().enumerate() {
             if ann.answers.is_empty() {
-                return Err(DataError::field(
-                    a,
-                    format!("annotations[{i}].answers"),
-                    "empty",
-                ));
+                return Err(DataError::field(a, format!("annotations[{i}].answers"), "empty"));
             }
             anns.insert(ann.question_id, ann);
         }

@@ -35,26 +35,15 @@ struct Pending {
 impl Pending {
     fn finish(self) -> ShardSample {
         let mut members = self.members;
-        let image = IMAGE_EXTS
-            .iter()
-            .find_map(|ext| members.remove(*ext).map(|b| (ext.to_string(), b)));
+        let image =
+            IMAGE_EXTS.iter().find_map(|ext| members.remove(*ext).map(|b| (ext.to_string(), b)));
         let from_json = members
             .get("json")
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-            .and_then(|v| {
-                v.get("caption")
-                    .and_then(|c| c.as_str().map(str::to_string))
-            });
-        let caption = from_json.or_else(|| {
-            members
-                .get("txt")
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-        });
-        ShardSample {
-            key: self.key,
-            image,
-            caption,
-        }
+            .and_then(|v| v.get("caption").and_then(|c| c.as_str().map(str::to_string)));
+        let caption = from_json
+            .or_else(|| members.get("txt").map(|b| String::from_utf8_lossy(b).into_owned()));
+        ShardSample { key: self.key, image, caption }
     }
 }
 
@@ -62,10 +51,7 @@ impl Pending {
 /// A truncated shard ends the stream with an error after the samples read so far were delivered.
 pub fn for_each_shard_sample(path: &Path, mut f: impl FnMut(ShardSample)) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let tar_err = |message: String| DataError::Tar {
-        path: path.to_path_buf(),
-        message,
-    };
+    let tar_err = |message: String| DataError::Tar { path: path.to_path_buf(), message };
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut pending: Option<Pending> = None;
     for entry in archive.entries().map_err(|e| tar_err(e.to_string()))? {
@@ -73,28 +59,19 @@ pub fn for_each_shard_sample(path: &Path, mut f: impl FnMut(ShardSample)) -> Res
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let name = entry
-            .path()
-            .map_err(|e| tar_err(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
+        let name = entry.path().map_err(|e| tar_err(e.to_string()))?.to_string_lossy().into_owned();
         let Some((key, ext)) = split_key(&name) else {
             continue;
         };
         let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| tar_err(format!("member {name}: {e}")))?;
+        entry.read_to_end(&mut bytes).map_err(|e| tar_err(format!("member {name}: {e}")))?;
         if pending.as_ref().is_some_and(|p| p.key != key) {
             if let Some(p) = pending.take() {
                 f(p.finish());
             }
         }
         pending
-            .get_or_insert_with(|| Pending {
-                key: key.to_string(),
-                ..Default::default()
-            })
+            .get_or_insert_with(|| Pending { key: key.to_string(), ..Default::default() })
             .members
             .insert(ext, bytes);
     }
@@ -132,14 +109,8 @@ mod tests {
 
     #[test]
     fn key_is_up_to_the_first_dot_of_the_basename() {
-        assert_eq!(
-            split_key("000010005.jpg"),
-            Some(("000010005", "jpg".into()))
-        );
-        assert_eq!(
-            split_key("a/b.c/x.seg.JSON"),
-            Some(("a/b.c/x", "seg.json".into()))
-        );
+        assert_eq!(split_key("000010005.jpg"), Some(("000010005", "jpg".into())));
+        assert_eq!(split_key("a/b.c/x.seg.JSON"), Some(("a/b.c/x", "seg.json".into())));
         assert_eq!(split_key("noext"), None);
     }
 }

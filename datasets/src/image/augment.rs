@@ -26,11 +26,7 @@ pub struct TrainAugment {
 
 impl Default for TrainAugment {
     fn default() -> Self {
-        TrainAugment {
-            scale: (0.5, 1.0),
-            ratio: (3.0 / 4.0, 4.0 / 3.0),
-            flip_probability: 0.5,
-        }
+        TrainAugment { scale: (0.5, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), flip_probability: 0.5 }
     }
 }
 
@@ -49,25 +45,14 @@ impl TrainAugment {
             if 0 < w && w <= width && 0 < h && h <= height {
                 let top = rng.random_range(0..=height - h);
                 let left = rng.random_range(0..=width - w);
-                return CropBox {
-                    top,
-                    left,
-                    height: h,
-                    width: w,
-                };
+                return CropBox { top, left, height: h, width: w };
             }
         }
         let in_ratio = width as f64 / height as f64;
         let (w, h) = if in_ratio < self.ratio.0 {
-            (
-                width,
-                ((width as f64 / self.ratio.0).round_ties_even() as usize).max(1),
-            )
+            (width, ((width as f64 / self.ratio.0).round_ties_even() as usize).max(1))
         } else if in_ratio > self.ratio.1 {
-            (
-                ((height as f64 * self.ratio.1).round_ties_even() as usize).max(1),
-                height,
-            )
+            (((height as f64 * self.ratio.1).round_ties_even() as usize).max(1), height)
         } else {
             (width, height)
         };

@@ -19,10 +19,7 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits {
-            max_side: 32_768,
-            max_pixels: 2 * 89_478_485,
-        }
+        DecodeLimits { max_side: 32_768, max_pixels: 2 * 89_478_485 }
     }
 }
 
@@ -38,19 +35,15 @@ pub fn decode_bytes(bytes: &[u8], what: &str, limits: DecodeLimits) -> Result<Rg
 }
 
 fn decode_with_name(bytes: &[u8], what: &str, limits: DecodeLimits) -> Result<RgbImage8> {
-    decode_reader(Cursor::new(bytes), limits).map_err(|message| DataError::Image {
-        what: what.to_string(),
-        message,
-    })
+    decode_reader(Cursor::new(bytes), limits)
+        .map_err(|message| DataError::Image { what: what.to_string(), message })
 }
 
 fn decode_reader<R: BufRead + Seek>(
     reader: R,
     limits: DecodeLimits,
 ) -> std::result::Result<RgbImage8, String> {
-    let mut reader = ImageReader::new(reader)
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let mut reader = ImageReader::new(reader).with_guessed_format().map_err(|e| e.to_string())?;
     let mut lim = ::image::Limits::default();
     lim.max_image_width = Some(limits.max_side);
     lim.max_image_height = Some(limits.max_side);
@@ -67,9 +60,7 @@ fn decode_reader<R: BufRead + Seek>(
         ));
     }
     // A broken EXIF block must not lose an otherwise good image: fall back to no rotation.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(::image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(::image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);
     Ok(to_rgb8(img))
@@ -83,26 +74,18 @@ pub fn to_rgb8(img: DynamicImage) -> RgbImage8 {
     let data: Vec<u8> = match img {
         DynamicImage::ImageRgb8(b) => b.into_raw(),
         DynamicImage::ImageLuma8(b) => b.into_raw().iter().flat_map(|&v| [v, v, v]).collect(),
-        DynamicImage::ImageLumaA8(b) => b
-            .into_raw()
-            .chunks_exact(2)
-            .flat_map(|p| [p[0], p[0], p[0]])
-            .collect(),
-        DynamicImage::ImageRgba8(b) => b
-            .into_raw()
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect(),
-        DynamicImage::ImageLuma16(b) => b
-            .into_raw()
-            .iter()
-            .flat_map(|&v| [(v >> 8) as u8; 3])
-            .collect(),
-        DynamicImage::ImageLumaA16(b) => b
-            .into_raw()
-            .chunks_exact(2)
-            .flat_map(|p| [(p[0] >> 8) as u8; 3])
-            .collect(),
+        DynamicImage::ImageLumaA8(b) => {
+            b.into_raw().chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect()
+        }
+        DynamicImage::ImageRgba8(b) => {
+            b.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()
+        }
+        DynamicImage::ImageLuma16(b) => {
+            b.into_raw().iter().flat_map(|&v| [(v >> 8) as u8; 3]).collect()
+        }
+        DynamicImage::ImageLumaA16(b) => {
+            b.into_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect()
+        }
         DynamicImage::ImageRgb16(b) => b.into_raw().iter().map(|&v| (v >> 8) as u8).collect(),
         DynamicImage::ImageRgba16(b) => b
             .into_raw()
@@ -111,9 +94,5 @@ pub fn to_rgb8(img: DynamicImage) -> RgbImage8 {
             .collect(),
         other => other.to_rgb8().into_raw(),
     };
-    RgbImage8 {
-        width,
-        height,
-        data,
-    }
+    RgbImage8 { width, height, data }
 }

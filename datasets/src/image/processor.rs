@@ -39,10 +39,7 @@ impl Default for ImageProcessorConfig {
     fn default() -> Self {
         ImageProcessorConfig {
             do_resize: true,
-            size: ImageSize {
-                height: 384,
-                width: 384,
-            },
+            size: ImageSize { height: 384, width: 384 },
             resample: 3,
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
@@ -57,23 +54,14 @@ impl Default for ImageProcessorConfig {
 impl ImageProcessorConfig {
     /// The LAVIS/HF setting for a square model input of `size` pixels.
     pub fn square(size: usize) -> Self {
-        ImageProcessorConfig {
-            size: ImageSize {
-                height: size,
-                width: size,
-            },
-            ..Default::default()
-        }
+        ImageProcessorConfig { size: ImageSize { height: size, width: size }, ..Default::default() }
     }
 
     /// Read and validate a `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-        let cfg: ImageProcessorConfig =
-            serde_json::from_str(&text).map_err(|source| DataError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let cfg: ImageProcessorConfig = serde_json::from_str(&text)
+            .map_err(|source| DataError::Json { path: path.to_path_buf(), source })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -83,11 +71,7 @@ impl ImageProcessorConfig {
             return Err(DataError::field(path, "image_mean", "expected 3 values"));
         }
         if self.image_std.len() != 3 || self.image_std.iter().any(|&s| s == 0.0) {
-            return Err(DataError::field(
-                path,
-                "image_std",
-                "expected 3 non-zero values",
-            ));
+            return Err(DataError::field(path, "image_std", "expected 3 non-zero values"));
         }
         if self.resample != 3 {
             return Err(DataError::field(
@@ -97,11 +81,7 @@ impl ImageProcessorConfig {
             ));
         }
         if self.size.height == 0 || self.size.width == 0 {
-            return Err(DataError::field(
-                path,
-                "size",
-                "height and width must be > 0",
-            ));
+            return Err(DataError::field(path, "size", "height and width must be > 0"));
         }
         Ok(())
     }
@@ -127,16 +107,8 @@ pub fn to_tensor(img: &RgbImage8, cfg: &ImageProcessorConfig) -> ImageTensor {
     let mut lut = [[0f32; 256]; 3];
     for (c, table) in lut.iter_mut().enumerate() {
         for (v, out) in table.iter_mut().enumerate() {
-            let x = if cfg.do_rescale {
-                (v as f64 * cfg.rescale_factor) as f32
-            } else {
-                v as f32
-            };
-            *out = if cfg.do_normalize {
-                (x - mean[c]) / std[c]
-            } else {
-                x
-            };
+            let x = if cfg.do_rescale { (v as f64 * cfg.rescale_factor) as f32 } else { v as f32 };
+            *out = if cfg.do_normalize { (x - mean[c]) / std[c] } else { x };
         }
     }
     for (i, px) in img.data.chunks_exact(3).enumerate() {
@@ -144,12 +116,7 @@ pub fn to_tensor(img: &RgbImage8, cfg: &ImageProcessorConfig) -> ImageTensor {
         data[plane + i] = lut[1][px[1] as usize];
         data[2 * plane + i] = lut[2][px[2] as usize];
     }
-    ImageTensor {
-        data,
-        channels: 3,
-        height: h,
-        width: w,
-    }
+    ImageTensor { data, channels: 3, height: h, width: w }
 }
 
 /// Evaluation transform: exact-square bicubic resize (no aspect ratio kept), rescale, normalise.

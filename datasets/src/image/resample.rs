@@ -22,11 +22,7 @@ impl RgbImage8 {
             let start = (y * self.width + left) * 3;
             data.extend_from_slice(&self.data[start..start + width * 3]);
         }
-        RgbImage8 {
-            width,
-            height,
-            data,
-        }
+        RgbImage8 { width, height, data }
     }
 
     /// Mirror left-right.
@@ -38,11 +34,7 @@ impl RgbImage8 {
                 data.extend_from_slice(&self.data[i..i + 3]);
             }
         }
-        RgbImage8 {
-            width: self.width,
-            height: self.height,
-            data,
-        }
+        RgbImage8 { width: self.width, height: self.height, data }
     }
 }
 
@@ -81,9 +73,8 @@ fn precompute(in_size: usize, out_size: usize) -> Coeffs {
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
         let n = xmax.saturating_sub(xmin);
-        let mut k: Vec<f64> = (0..n)
-            .map(|x| bicubic((x as f64 + xmin as f64 - center + 0.5) * ss))
-            .collect();
+        let mut k: Vec<f64> =
+            (0..n).map(|x| bicubic((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
         let ww: f64 = k.iter().sum();
         if ww != 0.0 {
             for w in &mut k {
@@ -93,13 +84,7 @@ fn precompute(in_size: usize, out_size: usize) -> Coeffs {
         let one = (1i64 << PRECISION_BITS) as f64;
         let fixed = k
             .iter()
-            .map(|&w| {
-                if w < 0.0 {
-                    (-0.5 + w * one) as i32
-                } else {
-                    (0.5 + w * one) as i32
-                }
-            })
+            .map(|&w| if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 })
             .collect();
         starts.push(xmin);
         weights.push(fixed);
@@ -132,11 +117,7 @@ fn horizontal(src: &RgbImage8, out_w: usize) -> RgbImage8 {
             out[xx * 3 + 2] = clip8(acc[2]);
         }
     }
-    RgbImage8 {
-        width: out_w,
-        height: src.height,
-        data,
-    }
+    RgbImage8 { width: out_w, height: src.height, data }
 }
 
 fn vertical(src: &RgbImage8, out_h: usize) -> RgbImage8 {
@@ -157,11 +138,7 @@ fn vertical(src: &RgbImage8, out_h: usize) -> RgbImage8 {
             *o = clip8(a);
         }
     }
-    RgbImage8 {
-        width: src.width,
-        height: out_h,
-        data,
-    }
+    RgbImage8 { width: src.width, height: out_h, data }
 }
 
 /// Pillow 13's pass order (`ImagingResampleInner`): the vertical pass runs first when the
@@ -181,11 +158,7 @@ pub fn resize_bicubic(src: &RgbImage8, width: usize, height: usize) -> RgbImage8
     let need_h = width != src.width;
     let need_v = height != src.height;
     if vertical_pass_first(src.width, src.height, width, height) {
-        let v = if need_v {
-            vertical(src, height)
-        } else {
-            src.clone()
-        };
+        let v = if need_v { vertical(src, height) } else { src.clone() };
         if need_h {
             horizontal(&v, width)
         } else {
@@ -194,11 +167,7 @@ pub fn resize_bicubic(src: &RgbImage8, width: usize, height: usize) -> RgbImage8
     } else {
         // Pillow filters only the rows the vertical pass reads; rows outside that band never
         // reach the output, so filtering them all gives the same bytes.
-        let h = if need_h {
-            horizontal(src, width)
-        } else {
-            src.clone()
-        };
+        let h = if need_h { horizontal(src, width) } else { src.clone() };
         if need_v {
             vertical(&h, height)
         } else {
@@ -213,21 +182,13 @@ mod tests {
 
     #[test]
     fn identity_size_is_a_copy() {
-        let img = RgbImage8 {
-            width: 3,
-            height: 2,
-            data: (0..18).map(|v| v as u8 * 13).collect(),
-        };
+        let img = RgbImage8 { width: 3, height: 2, data: (0..18).map(|v| v as u8 * 13).collect() };
         assert_eq!(resize_bicubic(&img, 3, 2), img);
     }
 
     #[test]
     fn constant_image_stays_constant_up_and_down() {
-        let img = RgbImage8 {
-            width: 7,
-            height: 5,
-            data: vec![77; 7 * 5 * 3],
-        };
+        let img = RgbImage8 { width: 7, height: 5, data: vec![77; 7 * 5 * 3] };
         for (w, h) in [(3, 2), (20, 13), (7, 11)] {
             let out = resize_bicubic(&img, w, h);
             assert!(out.data.iter().all(|&v| v == 77), "{w}x{h}");
@@ -253,10 +214,7 @@ mod tests {
             let c = precompute(i, o);
             for w in &c.weights {
                 let s: i64 = w.iter().map(|&v| v as i64).sum();
-                assert!(
-                    (s - (1 << PRECISION_BITS)).abs() <= w.len() as i64,
-                    "{i}->{o}"
-                );
+                assert!((s - (1 << PRECISION_BITS)).abs() <= w.len() as i64, "{i}->{o}");
             }
         }
     }

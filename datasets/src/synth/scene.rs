@@ -160,12 +160,8 @@ impl Scene {
                 size: rng.random_range(0..SIZES.len()),
                 count: rng.random_range(1..=2),
             };
-            let rel = [
-                Relation::Above,
-                Relation::Below,
-                Relation::LeftOf,
-                Relation::RightOf,
-            ][rng.random_range(0..4)];
+            let rel = [Relation::Above, Relation::Below, Relation::LeftOf, Relation::RightOf]
+                [rng.random_range(0..4)];
             Some((g, rel))
         } else {
             None
@@ -185,12 +181,7 @@ impl Scene {
                 v
             }
         };
-        Scene {
-            first,
-            second,
-            objects,
-            size,
-        }
+        Scene { first, second, objects, size }
     }
 
     /// Rasterise the scene (8-bit RGB, flat background).
@@ -202,14 +193,10 @@ impl Scene {
         }
         for o in &self.objects {
             let color = COLORS[o.color].1;
-            let (x0, x1) = (
-                (o.cx - o.r).floor().max(0.0) as usize,
-                ((o.cx + o.r).ceil() as usize).min(n),
-            );
-            let (y0, y1) = (
-                (o.cy - o.r).floor().max(0.0) as usize,
-                ((o.cy + o.r).ceil() as usize).min(n),
-            );
+            let (x0, x1) =
+                ((o.cx - o.r).floor().max(0.0) as usize, ((o.cx + o.r).ceil() as usize).min(n));
+            let (y0, y1) =
+                ((o.cy - o.r).floor().max(0.0) as usize, ((o.cy + o.r).ceil() as usize).min(n));
             for y in y0..y1 {
                 for x in x0..x1 {
                     let (dx, dy) = (x as f32 + 0.5 - o.cx, y as f32 + 0.5 - o.cy);
@@ -229,11 +216,7 @@ impl Scene {
                 }
             }
         }
-        RgbImage8 {
-            width: n,
-            height: n,
-            data,
-        }
+        RgbImage8 { width: n, height: n, data }
     }
 
     /// Three paraphrases; the first is the canonical description.
@@ -242,11 +225,7 @@ impl Scene {
         match &self.second {
             None => {
                 let verb = if self.first.count > 1 { "are" } else { "is" };
-                vec![
-                    a.clone(),
-                    format!("there {verb} {a}"),
-                    format!("a picture of {a}"),
-                ]
+                vec![a.clone(), format!("there {verb} {a}"), format!("a picture of {a}")]
             }
             Some((g, rel)) => {
                 let b = g.phrase();

@@ -26,12 +26,7 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig {
-            images: 1000,
-            seed: 0,
-            image_size: 64,
-            shard_size: 1000,
-        }
+        SynthConfig { images: 1000, seed: 0, image_size: 64, shard_size: 1000 }
     }
 }
 
@@ -86,13 +81,7 @@ pub fn generate(config: &SynthConfig) -> Vec<SynthSample> {
             rng.set_stream(id);
             let scene = Scene::random(config.image_size, &mut rng);
             let questions = scene.questions(&mut rng);
-            SynthSample {
-                id,
-                split: split_of(id),
-                captions: scene.captions(),
-                questions,
-                scene,
-            }
+            SynthSample { id, split: split_of(id), captions: scene.captions(), questions, scene }
         })
         .collect()
 }
@@ -113,10 +102,8 @@ pub struct SynthSummary {
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string(value).map_err(|source| DataError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = serde_json::to_string(value)
+        .map_err(|source| DataError::Json { path: path.to_path_buf(), source })?;
     std::fs::write(path, text).map_err(|e| DataError::io(path, e))
 }
 
@@ -133,18 +120,13 @@ pub fn write_world(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         .map(|s| {
             let img = s.scene.render();
             let path = out.join(s.file_name());
-            let png = encode(&img, ::image::ImageFormat::Png).map_err(|m| DataError::Image {
-                what: path.display().to_string(),
-                message: m,
-            })?;
+            let png = encode(&img, ::image::ImageFormat::Png)
+                .map_err(|m| DataError::Image { what: path.display().to_string(), message: m })?;
             std::fs::write(&path, png).map_err(|e| DataError::io(&path, e))?;
             if s.split == Split::Train {
                 encode(&img, ::image::ImageFormat::Jpeg)
                     .map(Some)
-                    .map_err(|m| DataError::Image {
-                        what: path.display().to_string(),
-                        message: m,
-                    })
+                    .map_err(|m| DataError::Image { what: path.display().to_string(), message: m })
             } else {
                 Ok(None)
             }
@@ -162,9 +144,7 @@ pub fn write_world(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
                 })
                 .collect()
         } else {
-            rows.iter()
-                .map(|s| json!({"image": s.file_name(), "caption": s.captions}))
-                .collect()
+            rows.iter().map(|s| json!({"image": s.file_name(), "caption": s.captions})).collect()
         };
         let rel = PathBuf::from(format!("annotations/karpathy_{}.json", split.name()));
         write_json(&out.join(&rel), &serde_json::Value::Array(karpathy))?;
@@ -206,11 +186,8 @@ pub fn write_world(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         files.push(arel);
     }
     // img2dataset-style shards of the train split: key = shard * 10^4 + index, 9 digits.
-    let train: Vec<(&SynthSample, &Vec<u8>)> = samples
-        .iter()
-        .zip(&jpegs)
-        .filter_map(|(s, j)| j.as_ref().map(|j| (s, j)))
-        .collect();
+    let train: Vec<(&SynthSample, &Vec<u8>)> =
+        samples.iter().zip(&jpegs).filter_map(|(s, j)| j.as_ref().map(|j| (s, j))).collect();
     for (shard, chunk) in train.chunks(config.shard_size.max(1)).enumerate() {
         let members: Vec<(String, Vec<(String, Vec<u8>)>)> = chunk
             .iter()
@@ -225,10 +202,7 @@ pub fn write_world(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
                     vec![
                         ("jpg".to_string(), (*jpg).clone()),
                         ("txt".to_string(), s.captions[0].clone().into_bytes()),
-                        (
-                            "json".to_string(),
-                            serde_json::to_vec_pretty(&meta).unwrap_or_default(),
-                        ),
+                        ("json".to_string(), serde_json::to_vec_pretty(&meta).unwrap_or_default()),
                     ],
                 )
             })
@@ -237,8 +211,5 @@ pub fn write_world(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         write_shard(&out.join(&rel), &members)?;
         files.push(rel);
     }
-    Ok(SynthSummary {
-        images: samples.len(),
-        files,
-    })
+    Ok(SynthSummary { images: samples.len(), files })
 }

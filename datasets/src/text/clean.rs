@@ -28,19 +28,13 @@ pub struct CaptionCleaner {
 
 impl Default for CaptionCleaner {
     fn default() -> Self {
-        CaptionCleaner {
-            prompt: String::new(),
-            max_words: 50,
-        }
+        CaptionCleaner { prompt: String::new(), max_words: 50 }
     }
 }
 
 impl CaptionCleaner {
     pub fn new(prompt: impl Into<String>, max_words: usize) -> Self {
-        CaptionCleaner {
-            prompt: prompt.into(),
-            max_words,
-        }
+        CaptionCleaner { prompt: prompt.into(), max_words }
     }
 
     /// `prompt + pre_caption(caption)`.
@@ -77,20 +71,14 @@ pub fn pre_caption(caption: &str, max_words: usize) -> String {
             i += 1;
         }
     }
-    let trimmed = collapsed
-        .trim_end_matches('\n')
-        .trim_matches(' ')
-        .to_string();
+    let trimmed = collapsed.trim_end_matches('\n').trim_matches(' ').to_string();
     keep_first_words(trimmed, max_words)
 }
 
 /// BLIP `pre_question`.
 pub fn pre_question(question: &str, max_words: usize) -> String {
-    let deleted: String = question
-        .to_lowercase()
-        .chars()
-        .filter(|c| !SYMBOLS.contains(c))
-        .collect();
+    let deleted: String =
+        question.to_lowercase().chars().filter(|c| !SYMBOLS.contains(c)).collect();
     keep_first_words(deleted.trim_end_matches(' ').to_string(), max_words)
 }
 
@@ -165,13 +153,7 @@ mod tests {
             "trailing newline only\n",
         ),
         ("a.b.c", "a b c", "a b c", "abc", "abc"),
-        (
-            "single\ttab",
-            "single\ttab",
-            "single\ttab",
-            "single\ttab",
-            "single\ttab",
-        ),
+        ("single\ttab", "single\ttab", "single\ttab", "single\ttab", "single\ttab"),
         ("   ", "", "", "", ""),
     ];
 

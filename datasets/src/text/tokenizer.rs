@@ -58,10 +58,7 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Load `tokenizer.json`; it must contain `[PAD]` and `[DEC]`.
     pub fn from_file(path: &Path, max_length: usize) -> Result<Self> {
-        let tok_err = |message: String| DataError::Tokenizer {
-            path: path.to_path_buf(),
-            message,
-        };
+        let tok_err = |message: String| DataError::Tokenizer { path: path.to_path_buf(), message };
         if max_length < 2 {
             return Err(tok_err(format!("max_length {max_length} < 2")));
         }
@@ -72,13 +69,7 @@ impl TextTokenizer {
         let bos_id = tokenizer.token_to_id("[DEC]").ok_or_else(|| {
             tok_err("no [DEC] token (the ITG bos token) in the vocabulary".into())
         })?;
-        Ok(TextTokenizer {
-            tokenizer,
-            path: path.to_path_buf(),
-            max_length,
-            pad_id,
-            bos_id,
-        })
+        Ok(TextTokenizer { tokenizer, path: path.to_path_buf(), max_length, pad_id, bos_id })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -94,10 +85,7 @@ impl TextTokenizer {
             stride: 0,
             direction: TruncationDirection::Right,
         }))
-        .map_err(|e| DataError::Tokenizer {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| DataError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
         tok.with_padding(Some(PaddingParams {
             strategy: match padding {
                 Padding::MaxLength => PaddingStrategy::Fixed(self.max_length),
@@ -109,12 +97,9 @@ impl TextTokenizer {
             pad_type_id: 0,
             pad_token: "[PAD]".to_string(),
         }));
-        let encodings =
-            tok.encode_batch(texts.to_vec(), true)
-                .map_err(|e| DataError::Tokenizer {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                })?;
+        let encodings = tok.encode_batch(texts.to_vec(), true).map_err(|e| {
+            DataError::Tokenizer { path: self.path.clone(), message: e.to_string() }
+        })?;
         let seq_len = encodings.first().map_or(0, |e| e.get_ids().len());
         let mut input_ids = Vec::with_capacity(texts.len() * seq_len);
         let mut attention_mask = Vec::with_capacity(texts.len() * seq_len);
@@ -122,11 +107,6 @@ impl TextTokenizer {
             input_ids.extend_from_slice(e.get_ids());
             attention_mask.extend_from_slice(e.get_attention_mask());
         }
-        Ok(TokenBatch {
-            input_ids,
-            attention_mask,
-            batch: texts.len(),
-            seq_len,
-        })
+        Ok(TokenBatch { input_ids, attention_mask, batch: texts.len(), seq_len })
     }
 }

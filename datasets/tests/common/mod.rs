@@ -17,17 +17,11 @@ pub struct Tensor {
 impl Tensor {
     pub fn f32s(&self) -> Vec<f32> {
         assert_eq!(self.dtype, "F32");
-        self.bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
+        self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
     }
     pub fn i64s(&self) -> Vec<i64> {
         assert_eq!(self.dtype, "I64");
-        self.bytes
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            .collect()
+        self.bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
     }
     pub fn rows_i64(&self) -> Vec<Vec<i64>> {
         let cols = *self.shape.last().unwrap();
@@ -46,10 +40,7 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, Tensor> {
             continue;
         }
         let off = v["data_offsets"].as_array().unwrap();
-        let (s, e) = (
-            off[0].as_u64().unwrap() as usize,
-            off[1].as_u64().unwrap() as usize,
-        );
+        let (s, e) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
         out.insert(
             k.clone(),
             Tensor {
@@ -69,8 +60,5 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, Tensor> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

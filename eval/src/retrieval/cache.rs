@@ -38,8 +38,7 @@ impl Fnv64 {
 
     /// Length-prefixed, so consecutive fields cannot run into each other.
     pub fn field(&mut self, bytes: &[u8]) -> &mut Self {
-        self.update(&(bytes.len() as u64).to_le_bytes())
-            .update(bytes)
+        self.update(&(bytes.len() as u64).to_le_bytes()).update(bytes)
     }
 
     pub fn finish(&self) -> u64 {
@@ -55,22 +54,16 @@ pub struct ImageCache {
 impl ImageCache {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
+        Ok(Self { dir: dir.to_path_buf() })
     }
 
     /// Entry key for an image under a model fingerprint.
     pub fn key(model_fingerprint: &str, image_bytes: &[u8]) -> String {
         let mut h = Fnv64::default();
-        h.field(FORMAT.as_bytes())
-            .field(model_fingerprint.as_bytes())
-            .field(image_bytes);
+        h.field(FORMAT.as_bytes()).field(model_fingerprint.as_bytes()).field(image_bytes);
         // A second, differently seeded pass makes accidental collisions (2^-64 per pair) negligible.
         let mut h2 = Fnv64(0x9e37_79b9_7f4a_7c15);
-        h2.field(FORMAT.as_bytes())
-            .field(model_fingerprint.as_bytes())
-            .field(image_bytes);
+        h2.field(FORMAT.as_bytes()).field(model_fingerprint.as_bytes()).field(image_bytes);
         format!("{:016x}{:016x}", h.finish(), h2.finish())
     }
 
@@ -122,14 +115,8 @@ mod tests {
     fn fnv1a_matches_the_published_test_vectors() {
         // http://www.isthe.com/chongo/src/fnv/test_fnv.c
         assert_eq!(Fnv64::default().finish(), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(
-            Fnv64::default().update(b"a").finish(),
-            0xaf63_dc4c_8601_ec8c
-        );
-        assert_eq!(
-            Fnv64::default().update(b"foobar").finish(),
-            0x8594_4171_f739_67e8
-        );
+        assert_eq!(Fnv64::default().update(b"a").finish(), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(Fnv64::default().update(b"foobar").finish(), 0x8594_4171_f739_67e8);
     }
 
     #[test]
@@ -138,10 +125,7 @@ mod tests {
         assert_eq!(k, ImageCache::key("model-a", b"pixels"));
         assert_ne!(k, ImageCache::key("model-b", b"pixels"));
         assert_ne!(k, ImageCache::key("model-a", b"pixelz"));
-        assert_ne!(
-            ImageCache::key("model-a", b"pixels"),
-            ImageCache::key("model-ap", b"ixels")
-        );
+        assert_ne!(ImageCache::key("model-a", b"pixels"), ImageCache::key("model-ap", b"ixels"));
     }
 
     #[test]
@@ -150,14 +134,8 @@ mod tests {
         let cache = ImageCache::open(&dir.path().join("c")).unwrap();
         let dev = Device::Cpu;
         let enc = EncodedImages {
-            vision_features: Tensor::arange(0f32, 24.0, &dev)
-                .unwrap()
-                .reshape((1, 4, 6))
-                .unwrap(),
-            image_feats: Tensor::arange(0f32, 6.0, &dev)
-                .unwrap()
-                .reshape((1, 2, 3))
-                .unwrap(),
+            vision_features: Tensor::arange(0f32, 24.0, &dev).unwrap().reshape((1, 4, 6)).unwrap(),
+            image_feats: Tensor::arange(0f32, 6.0, &dev).unwrap().reshape((1, 2, 3)).unwrap(),
         };
         assert!(cache.load("k", &dev).unwrap().is_none());
         cache.store("k", &enc).unwrap();

@@ -24,10 +24,7 @@ pub fn encode_images(model: &Blip2Qformer, pixels: &Tensor) -> Result<EncodedIma
     let image_feats = feats.image_feats.ok_or_else(|| {
         Error::Invalid("the model has no vision projection (stage-one heads) for ITC".into())
     })?;
-    Ok(EncodedImages {
-        vision_features,
-        image_feats,
-    })
+    Ok(EncodedImages { vision_features, image_feats })
 }
 
 /// All images of the gallery, in annotation order.
@@ -50,10 +47,7 @@ impl ImageGallery {
             .iter()
             .map(|p| model.image_embeds(ImageInput::VisionFeatures(&p.vision_features)))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self {
-            image_feats: Tensor::cat(&feats, 0)?,
-            image_embeds: Tensor::cat(&embeds, 0)?,
-        })
+        Ok(Self { image_feats: Tensor::cat(&feats, 0)?, image_embeds: Tensor::cat(&embeds, 0)? })
     }
 
     pub fn len(&self) -> usize {
@@ -99,19 +93,10 @@ impl TextGallery {
             let len = batch_size.min(n - start);
             let rows: Vec<usize> = (start..start + len).collect();
             let ids = input_ids.narrow(0, start, len)?;
-            feats.push(
-                model
-                    .encode_text(&ids, &padding.select_rows(&rows))?
-                    .text_feat,
-            );
+            feats.push(model.encode_text(&ids, &padding.select_rows(&rows))?.text_feat);
         }
         let lengths = (0..n)
-            .map(|t| {
-                (0..l)
-                    .rev()
-                    .find(|&j| padding.keep(t, j))
-                    .map_or(0, |j| j + 1)
-            })
+            .map(|t| (0..l).rev().find(|&j| padding.keep(t, j)).map_or(0, |j| j + 1))
             .collect();
         Ok(Self {
             input_ids: input_ids.to_dtype(DType::U32)?,

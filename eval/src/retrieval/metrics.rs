@@ -53,10 +53,7 @@ fn check_matrix<T: PartialOrd>(
     name: &str,
 ) -> Result<()> {
     if scores.len() != rows {
-        return Err(Error::Invalid(format!(
-            "{name} has {} rows, expected {rows}",
-            scores.len()
-        )));
+        return Err(Error::Invalid(format!("{name} has {} rows, expected {rows}", scores.len())));
     }
     for (i, row) in scores.iter().enumerate() {
         if row.len() != cols {
@@ -88,38 +85,25 @@ pub fn retrieval_metrics<T: PartialOrd>(
     check_matrix(scores_t2i, n_txt, n_img, "scores_t2i")?;
     for (i, texts) in img2txt.iter().enumerate() {
         if let Some(&t) = texts.iter().find(|&&t| t >= n_txt) {
-            return Err(Error::Invalid(format!(
-                "img2txt[{i}] names text {t} of {n_txt}"
-            )));
+            return Err(Error::Invalid(format!("img2txt[{i}] names text {t} of {n_txt}")));
         }
     }
     if let Some((t, &i)) = txt2img.iter().enumerate().find(|(_, &i)| i >= n_img) {
-        return Err(Error::Invalid(format!(
-            "txt2img[{t}] names image {i} of {n_img}"
-        )));
+        return Err(Error::Invalid(format!("txt2img[{t}] names image {i} of {n_img}")));
     }
 
-    let txt_ranks: Vec<Option<usize>> = scores_i2t
-        .iter()
-        .zip(img2txt)
-        .map(|(row, texts)| rank_of_targets(row, texts))
-        .collect();
+    let txt_ranks: Vec<Option<usize>> =
+        scores_i2t.iter().zip(img2txt).map(|(row, texts)| rank_of_targets(row, texts)).collect();
     let img_ranks: Vec<Option<usize>> = scores_t2i
         .iter()
         .zip(txt2img)
         .map(|(row, &image)| rank_of_targets(row, &[image]))
         .collect();
 
-    let (txt_r1, txt_r5, txt_r10) = (
-        recall_at(&txt_ranks, 1),
-        recall_at(&txt_ranks, 5),
-        recall_at(&txt_ranks, 10),
-    );
-    let (img_r1, img_r5, img_r10) = (
-        recall_at(&img_ranks, 1),
-        recall_at(&img_ranks, 5),
-        recall_at(&img_ranks, 10),
-    );
+    let (txt_r1, txt_r5, txt_r10) =
+        (recall_at(&txt_ranks, 1), recall_at(&txt_ranks, 5), recall_at(&txt_ranks, 10));
+    let (img_r1, img_r5, img_r10) =
+        (recall_at(&img_ranks, 1), recall_at(&img_ranks, 5), recall_at(&img_ranks, 10));
     let txt_r_mean = (txt_r1 + txt_r5 + txt_r10) / 3.0;
     let img_r_mean = (img_r1 + img_r5 + img_r10) / 3.0;
     Ok(RetrievalMetrics {

@@ -57,9 +57,8 @@ pub struct RetrievalScores {
 /// Distinct pairs (image, text) among both directions' top `k_test` candidates, in (image, text) order.
 pub fn rerank_pairs(sims_i2t: &[Vec<f32>], k_test: usize) -> Result<Vec<(usize, usize)>> {
     let n_txt = sims_i2t.first().map_or(0, |r| r.len());
-    let sims_t2i: Vec<Vec<f32>> = (0..n_txt)
-        .map(|t| sims_i2t.iter().map(|row| row[t]).collect())
-        .collect();
+    let sims_t2i: Vec<Vec<f32>> =
+        (0..n_txt).map(|t| sims_i2t.iter().map(|row| row[t]).collect()).collect();
     let mut pairs = std::collections::BTreeSet::new();
     for (i, top) in top_k_rows(sims_i2t, k_test)?.into_iter().enumerate() {
         pairs.extend(top.into_iter().map(|t| (i, t)));
@@ -85,20 +84,11 @@ pub fn itm_logits_of_pairs(
     for chunk in pairs.chunks(batch_size.max(1)) {
         let img_idx: Vec<u32> = chunk.iter().map(|&(i, _)| i as u32).collect();
         let txt_idx: Vec<usize> = chunk.iter().map(|&(_, t)| t).collect();
-        let len = txt_idx
-            .iter()
-            .map(|&t| texts.lengths[t])
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let image_embeds = images
-            .image_embeds
-            .index_select(&Tensor::new(img_idx, &device)?, 0)?;
+        let len = txt_idx.iter().map(|&t| texts.lengths[t]).max().unwrap_or(1).max(1);
+        let image_embeds = images.image_embeds.index_select(&Tensor::new(img_idx, &device)?, 0)?;
         let txt_u32: Vec<u32> = txt_idx.iter().map(|&t| t as u32).collect();
-        let input_ids = texts
-            .input_ids
-            .index_select(&Tensor::new(txt_u32, &device)?, 0)?
-            .narrow(1, 0, len)?;
+        let input_ids =
+            texts.input_ids.index_select(&Tensor::new(txt_u32, &device)?, 0)?.narrow(1, 0, len)?;
         let padding = trimmed_padding(&texts.padding, &txt_idx, len)?;
         let logits = model.itm_logits_t(&image_embeds, &input_ids, &padding, false, &mut rng)?;
         out.extend(logits.i((.., 1))?.to_vec1::<f32>()?);
@@ -108,10 +98,8 @@ pub fn itm_logits_of_pairs(
 }
 
 fn trimmed_padding(padding: &PaddingMask, rows: &[usize], len: usize) -> Result<PaddingMask> {
-    let rows: Vec<Vec<u8>> = rows
-        .iter()
-        .map(|&t| (0..len).map(|j| u8::from(padding.keep(t, j))).collect())
-        .collect();
+    let rows: Vec<Vec<u8>> =
+        rows.iter().map(|&t| (0..len).map(|j| u8::from(padding.keep(t, j))).collect()).collect();
     Ok(PaddingMask::from_rows(&rows)?)
 }
 
@@ -144,21 +132,15 @@ pub fn compute_scores(
             score_i2t[i][t] = itm[&(i, t)] + sims_i2t[i][t];
         }
     }
-    let sims_t2i: Vec<Vec<f32>> = (0..n_txt)
-        .map(|t| sims_i2t.iter().map(|row| row[t]).collect())
-        .collect();
+    let sims_t2i: Vec<Vec<f32>> =
+        (0..n_txt).map(|t| sims_i2t.iter().map(|row| row[t]).collect()).collect();
     let mut score_t2i = vec![vec![NOT_RERANKED; n_img]; n_txt];
     for (t, top) in top_k_rows(&sims_t2i, k_test)?.into_iter().enumerate() {
         for i in top {
             score_t2i[t][i] = itm[&(i, t)] + sims_t2i[t][i];
         }
     }
-    Ok(RetrievalScores {
-        sims_i2t,
-        score_i2t,
-        score_t2i,
-        itm_pairs: total,
-    })
+    Ok(RetrievalScores { sims_i2t, score_i2t, score_t2i, itm_pairs: total })
 }
 
 impl RetrievalScores {
@@ -166,13 +148,10 @@ impl RetrievalScores {
     pub fn report(&self, img2txt: &[Vec<usize>], txt2img: &[usize]) -> Result<RetrievalReport> {
         let n_txt = self.sims_i2t.first().map_or(0, |r| r.len());
         if self.sims_i2t.iter().any(|r| r.len() != n_txt) {
-            return Err(Error::Invalid(
-                "similarity matrix rows differ in length".into(),
-            ));
+            return Err(Error::Invalid("similarity matrix rows differ in length".into()));
         }
-        let sims_t2i: Vec<Vec<f32>> = (0..n_txt)
-            .map(|t| self.sims_i2t.iter().map(|row| row[t]).collect())
-            .collect();
+        let sims_t2i: Vec<Vec<f32>> =
+            (0..n_txt).map(|t| self.sims_i2t.iter().map(|row| row[t]).collect()).collect();
         let itc: RetrievalMetrics = retrieval_metrics(&self.sims_i2t, &sims_t2i, img2txt, txt2img)?;
         let rerank = retrieval_metrics(&self.score_i2t, &self.score_t2i, img2txt, txt2img)?;
         Ok(RetrievalReport {
@@ -193,9 +172,6 @@ mod tests {
         // image 0 prefers text 1, image 1 prefers text 1; text 0 prefers image 1, text 1 prefers image 0.
         let sims = vec![vec![0.1f32, 0.9], vec![0.5, 0.6]];
         assert_eq!(rerank_pairs(&sims, 1).unwrap(), [(0, 1), (1, 0), (1, 1)]);
-        assert_eq!(
-            rerank_pairs(&sims, 5).unwrap(),
-            [(0, 0), (0, 1), (1, 0), (1, 1)]
-        );
+        assert_eq!(rerank_pairs(&sims, 5).unwrap(), [(0, 0), (0, 1), (1, 0), (1, 1)]);
     }
 }

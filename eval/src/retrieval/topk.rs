@@ -10,12 +10,7 @@ use crate::error::{Error, Result};
 
 /// Descending by score, then ascending by index. Callers have rejected NaN, so `partial_cmp` is total here.
 pub(crate) fn by_score_desc<T: PartialOrd>(row: &[T]) -> impl Fn(&usize, &usize) -> Ordering + '_ {
-    move |&a, &b| {
-        row[b]
-            .partial_cmp(&row[a])
-            .unwrap_or(Ordering::Equal)
-            .then(a.cmp(&b))
-    }
+    move |&a, &b| row[b].partial_cmp(&row[a]).unwrap_or(Ordering::Equal).then(a.cmp(&b))
 }
 
 pub(crate) fn check_no_nan<T: PartialOrd>(row: &[T], what: &str) -> Result<()> {

@@ -28,17 +28,8 @@ mod tests {
 
     #[test]
     fn opt_strips_python_whitespace_t5_keeps_text() {
-        assert_eq!(
-            postprocess_generated_answer(" two dogs\n", AnswerDecoder::Opt),
-            "two dogs"
-        );
-        assert_eq!(
-            postprocess_generated_answer("\u{1f} yes \u{3000}", AnswerDecoder::Opt),
-            "yes"
-        );
-        assert_eq!(
-            postprocess_generated_answer(" yes ", AnswerDecoder::FlanT5),
-            " yes "
-        );
+        assert_eq!(postprocess_generated_answer(" two dogs\n", AnswerDecoder::Opt), "two dogs");
+        assert_eq!(postprocess_generated_answer("\u{1f} yes \u{3000}", AnswerDecoder::Opt), "yes");
+        assert_eq!(postprocess_generated_answer(" yes ", AnswerDecoder::FlanT5), " yes ");
     }
 }

@@ -131,8 +131,5 @@ pub const CONTRACTIONS: [(&str, &str); 120] = [
 
 /// The replacement for a whole token, if the table has one.
 pub fn expand_contraction(token: &str) -> Option<&'static str> {
-    CONTRACTIONS
-        .iter()
-        .find(|(key, _)| *key == token)
-        .map(|(_, value)| *value)
+    CONTRACTIONS.iter().find(|(key, _)| *key == token).map(|(_, value)| *value)
 }

@@ -26,10 +26,7 @@ impl GtAnswer {
         fields.insert("answer".into(), Value::from(answer));
         fields.insert("answer_confidence".into(), Value::from("yes"));
         fields.insert("answer_id".into(), Value::from(answer_id));
-        GtAnswer {
-            answer: answer.to_string(),
-            fields,
-        }
+        GtAnswer { answer: answer.to_string(), fields }
     }
 }
 
@@ -89,29 +86,21 @@ impl Fields<'_> {
             .ok_or_else(|| self.err(field, format!("expected an object, found {}", kind(v))))
     }
     fn array<'v>(&self, v: &'v Value, field: &str) -> Result<&'v Vec<Value>> {
-        v.as_array()
-            .ok_or_else(|| self.err(field, format!("expected an array, found {}", kind(v))))
+        v.as_array().ok_or_else(|| self.err(field, format!("expected an array, found {}", kind(v))))
     }
     fn get<'v>(&self, obj: &'v Map<String, Value>, key: &str, field: &str) -> Result<&'v Value> {
-        obj.get(key)
-            .ok_or_else(|| self.err(&format!("{field}.{key}"), "missing"))
+        obj.get(key).ok_or_else(|| self.err(&format!("{field}.{key}"), "missing"))
     }
     fn string(&self, obj: &Map<String, Value>, key: &str, field: &str) -> Result<String> {
         let v = self.get(obj, key, field)?;
         v.as_str().map(str::to_string).ok_or_else(|| {
-            self.err(
-                &format!("{field}.{key}"),
-                format!("expected a string, found {}", kind(v)),
-            )
+            self.err(&format!("{field}.{key}"), format!("expected a string, found {}", kind(v)))
         })
     }
     fn int(&self, obj: &Map<String, Value>, key: &str, field: &str) -> Result<i64> {
         let v = self.get(obj, key, field)?;
         v.as_i64().ok_or_else(|| {
-            self.err(
-                &format!("{field}.{key}"),
-                format!("expected an integer, found {}", kind(v)),
-            )
+            self.err(&format!("{field}.{key}"), format!("expected an integer, found {}", kind(v)))
         })
     }
 }
@@ -136,10 +125,7 @@ impl VqaAnnotations {
     pub fn from_json(source: &str, root: &Value) -> Result<Self> {
         let f = Fields { source };
         let root_obj = f.object(root, "(top level)")?;
-        let list = f.array(
-            f.get(root_obj, "annotations", "(top level)")?,
-            "annotations",
-        )?;
+        let list = f.array(f.get(root_obj, "annotations", "(top level)")?, "annotations")?;
         let mut annotations = Vec::with_capacity(list.len());
         let mut seen = HashMap::new();
         for (i, item) in list.iter().enumerate() {
@@ -175,10 +161,7 @@ impl VqaAnnotations {
                 answers,
             });
         }
-        Ok(VqaAnnotations {
-            source: source.to_string(),
-            annotations,
-        })
+        Ok(VqaAnnotations { source: source.to_string(), annotations })
     }
 }
 
@@ -199,18 +182,12 @@ impl VqaResults {
                 answer: f.string(obj, "answer", &at)?,
             });
         }
-        Ok(VqaResults {
-            source: source.to_string(),
-            predictions,
-        })
+        Ok(VqaResults { source: source.to_string(), predictions })
     }
 
     /// In memory, e.g. straight from an evaluation loop.
     pub fn from_predictions(source: &str, predictions: Vec<VqaPrediction>) -> Self {
-        VqaResults {
-            source: source.to_string(),
-            predictions,
-        }
+        VqaResults { source: source.to_string(), predictions }
     }
 }
 
@@ -252,12 +229,7 @@ impl VqaQuestions {
                 multiple_choices.insert(question_id, choices);
             }
         }
-        Ok(VqaQuestions {
-            source: source.to_string(),
-            task_type,
-            multiple_choices,
-            question_ids,
-        })
+        Ok(VqaQuestions { source: source.to_string(), task_type, multiple_choices, question_ids })
     }
 
     pub fn is_multiple_choice(&self) -> bool {

@@ -47,14 +47,9 @@ pub fn process_punctuation(text: &str) -> String {
         if !out.contains(p) {
             continue;
         }
-        let touches_space = chars
-            .windows(2)
-            .any(|w| (w[0] == p && w[1] == ' ') || (w[0] == ' ' && w[1] == p));
-        let replacement = if touches_space || digit_comma_digit {
-            ""
-        } else {
-            " "
-        };
+        let touches_space =
+            chars.windows(2).any(|w| (w[0] == p && w[1] == ' ') || (w[0] == ' ' && w[1] == p));
+        let replacement = if touches_space || digit_comma_digit { "" } else { " " };
         out = out.replace(p, replacement);
     }
     strip_periods(&out)
@@ -84,18 +79,12 @@ pub fn process_digit_article(text: &str) -> String {
     let lowered = py_lower(text);
     let mut words: Vec<&str> = Vec::new();
     for word in py_split(&lowered) {
-        let word = NUMBER_WORDS
-            .iter()
-            .find(|(w, _)| *w == word)
-            .map_or(word, |(_, digit)| *digit);
+        let word = NUMBER_WORDS.iter().find(|(w, _)| *w == word).map_or(word, |(_, digit)| *digit);
         if !ARTICLES.contains(&word) {
             words.push(word);
         }
     }
-    let words: Vec<&str> = words
-        .into_iter()
-        .map(|w| expand_contraction(w).unwrap_or(w))
-        .collect();
+    let words: Vec<&str> = words.into_iter().map(|w| expand_contraction(w).unwrap_or(w)).collect();
     words.join(" ")
 }
 
@@ -142,9 +131,6 @@ mod tests {
             assert_eq!(normalize_prediction(input), want, "{input:?}");
         }
         assert_eq!(process_punctuation("t - shirt"), "t  shirt");
-        assert_eq!(
-            process_punctuation(&"a.".repeat(40)).matches('.').count(),
-            8
-        );
+        assert_eq!(process_punctuation(&"a.".repeat(40)).matches('.').count(), 8);
     }
 }

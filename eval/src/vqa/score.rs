@@ -43,12 +43,8 @@ impl Serialize for OrderedScores {
 
 impl Serialize for VqaAccuracy {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let per_question = OrderedScores(
-            self.per_question
-                .iter()
-                .map(|(q, v)| (q.to_string(), *v))
-                .collect(),
-        );
+        let per_question =
+            OrderedScores(self.per_question.iter().map(|(q, v)| (q.to_string(), *v)).collect());
         let mut map = s.serialize_map(Some(4))?;
         map.serialize_entry("overall", &self.overall)?;
         map.serialize_entry("perAnswerType", &self.per_answer_type)?;
@@ -75,10 +71,7 @@ fn answer_accuracy(answers: &[GtAnswer], predicted: &str, summation: PythonSum) 
     let processed: Vec<String> = if all_same {
         answers.iter().map(|a| a.answer.clone()).collect()
     } else {
-        answers
-            .iter()
-            .map(|a| normalize_ground_truth(&a.answer))
-            .collect()
+        answers.iter().map(|a| normalize_ground_truth(&a.answer)).collect()
     };
     // The processed answer replaces "answer" inside the dict before dicts are compared.
     let dicts: Vec<Map<String, Value>> = answers
@@ -130,9 +123,7 @@ fn py_value_eq(a: &Value, b: &Value) -> bool {
 }
 
 fn py_object_eq(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .all(|(k, v)| b.get(k).is_some_and(|w| py_value_eq(v, w)))
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| py_value_eq(v, w)))
 }
 
 /// A number Python compares exactly: integers as integers, floats as floats; an integral float equals the
@@ -171,12 +162,7 @@ fn percent(accs: &[f64], summation: PythonSum) -> f64 {
 }
 
 fn group_percent(groups: Vec<(String, Vec<f64>)>, summation: PythonSum) -> OrderedScores {
-    OrderedScores(
-        groups
-            .into_iter()
-            .map(|(k, accs)| (k, percent(&accs, summation)))
-            .collect(),
-    )
+    OrderedScores(groups.into_iter().map(|(k, accs)| (k, percent(&accs, summation))).collect())
 }
 
 /// Score a result set against the annotations the way `VQA.loadRes` + `VQAEval.evaluate` do:
@@ -211,11 +197,8 @@ pub fn vqa_accuracy_with(
         }
         answer_of.insert(p.question_id, p.answer.as_str());
     }
-    let missing: Vec<i64> = anns
-        .iter()
-        .map(|a| a.question_id)
-        .filter(|q| !answer_of.contains_key(q))
-        .collect();
+    let missing: Vec<i64> =
+        anns.iter().map(|a| a.question_id).filter(|q| !answer_of.contains_key(q)).collect();
     if let Some(first) = missing.first() {
         return Err(Error::Mismatch(format!(
             "{}: no answer for question_id {first} of {} ({} of {} questions unanswered)",
@@ -262,15 +245,12 @@ pub fn vqa_accuracy_with_questions(
 ) -> Result<VqaAccuracy> {
     if questions.is_multiple_choice() {
         for (i, p) in results.predictions.iter().enumerate() {
-            let choices = questions
-                .multiple_choices
-                .get(&p.question_id)
-                .ok_or_else(|| {
-                    Error::Mismatch(format!(
-                        "{}: question_id {} (answered in {} [{i}]) has no multiple_choices",
-                        questions.source, p.question_id, results.source
-                    ))
-                })?;
+            let choices = questions.multiple_choices.get(&p.question_id).ok_or_else(|| {
+                Error::Mismatch(format!(
+                    "{}: question_id {} (answered in {} [{i}]) has no multiple_choices",
+                    questions.source, p.question_id, results.source
+                ))
+            })?;
             if !choices.contains(&p.answer) {
                 return Err(Error::Mismatch(format!(
                     "{}: [{i}].answer {:?} is not one of the multiple_choices of question_id {} in {}",
@@ -287,11 +267,7 @@ mod tests {
     use super::*;
 
     fn gt(answers: &[&str]) -> Vec<GtAnswer> {
-        answers
-            .iter()
-            .enumerate()
-            .map(|(i, a)| GtAnswer::new(a, i as i64 + 1))
-            .collect()
+        answers.iter().enumerate().map(|(i, a)| GtAnswer::new(a, i as i64 + 1)).collect()
     }
 
     // Closed form of the leave-one-out with distinct answer ids (data-eval.md §2.2):
@@ -310,12 +286,8 @@ mod tests {
     fn equal_dicts_leave_together() {
         let same: Vec<GtAnswer> = (0..10).map(|_| GtAnswer::new("yes", 1)).collect();
         assert_eq!(question_accuracy(&same, "yes", PythonSum::LeftFold), 0.0);
-        let mut float_id = gt(&[
-            "yes", "yes", "yes", "no", "no", "no", "no", "no", "no", "no",
-        ]);
-        float_id[1]
-            .fields
-            .insert("answer_id".into(), serde_json::json!(1.0));
+        let mut float_id = gt(&["yes", "yes", "yes", "no", "no", "no", "no", "no", "no", "no"]);
+        float_id[1].fields.insert("answer_id".into(), serde_json::json!(1.0));
         // dicts 0 and 1 are equal in Python (1 == 1.0): each of them sees only one other "yes".
         let want = (2.0 * (1.0 / 3.0) + 2.0 / 3.0 + 7.0) / 10.0;
         assert!((question_accuracy(&float_id, "yes", PythonSum::LeftFold) - want).abs() < 1e-12);

@@ -29,9 +29,7 @@ pub struct VqaItem {
 /// drop the question silently).
 pub fn format_prompt(prompt: &str, question: &str) -> Result<String> {
     if !prompt.contains("{}") {
-        return Err(Error::Invalid(format!(
-            "prompt {prompt:?} has no {{}} for the question"
-        )));
+        return Err(Error::Invalid(format!("prompt {prompt:?} has no {{}} for the question")));
     }
     Ok(prompt.replacen("{}", &pre_question(question, QUESTION_MAX_WORDS), 1))
 }
@@ -147,10 +145,7 @@ mod tests {
     fn coco_image_names_are_zero_padded() {
         let p = image_path(Path::new("d"), "COCO_val2014_{image_id:012}.jpg", 42);
         assert_eq!(p, Path::new("d/COCO_val2014_000000000042.jpg"));
-        assert_eq!(
-            image_path(Path::new("d"), "img{image_id}.png", 3),
-            Path::new("d/img3.png")
-        );
+        assert_eq!(image_path(Path::new("d"), "img{image_id}.png", 3), Path::new("d/img3.png"));
     }
 
     struct Echo(Vec<usize>);

@@ -18,9 +18,7 @@ pub struct LanguageProjection {
 
 impl LanguageProjection {
     pub fn new(qformer_hidden: usize, llm_hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            proj: linear(qformer_hidden, llm_hidden, true, vb)?,
-        })
+        Ok(Self { proj: linear(qformer_hidden, llm_hidden, true, vb)? })
     }
 }
 
@@ -84,20 +82,13 @@ pub fn pad_batch(
     let mut mask = Vec::with_capacity(b * l);
     for r in rows {
         let pad = l - r.len();
-        let (pre, post) = if side == PaddingSide::Left {
-            (pad, 0)
-        } else {
-            (0, pad)
-        };
+        let (pre, post) = if side == PaddingSide::Left { (pad, 0) } else { (0, pad) };
         ids.extend(std::iter::repeat_n(pad_id, pre).chain(r.iter().copied()));
         ids.extend(std::iter::repeat_n(pad_id, post));
         mask.extend(std::iter::repeat_n(0u32, pre).chain(std::iter::repeat_n(1u32, r.len())));
         mask.extend(std::iter::repeat_n(0u32, post));
     }
-    Ok((
-        Tensor::from_vec(ids, (b, l), device)?,
-        Tensor::from_vec(mask, (b, l), device)?,
-    ))
+    Ok((Tensor::from_vec(ids, (b, l), device)?, Tensor::from_vec(mask, (b, l), device)?))
 }
 
 /// `language_projection` + LLM of a `Blip2ForConditionalGeneration` checkpoint.
@@ -117,11 +108,7 @@ impl Blip2Llm {
             vb.pp("language_projection"),
         )?;
         let language_model = LanguageModel::load(vb.pp("language_model"), &config.text)?;
-        Ok(Self {
-            projection,
-            language_model,
-            config: config.clone(),
-        })
+        Ok(Self { projection, language_model, config: config.clone() })
     }
 
     /// The LLM input: projected queries in front of the token embeddings, mask ones for the
@@ -156,12 +143,8 @@ impl Blip2Llm {
             LanguageModel::Opt(_) => PaddingSide::Left,
             LanguageModel::T5(_) => PaddingSide::Right,
         };
-        let (ids, mask) = pad_batch(
-            prompts,
-            self.language_model.pad_token_id(),
-            side,
-            query_output.device(),
-        )?;
+        let (ids, mask) =
+            pad_batch(prompts, self.language_model.pad_token_id(), side, query_output.device())?;
         self.inputs_embeds(query_output, &ids, &mask)
     }
 

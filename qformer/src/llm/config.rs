@@ -22,9 +22,7 @@ impl Activation {
             "gelu" => Ok(Self::Gelu),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
             "silu" | "swish" => Ok(Self::Silu),
-            other => Err(Error::Config(format!(
-                "unsupported activation function {other:?}"
-            ))),
+            other => Err(Error::Config(format!("unsupported activation function {other:?}"))),
         }
     }
 
@@ -227,9 +225,7 @@ impl T5Config {
 
     pub fn validate(&self) -> Result<()> {
         if self.num_heads == 0 || self.d_kv == 0 {
-            return Err(Error::Config(
-                "T5 num_heads and d_kv must be positive".into(),
-            ));
+            return Err(Error::Config("T5 num_heads and d_kv must be positive".into()));
         }
         if self.relative_attention_num_buckets < 4 {
             return Err(Error::Config(
@@ -274,10 +270,7 @@ impl Blip2LlmConfig {
         let tc = v
             .get("text_config")
             .ok_or_else(|| Error::Config("missing field text_config".into()))?;
-        let model_type = tc
-            .get("model_type")
-            .and_then(|m| m.as_str())
-            .unwrap_or("opt");
+        let model_type = tc.get("model_type").and_then(|m| m.as_str()).unwrap_or("opt");
         let bad = |e: serde_json::Error| Error::Config(format!("text_config: {e}"));
         let text = match model_type {
             "opt" => {
@@ -296,25 +289,16 @@ impl Blip2LlmConfig {
                 )))
             }
         };
-        let num_query_tokens = v
-            .get("num_query_tokens")
-            .and_then(|n| n.as_u64())
-            .unwrap_or(32) as usize;
+        let num_query_tokens =
+            v.get("num_query_tokens").and_then(|n| n.as_u64()).unwrap_or(32) as usize;
         let qformer_hidden_size = v
             .get("qformer_config")
             .and_then(|q| q.get("hidden_size"))
             .and_then(|n| n.as_u64())
             .unwrap_or(768) as usize;
-        let image_token_index = v
-            .get("image_token_index")
-            .and_then(|n| n.as_u64())
-            .map(|n| n as u32);
-        Ok(Self {
-            text,
-            num_query_tokens,
-            qformer_hidden_size,
-            image_token_index,
-        })
+        let image_token_index =
+            v.get("image_token_index").and_then(|n| n.as_u64()).map(|n| n as u32);
+        Ok(Self { text, num_query_tokens, qformer_hidden_size, image_token_index })
     }
 
     /// Width of the LLM input embeddings (output of `language_projection`).

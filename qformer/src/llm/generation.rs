@@ -87,10 +87,7 @@ impl IncrementalDecoder for OptForCausalLm {
         let logits = self.lm_head(&hidden.narrow(1, t - 1, 1)?)?;
         Ok((
             last_logits(&logits)?,
-            OptDecodeState {
-                cache,
-                attention_mask: attention_mask.clone(),
-            },
+            OptDecodeState { cache, attention_mask: attention_mask.clone() },
         ))
     }
 
@@ -102,13 +99,7 @@ impl IncrementalDecoder for OptForCausalLm {
         let mask = Tensor::cat(&[&state.attention_mask, &one], 1)?;
         let emb = self.embed(&ids)?;
         let (logits, cache) = self.forward_embeds(&emb, &mask, Some(state.cache))?;
-        Ok((
-            last_logits(&logits)?,
-            OptDecodeState {
-                cache,
-                attention_mask: mask,
-            },
-        ))
+        Ok((last_logits(&logits)?, OptDecodeState { cache, attention_mask: mask }))
     }
 
     fn reorder(&self, state: &OptDecodeState, idx: &[u32]) -> Result<OptDecodeState> {
@@ -147,24 +138,15 @@ impl IncrementalDecoder for T5ForConditionalGeneration {
         let (logits, cache) = self.decode(&ids, None, &enc, attention_mask, None)?;
         Ok((
             last_logits(&logits)?,
-            T5DecodeState {
-                encoder_hidden: enc,
-                encoder_mask: attention_mask.clone(),
-                cache,
-            },
+            T5DecodeState { encoder_hidden: enc, encoder_mask: attention_mask.clone(), cache },
         ))
     }
 
     fn step(&self, tokens: &[u32], state: T5DecodeState) -> Result<(Tensor, T5DecodeState)> {
         let b = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), (b, 1), state.encoder_hidden.device())?;
-        let (logits, cache) = self.decode(
-            &ids,
-            None,
-            &state.encoder_hidden,
-            &state.encoder_mask,
-            Some(state.cache),
-        )?;
+        let (logits, cache) =
+            self.decode(&ids, None, &state.encoder_hidden, &state.encoder_mask, Some(state.cache))?;
         Ok((last_logits(&logits)?, T5DecodeState { cache, ..state }))
     }
 
@@ -377,9 +359,7 @@ fn argmax(row: &[f32]) -> u32 {
 
 fn repeat_rows(x: &Tensor, n: usize) -> Result<Tensor> {
     let b = x.dim(0)?;
-    let idx: Vec<u32> = (0..b as u32)
-        .flat_map(|i| std::iter::repeat_n(i, n))
-        .collect();
+    let idx: Vec<u32> = (0..b as u32).flat_map(|i| std::iter::repeat_n(i, n)).collect();
     x.index_select(&Tensor::from_vec(idx, b * n, x.device())?, 0)
 }
 
@@ -441,10 +421,8 @@ fn beam_search<M: IncrementalDecoder>(
                     .then((a.1 * vocab + a.2 as usize).cmp(&(b.1 * vocab + b.2 as usize)))
             });
             cand.truncate(keep);
-            let hits: Vec<bool> = cand
-                .iter()
-                .map(|c| last_step || cfg.eos_token_ids.contains(&c.2))
-                .collect();
+            let hits: Vec<bool> =
+                cand.iter().map(|c| last_step || cfg.eos_token_ids.contains(&c.2)).collect();
             // Next running beams: best `nb` candidates that did not stop.
             let mut order: Vec<usize> = (0..keep).collect();
             let run_score = |k: usize| cand[k].0 + if hits[k] { NEG } else { 0.0 };
@@ -484,10 +462,7 @@ fn beam_search<M: IncrementalDecoder>(
             // the worst finished one?
             let best_running = running_scores[bi][0] / denom;
             let worst_finished = if finished[bi].len() >= nb {
-                finished[bi]
-                    .iter()
-                    .map(|f| f.0)
-                    .fold(f32::INFINITY, f32::min)
+                finished[bi].iter().map(|f| f.0).fold(f32::INFINITY, f32::min)
             } else {
                 NEG
             };

@@ -10,19 +10,12 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-        }
+        Self { layers: vec![None; num_layers] }
     }
 
     /// Number of cached positions (0 when empty).
     pub fn seq_len(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .next()
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
+        self.layers.iter().flatten().next().map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
     }
 
     pub fn layer(&self, i: usize) -> Option<&(Tensor, Tensor)> {

@@ -46,11 +46,8 @@ pub fn cross_entropy_ignore(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
     let count = rows.len();
     let rows = Tensor::from_vec(rows, count, dev)?;
     let targets = Tensor::from_vec(targets, (count, 1), dev)?;
-    let logits = if logits.dtype() == DType::F64 {
-        logits.clone()
-    } else {
-        logits.to_dtype(DType::F32)?
-    };
+    let logits =
+        if logits.dtype() == DType::F64 { logits.clone() } else { logits.to_dtype(DType::F32)? };
     let lp = log_softmax(&logits.index_select(&rows, 0)?)?;
     let picked = lp.gather(&targets, 1)?;
     picked.sum_all()?.neg()? / count as f64

@@ -9,9 +9,7 @@ pub const MASKED: f32 = f32::MIN;
 /// Read a `[B, S]` 0/1 mask (any dtype) into host rows.
 pub fn mask_rows(attention_mask: &Tensor) -> Result<Vec<Vec<bool>>> {
     let m = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    Ok(m.into_iter()
-        .map(|r| r.into_iter().map(|x| x != 0.0).collect())
-        .collect())
+    Ok(m.into_iter().map(|r| r.into_iter().map(|x| x != 0.0).collect()).collect())
 }
 
 /// Causal + padding mask `[B, 1, T, S]` for `T` new queries at positions `S-T..S`.
@@ -34,9 +32,7 @@ pub fn causal_padding_mask(rows: &[Vec<bool>], t: usize, device: &Device) -> Res
 pub fn padding_mask(rows: &[Vec<bool>], device: &Device) -> Result<Tensor> {
     let b = rows.len();
     let s = rows.first().map(|r| r.len()).unwrap_or(0);
-    let data: Vec<f32> = rows
-        .iter()
-        .flat_map(|r| r.iter().map(|&k| if k { 0.0 } else { MASKED }))
-        .collect();
+    let data: Vec<f32> =
+        rows.iter().flat_map(|r| r.iter().map(|&k| if k { 0.0 } else { MASKED })).collect();
     Tensor::from_vec(data, (b, 1, 1, s), device)
 }

@@ -38,9 +38,7 @@ impl OptAttention {
 
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        x.reshape((b, t, self.num_heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+        x.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
     // x: [B, T, H], mask: [B, 1, T, S] -> ([B, T, H], keys/values [B, h, S, d])
@@ -95,24 +93,14 @@ impl OptDecoderLayer {
         mask: &Tensor,
         past: Option<&(Tensor, Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let h = if self.pre_norm {
-            self.self_attn_layer_norm.forward(x)?
-        } else {
-            x.clone()
-        };
+        let h = if self.pre_norm { self.self_attn_layer_norm.forward(x)? } else { x.clone() };
         let (h, kv) = self.self_attn.forward(&h, mask, past)?;
         let mut x = (x + h)?;
         if !self.pre_norm {
             x = self.self_attn_layer_norm.forward(&x)?;
         }
-        let h = if self.pre_norm {
-            self.final_layer_norm.forward(&x)?
-        } else {
-            x.clone()
-        };
-        let h = self
-            .fc2
-            .forward(&self.activation.apply(&self.fc1.forward(&h)?)?)?;
+        let h = if self.pre_norm { self.final_layer_norm.forward(&x)? } else { x.clone() };
+        let h = self.fc2.forward(&self.activation.apply(&self.fc1.forward(&h)?)?)?;
         let mut x = (x + h)?;
         if !self.pre_norm {
             x = self.final_layer_norm.forward(&x)?;
@@ -158,11 +146,7 @@ impl OptForCausalLm {
             .map(|i| OptDecoderLayer::new(cfg, act, vb.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm = if cfg.do_layer_norm_before && !cfg._remove_final_layer_norm {
-            Some(LayerNorm::new(
-                h,
-                LAYER_NORM_EPS,
-                vb.pp("final_layer_norm"),
-            )?)
+            Some(LayerNorm::new(h, LAYER_NORM_EPS, vb.pp("final_layer_norm"))?)
         } else {
             None
         };

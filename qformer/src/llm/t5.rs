@@ -110,9 +110,7 @@ impl T5Attention {
 
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        x.reshape((b, t, self.num_heads, self.d_kv))?
-            .transpose(1, 2)?
-            .contiguous()
+        x.reshape((b, t, self.num_heads, self.d_kv))?.transpose(1, 2)?.contiguous()
     }
 
     /// Self-attention (`kv_input` None; keys appended to `past`) or cross-attention
@@ -128,10 +126,9 @@ impl T5Attention {
         let (b, t, _) = x.dims3()?;
         let q = self.split_heads(&self.q.forward(x)?)?;
         let (k, v) = match (kv_input, past) {
-            (Some(enc), None) => (
-                self.split_heads(&self.k.forward(enc)?)?,
-                self.split_heads(&self.v.forward(enc)?)?,
-            ),
+            (Some(enc), None) => {
+                (self.split_heads(&self.k.forward(enc)?)?, self.split_heads(&self.v.forward(enc)?)?)
+            }
             (Some(_), Some(kv)) => kv.clone(),
             (None, past) => append(
                 past,
@@ -141,25 +138,15 @@ impl T5Attention {
         };
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
         let probs = softmax(&scores)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, self.num_heads * self.d_kv))?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.num_heads * self.d_kv))?;
         Ok((self.o.forward(&ctx)?, (k, v)))
     }
 }
 
 #[derive(Debug, Clone)]
 enum T5Ffn {
-    Dense {
-        wi: Linear,
-        wo: Linear,
-    },
-    Gated {
-        wi_0: Linear,
-        wi_1: Linear,
-        wo: Linear,
-    },
+    Dense { wi: Linear, wo: Linear },
+    Gated { wi_0: Linear, wi_1: Linear, wo: Linear },
 }
 
 #[derive(Debug, Clone)]
@@ -171,9 +158,7 @@ struct T5FfnLayer {
 
 impl T5FfnLayer {
     fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
-        let act = cfg
-            .activation()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let act = cfg.activation().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let d = vb.pp("DenseReluDense");
         let ffn = if cfg.is_gated() {
             T5Ffn::Gated {
@@ -188,11 +173,7 @@ impl T5FfnLayer {
             }
         };
         let layer_norm = RmsNorm::new(cfg.d_model, cfg.layer_norm_epsilon, vb.pp("layer_norm"))?;
-        Ok(Self {
-            ffn,
-            act,
-            layer_norm,
-        })
+        Ok(Self { ffn, act, layer_norm })
     }
 
     // x: [B, T, D] -> [B, T, D]
@@ -231,12 +212,7 @@ impl T5Block {
             (None, 1)
         };
         let ffn = T5FfnLayer::new(cfg, l.pp(ffn_idx))?;
-        Ok(Self {
-            self_attn,
-            self_attn_norm,
-            cross_attn,
-            ffn,
-        })
+        Ok(Self { self_attn, self_attn_norm, cross_attn, ffn })
     }
 }
 
@@ -288,22 +264,9 @@ impl T5ForConditionalGeneration {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(linear(
-                cfg.d_model,
-                cfg.vocab_size,
-                false,
-                vb.pp("lm_head"),
-            )?)
+            Some(linear(cfg.d_model, cfg.vocab_size, false, vb.pp("lm_head"))?)
         };
-        Ok(Self {
-            shared,
-            encoder,
-            encoder_norm,
-            decoder,
-            decoder_norm,
-            lm_head,
-            cfg: cfg.clone(),
-        })
+        Ok(Self { shared, encoder, encoder_norm, decoder, decoder_norm, lm_head, cfg: cfg.clone() })
     }
 
     pub fn config(&self) -> &T5Config {
@@ -333,10 +296,7 @@ impl T5ForConditionalGeneration {
         let dtype = inputs_embeds.dtype();
         let mask = padding_mask(&rows, dev)?.to_dtype(dtype)?;
         // The first block's bias (plus the mask) is shared by every block, as in HF.
-        let bias = self.encoder[0]
-            .self_attn
-            .compute_bias(s, s, 0, dev)?
-            .to_dtype(dtype)?;
+        let bias = self.encoder[0].self_attn.compute_bias(s, s, 0, dev)?.to_dtype(dtype)?;
         let bias = bias.broadcast_add(&mask)?;
         let mut x = inputs_embeds.clone();
         for block in &self.encoder {
@@ -360,13 +320,7 @@ impl T5ForConditionalGeneration {
         cache: Option<T5Cache>,
     ) -> Result<(Tensor, T5Cache)> {
         let x = self.shared.forward(decoder_input_ids)?;
-        self.decode_embeds(
-            &x,
-            decoder_attention_mask,
-            encoder_hidden,
-            encoder_mask,
-            cache,
-        )
+        self.decode_embeds(&x, decoder_attention_mask, encoder_hidden, encoder_mask, cache)
     }
 
     // x: [B, T, D] -> (logits [B, T, V], cache)
@@ -405,19 +359,13 @@ impl T5ForConditionalGeneration {
         for (i, block) in self.decoder.iter().enumerate() {
             let h = block.self_attn_norm.forward(&x)?;
             let (h, (k, v)) =
-                block
-                    .self_attn
-                    .forward(&h, None, &self_bias, cache.self_attn.layer(i))?;
+                block.self_attn.forward(&h, None, &self_bias, cache.self_attn.layer(i))?;
             cache.self_attn.set_layer(i, k, v);
             x = (x + h)?;
             if let Some((attn, norm)) = &block.cross_attn {
                 let h = norm.forward(&x)?;
-                let (h, (k, v)) = attn.forward(
-                    &h,
-                    Some(encoder_hidden),
-                    &cross_bias,
-                    cache.cross_attn.layer(i),
-                )?;
+                let (h, (k, v)) =
+                    attn.forward(&h, Some(encoder_hidden), &cross_bias, cache.cross_attn.layer(i))?;
                 cache.cross_attn.set_layer(i, k, v);
                 x = (x + h)?;
             }
@@ -463,13 +411,8 @@ impl T5ForConditionalGeneration {
         decoder_attention_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let enc = self.encode(inputs_embeds, attention_mask)?;
-        let (logits, _) = self.decode(
-            decoder_input_ids,
-            decoder_attention_mask,
-            &enc,
-            attention_mask,
-            None,
-        )?;
+        let (logits, _) =
+            self.decode(decoder_input_ids, decoder_attention_mask, &enc, attention_mask, None)?;
         Ok(logits)
     }
 }

@@ -33,12 +33,7 @@ impl ModelParts {
     /// Everything the config describes; the LM head is not in HF configs and is asked for separately.
     pub fn from_config(cfg: &Blip2Config, lm_head: bool) -> Self {
         let text = cfg.qformer_config.use_qformer_text_input;
-        Self {
-            vision: true,
-            text,
-            stage_one_heads: text,
-            lm_head,
-        }
+        Self { vision: true, text, stage_one_heads: text, lm_head }
     }
 }
 
@@ -103,10 +98,7 @@ impl Blip2Qformer {
             )
         }
         let vision = if parts.vision {
-            Some(VisionTransformer::new(
-                &cfg.vision_config,
-                frozen.pp("vision_model"),
-            )?)
+            Some(VisionTransformer::new(&cfg.vision_config, frozen.pp("vision_model"))?)
         } else {
             None
         };
@@ -119,10 +111,7 @@ impl Blip2Qformer {
             (1, cfg.num_query_tokens, cfg.qformer_config.hidden_size),
             "query_tokens",
             // LAVIS draws the queries from N(0, 0.02) (HF zeroes them).
-            candle_nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
+            candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 },
         )?;
         let qformer = QFormer::new(&cfg.qformer_config, trainable.clone())?;
         let heads = if parts.stage_one_heads {
@@ -136,23 +125,11 @@ impl Blip2Qformer {
                     "an LM head needs the Q-Former text embeddings (tied decoder)".into(),
                 )
             })?;
-            Some(LmHead::new(
-                cfg,
-                emb.word_embeddings().clone(),
-                trainable.pp("cls.predictions"),
-            )?)
+            Some(LmHead::new(cfg, emb.word_embeddings().clone(), trainable.pp("cls.predictions"))?)
         } else {
             None
         };
-        Ok(Self {
-            cfg: cfg.clone(),
-            vision,
-            ln_vision,
-            query_tokens,
-            qformer,
-            heads,
-            lm_head,
-        })
+        Ok(Self { cfg: cfg.clone(), vision, ln_vision, query_tokens, qformer, heads, lm_head })
     }
 
     pub fn config(&self) -> &Blip2Config {
@@ -269,12 +246,7 @@ impl Blip2Qformer {
         let query_kv = out
             .query_kv
             .ok_or_else(|| candle_core::Error::Msg("query pass returned no K/V".into()))?;
-        Ok(ImageFeatures {
-            image_embeds,
-            query_output,
-            image_feats,
-            query_kv,
-        })
+        Ok(ImageFeatures { image_embeds, query_output, image_feats, query_kv })
     }
 
     pub fn encode_image(&self, image: ImageInput) -> Result<ImageFeatures> {
@@ -303,10 +275,7 @@ impl Blip2Qformer {
         let out = self.qformer.forward(&inp, train, rng)?;
         let text_output = out.text_output()?;
         let text_feat = heads.text_feat(&text_output.narrow(1, 0, 1)?.squeeze(1)?)?;
-        Ok(TextFeatures {
-            text_output,
-            text_feat,
-        })
+        Ok(TextFeatures { text_output, text_feat })
     }
 
     pub fn encode_text(&self, input_ids: &Tensor, padding: &PaddingMask) -> Result<TextFeatures> {

@@ -17,11 +17,7 @@ pub const DEFAULT_TEMP: f64 = 0.07;
 /// Divides x by its L2 norm over the last dim, like `F.normalize(x, dim=-1)` (eps 1e-12).
 // x: [..., E] -> [..., E]
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12, f64::MAX)?;
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norm)
 }
 
@@ -81,19 +77,12 @@ impl LmHead {
         let dense = crate::nn::linear(h, h, true, vb.pp("transform.dense"))?;
         let layer_norm = LayerNorm::new(h, q.layer_norm_eps, vb.pp("transform.LayerNorm"))?;
         let bias = vb.get_with_hints(q.vocab_size, "bias", candle_nn::Init::Const(0.0))?;
-        Ok(Self {
-            dense,
-            layer_norm,
-            decoder_weight: word_embeddings,
-            bias,
-        })
+        Ok(Self { dense, layer_norm, decoder_weight: word_embeddings, bias })
     }
 
     // hidden: [B, L, H] -> [B, L, vocab]
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        let x = self
-            .layer_norm
-            .forward(&self.dense.forward(hidden)?.gelu_erf()?)?;
+        let x = self.layer_norm.forward(&self.dense.forward(hidden)?.gelu_erf()?)?;
         let (b, l, h) = x.dims3()?;
         let logits = x.reshape((b * l, h))?.matmul(&self.decoder_weight.t()?)?;
         logits.broadcast_add(&self.bias)?.reshape((b, l, ()))

@@ -75,8 +75,7 @@ impl QFormerOutput {
     /// `[B, L, H]`
     pub fn text_output(&self) -> Result<Tensor> {
         let t = self.hidden_states.dim(1)?;
-        self.hidden_states
-            .narrow(1, self.num_queries, t - self.num_queries)
+        self.hidden_states.narrow(1, self.num_queries, t - self.num_queries)
     }
 }
 
@@ -98,10 +97,7 @@ impl TextEmbeddings {
             "position_embeddings.weight",
             candle_nn::init::DEFAULT_KAIMING_NORMAL,
         )?;
-        Ok(Self {
-            word_embeddings,
-            position_embeddings,
-        })
+        Ok(Self { word_embeddings, position_embeddings })
     }
 
     /// `[vocab, H]`, tied to the LM head decoder.
@@ -163,9 +159,7 @@ impl Attention {
     // x: [B, T, D] -> [B, heads, T, hd]
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        x.reshape((b, t, self.num_heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+        x.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
     // x: [B, T, H], kv_input: [B, S, Dkv], mask: [B, 1, T, P+S] -> hidden [B, T, H]
@@ -233,12 +227,7 @@ impl FeedForward {
     // x: [B, T, H] -> [B, T, H]
     fn forward(&self, x: &Tensor, train: bool, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         let inner = self.intermediate.forward(x)?.gelu_erf()?;
-        let out = dropout(
-            &self.output.forward(&inner)?,
-            self.hidden_dropout,
-            train,
-            rng,
-        )?;
+        let out = dropout(&self.output.forward(&inner)?, self.hidden_dropout, train, rng)?;
         self.layer_norm.forward(&(out + x)?)
     }
 }
@@ -255,11 +244,7 @@ struct QFormerLayer {
 impl QFormerLayer {
     fn new(cfg: &QFormerConfig, index: usize, vb: VarBuilder) -> Result<Self> {
         let crossattention = if cfg.has_cross_attention(index) {
-            Some(Attention::new(
-                cfg,
-                cfg.encoder_hidden_size,
-                vb.pp("crossattention"),
-            )?)
+            Some(Attention::new(cfg, cfg.encoder_hidden_size, vb.pp("crossattention"))?)
         } else {
             None
         };
@@ -316,8 +301,7 @@ impl QFormerLayer {
             let query_part = self.query_ffn.forward(&aq, train, rng)?;
             if t > num_q {
                 let text_part =
-                    self.text_ffn()?
-                        .forward(&a.narrow(1, num_q, t - num_q)?, train, rng)?;
+                    self.text_ffn()?.forward(&a.narrow(1, num_q, t - num_q)?, train, rng)?;
                 Tensor::cat(&[&query_part, &text_part], 1)?
             } else {
                 query_part
@@ -419,11 +403,8 @@ impl QFormer {
         };
         let m = inp.self_mask;
         let rows = x.dim(1)?;
-        let expected_rows = if m.has_query_rows() {
-            m.num_queries() + m.text_len()
-        } else {
-            m.text_len()
-        };
+        let expected_rows =
+            if m.has_query_rows() { m.num_queries() + m.text_len() } else { m.text_len() };
         if expected_rows != rows || m.num_queries() != num_q + past_q {
             candle_core::bail!(
                 "self-attention mask is for {} queries + {} text tokens, the pass has {} queries + {} text tokens",
@@ -433,12 +414,7 @@ impl QFormer {
                 rows - num_q
             )
         }
-        let mut h = dropout(
-            &self.layernorm.forward(&x)?,
-            self.embedding_dropout,
-            train,
-            rng,
-        )?;
+        let mut h = dropout(&self.layernorm.forward(&x)?, self.embedding_dropout, train, rng)?;
         let mut query_kv = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let past = inp.past_query_kv.map(|p| &p.layers[i]);
@@ -449,15 +425,7 @@ impl QFormer {
             }
             h = out;
         }
-        let query_kv = if num_q > 0 {
-            Some(QueryKv { layers: query_kv })
-        } else {
-            None
-        };
-        Ok(QFormerOutput {
-            hidden_states: h,
-            num_queries: num_q,
-            query_kv,
-        })
+        let query_kv = if num_q > 0 { Some(QueryKv { layers: query_kv }) } else { None };
+        Ok(QFormerOutput { hidden_states: h, num_queries: num_q, query_kv })
     }
 }

@@ -20,10 +20,7 @@ struct VisionEmbeddings {
 
 impl VisionEmbeddings {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
-        let conv_cfg = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
+        let conv_cfg = Conv2dConfig { stride: cfg.patch_size, ..Default::default() };
         let patch_embedding = candle_nn::conv2d(
             cfg.num_channels,
             cfg.hidden_size,
@@ -32,15 +29,9 @@ impl VisionEmbeddings {
             vb.pp("patch_embedding"),
         )?;
         let class_embedding = vb.get((1, 1, cfg.hidden_size), "class_embedding")?;
-        let position_embedding = vb.get(
-            (1, cfg.num_positions(), cfg.hidden_size),
-            "position_embedding",
-        )?;
-        Ok(Self {
-            patch_embedding,
-            class_embedding,
-            position_embedding,
-        })
+        let position_embedding =
+            vb.get((1, cfg.num_positions(), cfg.hidden_size), "position_embedding")?;
+        Ok(Self { patch_embedding, class_embedding, position_embedding })
     }
 
     // pixels: [B, C, H, W] -> [B, 1 + (H/p)*(W/p), Dv]
@@ -57,9 +48,7 @@ impl VisionEmbeddings {
                  (pixel size does not match vision_config.image_size; interpolation is not implemented)"
             )
         }
-        let cls = self
-            .class_embedding
-            .broadcast_as((b, 1, self.class_embedding.dim(2)?))?;
+        let cls = self.class_embedding.broadcast_as((b, 1, self.class_embedding.dim(2)?))?;
         Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embedding)
     }
 }
@@ -79,12 +68,7 @@ impl VisionAttention {
         let qkv = crate::nn::linear(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?;
         let projection = crate::nn::linear(h, h, true, vb.pp("projection"))?;
         let scale = (cfg.head_dim() as f64).powf(-0.5);
-        Ok(Self {
-            qkv,
-            projection,
-            num_heads: cfg.num_attention_heads,
-            scale,
-        })
+        Ok(Self { qkv, projection, num_heads: cfg.num_attention_heads, scale })
     }
 
     // x: [B, T, Dv] -> [B, T, Dv]
@@ -130,12 +114,8 @@ impl VisionLayer {
     // x: [B, T, Dv] -> [B, T, Dv]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        let mlp = self.fc2.forward(
-            &self
-                .fc1
-                .forward(&self.layer_norm2.forward(&x)?)?
-                .gelu_erf()?,
-        )?;
+        let mlp =
+            self.fc2.forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?.gelu_erf()?)?;
         x + mlp
     }
 }
@@ -155,11 +135,7 @@ impl VisionTransformer {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| VisionLayer::new(cfg, vb.pp(format!("encoder.layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            embeddings,
-            layers,
-            cfg: cfg.clone(),
-        })
+        Ok(Self { embeddings, layers, cfg: cfg.clone() })
     }
 
     pub fn config(&self) -> &VisionConfig {

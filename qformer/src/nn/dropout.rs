@@ -15,9 +15,8 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, rng: &mut ChaCha8Rng) -> Result<
         candle_core::bail!("dropout probability {p} is not in [0, 1)")
     }
     let scale = (1.0 / (1.0 - p)) as f32;
-    let keep: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
-        .collect();
+    let keep: Vec<f32> =
+        (0..x.elem_count()).map(|_| if rng.random::<f64>() < p { 0.0 } else { scale }).collect();
     let mask = Tensor::from_vec(keep, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x.mul(&mask)
 }
@@ -42,10 +41,7 @@ mod tests {
             .unwrap();
         let zeros = y.iter().filter(|&&v| v == 0.0).count();
         assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
-        assert!(
-            (800..1200).contains(&zeros),
-            "{zeros} zeros of 4000 at p=0.25"
-        );
+        assert!((800..1200).contains(&zeros), "{zeros} zeros of 4000 at p=0.25");
         // Same seed, same mask.
         let a = dropout(&x, 0.25, true, &mut ChaCha8Rng::seed_from_u64(7)).unwrap();
         let b = dropout(&x, 0.25, true, &mut ChaCha8Rng::seed_from_u64(7)).unwrap();

@@ -27,10 +27,7 @@ impl LayerNorm {
 
     /// Same module with another epsilon (LAVIS `ln_vision` uses 1e-5 where HF uses 1e-6).
     pub fn with_eps(&self, eps: f64) -> Self {
-        Self {
-            eps,
-            ..self.clone()
-        }
+        Self { eps, ..self.clone() }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -43,18 +40,11 @@ impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let in_dtype = x.dtype();
         // Statistics in f32 at least, like PyTorch's CPU kernel for half inputs.
-        let x = if in_dtype == DType::F64 {
-            x.clone()
-        } else {
-            x.to_dtype(DType::F32)?
-        };
+        let x = if in_dtype == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(in_dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        normed.to_dtype(in_dtype)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
     }
 }

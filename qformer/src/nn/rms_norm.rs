@@ -21,15 +21,9 @@ impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let in_dtype = x.dtype();
         // HF T5LayerNorm: variance in f32, then cast back to the weight's dtype.
-        let x32 = if in_dtype == DType::F64 {
-            x.clone()
-        } else {
-            x.to_dtype(DType::F32)?
-        };
+        let x32 = if in_dtype == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
         let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(self.weight.dtype())?
-            .broadcast_mul(&self.weight)
+        normed.to_dtype(self.weight.dtype())?.broadcast_mul(&self.weight)
     }
 }

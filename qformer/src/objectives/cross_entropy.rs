@@ -13,9 +13,7 @@ pub struct CeOpts {
 
 impl Default for CeOpts {
     fn default() -> Self {
-        Self {
-            label_smoothing: 0.0,
-        }
+        Self { label_smoothing: 0.0 }
     }
 }
 
@@ -57,10 +55,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &[i64], opts: CeOpts) -> Result<T
 pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let n = logits.dim(0)?;
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    (logp * targets.to_dtype(logits.dtype())?)?
-        .sum_all()?
-        .neg()?
-        / n as f64
+    (logp * targets.to_dtype(logits.dtype())?)?.sum_all()?.neg()? / n as f64
 }
 
 /// Per-token losses (0 where ignored), for inspection: `[N]`.
@@ -92,11 +87,8 @@ mod tests {
     //   torch.tensor([1,-100,0]), label_smoothing=s) for s in (0, 0.1), written out by hand below.
     #[test]
     fn matches_pytorch_with_ignore_and_smoothing() {
-        let logits = Tensor::new(
-            &[[1f32, 2., 0.5], [0., -1., 3.], [2., 2., 2.]],
-            &Device::Cpu,
-        )
-        .unwrap();
+        let logits =
+            Tensor::new(&[[1f32, 2., 0.5], [0., -1., 3.], [2., 2., 2.]], &Device::Cpu).unwrap();
         let t = [1i64, IGNORE_INDEX, 0];
         // Hand computation: row0 logp = x - logsumexp(1,2,.5) = x - 2.4640657; row2 logp = -ln 3.
         let lse0 = (1f64.exp() + 2f64.exp() + 0.5f64.exp()).ln();
@@ -106,21 +98,13 @@ mod tests {
         let smooth_row0 = -0.9 * lp0[1] - 0.1 / 3.0 * lp0.iter().sum::<f64>();
         let smooth_row2 = -0.9 * lp2 - 0.1 * lp2;
         let smooth = (smooth_row0 + smooth_row2) / 2.0;
-        let got = cross_entropy(&logits, &t, CeOpts::default())
+        let got =
+            cross_entropy(&logits, &t, CeOpts::default()).unwrap().to_scalar::<f32>().unwrap();
+        assert!((got as f64 - plain).abs() < 1e-6, "{got} vs {plain}");
+        let got = cross_entropy(&logits, &t, CeOpts { label_smoothing: 0.1 })
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert!((got as f64 - plain).abs() < 1e-6, "{got} vs {plain}");
-        let got = cross_entropy(
-            &logits,
-            &t,
-            CeOpts {
-                label_smoothing: 0.1,
-            },
-        )
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
         assert!((got as f64 - smooth).abs() < 1e-6, "{got} vs {smooth}");
         // PyTorch 2.9.1 printed 0.7814905643463135 and 0.8231571912765503 for the two calls.
         assert!((plain - 0.781_490_56).abs() < 1e-6 && (smooth - 0.823_157_19).abs() < 1e-6);
@@ -131,15 +115,10 @@ mod tests {
     #[test]
     fn soft_targets_equal_hard_ones_when_one_hot() {
         let logits = Tensor::new(&[[1f32, 2., 0.5], [0., -1., 3.]], &Device::Cpu).unwrap();
-        let hard = cross_entropy(&logits, &[1, 2], CeOpts::default())
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let hard =
+            cross_entropy(&logits, &[1, 2], CeOpts::default()).unwrap().to_scalar::<f32>().unwrap();
         let soft_t = Tensor::new(&[[0f32, 1., 0.], [0., 0., 1.]], &Device::Cpu).unwrap();
-        let soft = soft_cross_entropy(&logits, &soft_t)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let soft = soft_cross_entropy(&logits, &soft_t).unwrap().to_scalar::<f32>().unwrap();
         assert!((hard - soft).abs() < 1e-6);
     }
 }

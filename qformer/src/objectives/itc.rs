@@ -49,13 +49,7 @@ pub fn itc_loss(
     temp: &Tensor,
     targets: ItcTargets,
 ) -> Result<ItcOutput> {
-    itc_loss_with(
-        image_feats,
-        text_feat,
-        temp,
-        targets,
-        ItcGradient::GatheredDetached,
-    )
+    itc_loss_with(image_feats, text_feat, temp, targets, ItcGradient::GatheredDetached)
 }
 
 /// Which side of the similarity matrices carries gradient.
@@ -97,9 +91,7 @@ pub fn itc_loss_with(
     let loss = match targets {
         ItcTargets::Diagonal => {
             let t: Vec<i64> = (0..b as i64).collect();
-            let o = CeOpts {
-                label_smoothing: ITC_LABEL_SMOOTHING,
-            };
+            let o = CeOpts { label_smoothing: ITC_LABEL_SMOOTHING };
             ((cross_entropy(&sim_i2t, &t, o)? + cross_entropy(&sim_t2i, &t, o)?)? / 2.0)?
         }
         ItcTargets::ImageIds(ids) => {
@@ -121,9 +113,5 @@ pub fn itc_loss_with(
                 / 2.0)?
         }
     };
-    Ok(ItcOutput {
-        loss,
-        sim_i2t,
-        sim_t2i,
-    })
+    Ok(ItcOutput { loss, sim_i2t, sim_t2i })
 }

@@ -45,13 +45,7 @@ fn weights(sim: &[Vec<f32>], image_ids: Option<&[i64]>) -> Vec<Vec<f32>> {
             let vals: Vec<f64> = row
                 .iter()
                 .enumerate()
-                .map(|(j, &v)| {
-                    if image_ids.is_some() && positive(j) {
-                        -10000.0
-                    } else {
-                        v as f64
-                    }
-                })
+                .map(|(j, &v)| if image_ids.is_some() && positive(j) { -10000.0 } else { v as f64 })
                 .collect();
             let max = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let exps: Vec<f64> = vals.iter().map(|v| (v - max).exp()).collect();
@@ -115,45 +109,28 @@ pub fn select_negatives(
     let t2i: Vec<Vec<f32>> = sim_t2i.detach().to_dtype(DType::F32)?.to_vec2()?;
     let weights_t2i = weights(&t2i, image_ids);
     let weights_i2t = weights(&i2t, image_ids);
-    let image_for_text = weights_t2i
-        .iter()
-        .map(|w| pick(w, mode, rng))
-        .collect::<Result<Vec<_>>>()?;
-    let text_for_image = weights_i2t
-        .iter()
-        .map(|w| pick(w, mode, rng))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Negatives {
-        image_for_text,
-        text_for_image,
-        weights_t2i,
-        weights_i2t,
-    })
+    let image_for_text =
+        weights_t2i.iter().map(|w| pick(w, mode, rng)).collect::<Result<Vec<_>>>()?;
+    let text_for_image =
+        weights_i2t.iter().map(|w| pick(w, mode, rng)).collect::<Result<Vec<_>>>()?;
+    Ok(Negatives { image_for_text, text_for_image, weights_t2i, weights_i2t })
 }
 
 impl Negatives {
     /// Row order of images in the 3B ITM batch: `[b; image_for_text[b]; b]`.
     pub fn image_rows(&self) -> Vec<u32> {
         let b = self.image_for_text.len() as u32;
-        (0..b)
-            .chain(self.image_for_text.iter().map(|&i| i as u32))
-            .chain(0..b)
-            .collect()
+        (0..b).chain(self.image_for_text.iter().map(|&i| i as u32)).chain(0..b).collect()
     }
     /// Row order of texts in the 3B ITM batch: `[b; b; text_for_image[b]]`.
     pub fn text_rows(&self) -> Vec<u32> {
         let b = self.text_for_image.len() as u32;
-        (0..b)
-            .chain(0..b)
-            .chain(self.text_for_image.iter().map(|&i| i as u32))
-            .collect()
+        (0..b).chain(0..b).chain(self.text_for_image.iter().map(|&i| i as u32)).collect()
     }
     /// `[1]*B + [0]*2B`
     pub fn labels(&self) -> Vec<i64> {
         let b = self.image_for_text.len();
-        std::iter::repeat_n(1, b)
-            .chain(std::iter::repeat_n(0, 2 * b))
-            .collect()
+        std::iter::repeat_n(1, b).chain(std::iter::repeat_n(0, 2 * b)).collect()
     }
 }
 
@@ -177,14 +154,8 @@ mod tests {
         assert_eq!(n.image_for_text, vec![1, 0, 0]);
         assert_eq!(n.weights_t2i[0][0], 0.0);
         // Same image id for items 0 and 1: neither may be the other's negative.
-        let n = select_negatives(
-            &sim,
-            &sim,
-            Some(&[7, 7, 8]),
-            NegativeMode::Hardest,
-            &mut rng,
-        )
-        .unwrap();
+        let n = select_negatives(&sim, &sim, Some(&[7, 7, 8]), NegativeMode::Hardest, &mut rng)
+            .unwrap();
         assert_eq!(n.image_for_text, vec![2, 2, 0]);
         assert_eq!(n.image_rows(), vec![0, 1, 2, 2, 2, 0, 0, 1, 2]);
     }

@@ -27,34 +27,20 @@ pub fn lm_inputs(input_ids: &Tensor, bos_token_id: u32, pad_token_id: u32) -> Re
     let dec: Vec<Vec<u32>> = ids
         .iter()
         .map(|row| {
-            row.iter()
-                .enumerate()
-                .map(|(j, &t)| if j == 0 { bos_token_id } else { t })
-                .collect()
+            row.iter().enumerate().map(|(j, &t)| if j == 0 { bos_token_id } else { t }).collect()
         })
         .collect();
     // LAVIS masks pad ids of the decoder input (so [DEC] at position 0 stays, but is shifted out).
     let labels = dec
         .iter()
         .map(|row| {
-            row.iter()
-                .map(|&t| {
-                    if t == pad_token_id {
-                        IGNORE_INDEX
-                    } else {
-                        t as i64
-                    }
-                })
-                .collect()
+            row.iter().map(|&t| if t == pad_token_id { IGNORE_INDEX } else { t as i64 }).collect()
         })
         .collect();
     let (b, l) = input_ids.dims2()?;
     let flat: Vec<u32> = dec.into_iter().flatten().collect();
     let decoder_input_ids = Tensor::from_vec(flat, (b, l), input_ids.device())?;
-    Ok(LmInputs {
-        decoder_input_ids,
-        labels,
-    })
+    Ok(LmInputs { decoder_input_ids, labels })
 }
 
 /// Next-token loss: logits at position i predict label i+1.

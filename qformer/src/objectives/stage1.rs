@@ -81,21 +81,11 @@ pub fn stage_one_losses(
         Some(ids) => ItcTargets::ImageIds(ids),
         None => ItcTargets::Diagonal,
     };
-    let itc_out = itc_loss_with(
-        &image_feats,
-        &text.text_feat,
-        &heads.temp,
-        targets,
-        cfg.itc_gradient,
-    )?;
+    let itc_out =
+        itc_loss_with(&image_feats, &text.text_feat, &heads.temp, targets, cfg.itc_gradient)?;
 
-    let negatives = select_negatives(
-        &itc_out.sim_i2t,
-        &itc_out.sim_t2i,
-        batch.image_ids,
-        cfg.negatives,
-        rng,
-    )?;
+    let negatives =
+        select_negatives(&itc_out.sim_i2t, &itc_out.sim_t2i, batch.image_ids, cfg.negatives, rng)?;
     let dev = batch.input_ids.device();
     let image_rows = Tensor::new(negatives.image_rows().as_slice(), dev)?;
     let text_rows = Tensor::new(negatives.text_rows().as_slice(), dev)?;
@@ -107,13 +97,8 @@ pub fn stage_one_losses(
     let itm = itm_loss(&itm_logits, &negatives)?;
 
     let lm_in = lm_inputs(batch.input_ids, cfg.bos_token_id, cfg.pad_token_id)?;
-    let lm_logits = model.lm_logits_t(
-        &query_kv,
-        &lm_in.decoder_input_ids,
-        batch.attention_mask,
-        train,
-        rng,
-    )?;
+    let lm_logits =
+        model.lm_logits_t(&query_kv, &lm_in.decoder_input_ids, batch.attention_mask, train, rng)?;
     let lm = lm_loss(&lm_logits, &lm_in.labels, cfg.itg_label_smoothing)?;
 
     let total = ((&itc_out.loss + &itm)? + &lm)?;

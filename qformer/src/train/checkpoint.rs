@@ -44,8 +44,7 @@ pub(crate) mod exact_f64 {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         let text = String::deserialize(d)?;
-        text.parse()
-            .map_err(|_| D::Error::custom(format!("expected a float, got \"{text}\"")))
+        text.parse().map_err(|_| D::Error::custom(format!("expected a float, got \"{text}\"")))
     }
 
     pub mod option {
@@ -112,11 +111,7 @@ impl TrainState {
 
     /// Where the schedule is.
     pub fn schedule_pos(&self) -> SchedulePos {
-        SchedulePos {
-            step: self.step,
-            epoch: self.epoch,
-            step_in_epoch: self.step_in_epoch,
-        }
+        SchedulePos { step: self.step, epoch: self.epoch, step_in_epoch: self.step_in_epoch }
     }
 
     /// Counts one optimizer step (applied or skipped) over `samples` samples.
@@ -224,9 +219,7 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 fn fsync(path: &Path) -> Result<()> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io_at(path))
+    fs::File::open(path).and_then(|f| f.sync_all()).map_err(io_at(path))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -267,17 +260,10 @@ impl Checkpointer {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
             let path = entry.map_err(io_at(&self.dir))?.path();
-            let Some(step) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(parse_step)
-            else {
+            let Some(step) = path.file_name().and_then(|n| n.to_str()).and_then(parse_step) else {
                 continue;
             };
-            if [MODEL_FILE, OPTIM_FILE, STATE_FILE]
-                .iter()
-                .all(|f| path.join(f).is_file())
-            {
+            if [MODEL_FILE, OPTIM_FILE, STATE_FILE].iter().all(|f| path.join(f).is_file()) {
                 out.push((step, path));
             }
         }
@@ -297,10 +283,7 @@ impl Checkpointer {
         let result = self.write_tmp(&tmp, state, params, optim);
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&tmp); // best effort: `open` cleans whatever is left
-            return Err(Error::Msg(format!(
-                "checkpoint at step {} not written: {e}",
-                state.step
-            )));
+            return Err(Error::Msg(format!("checkpoint at step {} not written: {e}", state.step)));
         }
         let final_dir = self.dir.join(&name);
         if final_dir.exists() {
@@ -410,14 +393,7 @@ mod tests {
 
     fn setup(dir: &Path, keep_last: usize) -> (Checkpointer, ParamStore, AdamW, TrainState) {
         let run = RunDir::create(dir).unwrap();
-        let (ck, _) = Checkpointer::open(
-            &run,
-            Retention {
-                keep_last,
-                keep_best: true,
-            },
-        )
-        .unwrap();
+        let (ck, _) = Checkpointer::open(&run, Retention { keep_last, keep_best: true }).unwrap();
         let mut params = ParamStore::new();
         params.insert(
             "w",
@@ -431,26 +407,16 @@ mod tests {
     }
 
     fn steps(ck: &Checkpointer) -> Vec<u64> {
-        ck.list_complete()
-            .unwrap()
-            .iter()
-            .map(|(s, _)| *s)
-            .collect()
+        ck.list_complete().unwrap().iter().map(|(s, _)| *s).collect()
     }
 
     #[test]
     fn retention_plan_keeps_last_n_and_best() {
-        let r = Retention {
-            keep_last: 2,
-            keep_best: true,
-        };
+        let r = Retention { keep_last: 2, keep_best: true };
         assert_eq!(r.to_delete(&[10, 40, 20, 30], Some(20)), vec![10]);
         assert_eq!(r.to_delete(&[10, 20, 30, 40], None), vec![10, 20]);
         assert_eq!(r.to_delete(&[10, 20, 30, 40], Some(40)), vec![10, 20]);
-        let no_best = Retention {
-            keep_last: 1,
-            keep_best: false,
-        };
+        let no_best = Retention { keep_last: 1, keep_best: false };
         assert_eq!(no_best.to_delete(&[10, 20, 30], Some(10)), vec![10, 20]);
         assert!(r.to_delete(&[5], None).is_empty());
     }
@@ -484,17 +450,9 @@ mod tests {
         fs::write(cdir.join("step-000009").join(MODEL_FILE), b"garbage").unwrap();
         assert_eq!(steps(&ck), vec![3]);
 
-        let run = RunDir {
-            root: dir.path().to_path_buf(),
-        };
-        let (ck2, cleaned) = Checkpointer::open(
-            &run,
-            Retention {
-                keep_last: 3,
-                keep_best: true,
-            },
-        )
-        .unwrap();
+        let run = RunDir { root: dir.path().to_path_buf() };
+        let (ck2, cleaned) =
+            Checkpointer::open(&run, Retention { keep_last: 3, keep_best: true }).unwrap();
         assert_eq!(cleaned, vec![cdir.join("step-000007.tmp")]);
         assert!(!cdir.join("step-000007.tmp").exists());
         let mut optim2 = AdamW::new(AdamWConfig::default());
@@ -519,16 +477,10 @@ mod tests {
         state.step = 2;
         ck.inject_write_failure = true;
         let err = ck.save(&state, &params, &optim).unwrap_err().to_string();
-        assert!(
-            err.contains("step 2 not written") && err.contains("No space left"),
-            "{err}"
-        );
+        assert!(err.contains("step 2 not written") && err.contains("No space left"), "{err}");
         assert!(!ck.dir().join("step-000002.tmp").exists());
         assert_eq!(steps(&ck), vec![1]);
-        assert_eq!(
-            fs::read_to_string(ck.dir().join(LATEST)).unwrap(),
-            "step-000001"
-        );
+        assert_eq!(fs::read_to_string(ck.dir().join(LATEST)).unwrap(), "step-000001");
 
         let mut optim2 = AdamW::new(AdamWConfig::default());
         let (_, loaded) = ck.resume(&params, &mut optim2).unwrap().unwrap();
@@ -563,10 +515,7 @@ mod tests {
             return;
         }
         let err = result.unwrap_err().to_string();
-        assert!(
-            err.contains("step 2 not written") && err.contains("step-000002.tmp"),
-            "{err}"
-        );
+        assert!(err.contains("step 2 not written") && err.contains("step-000002.tmp"), "{err}");
         assert!(err.to_lowercase().contains("permission denied"), "{err}");
         assert_eq!(steps(&ck), vec![1]);
         let mut optim2 = AdamW::new(AdamWConfig::default());
@@ -593,13 +542,7 @@ mod tests {
         state.format_version = FORMAT_VERSION + 1;
         let path = ck.save(&state, &params, &optim).unwrap();
         let mut optim2 = AdamW::new(AdamWConfig::default());
-        let err = ck
-            .load(&path, &params, &mut optim2)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("state.json") && err.contains("format_version 2"),
-            "{err}"
-        );
+        let err = ck.load(&path, &params, &mut optim2).unwrap_err().to_string();
+        assert!(err.contains("state.json") && err.contains("format_version 2"), "{err}");
     }
 }

@@ -233,58 +233,37 @@ impl Default for ScheduleConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self {
-            size: 100,
-            micro_batches: 1,
-            eval_size: 64,
-        }
+        Self { size: 100, micro_batches: 1, eval_size: 64 }
     }
 }
 
 impl Default for StepsConfig {
     fn default() -> Self {
-        Self {
-            epochs: 10,
-            max_steps: None,
-        }
+        Self { epochs: 10, max_steps: None }
     }
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self {
-            every_steps: None,
-            keep_last: 3,
-            keep_best: true,
-        }
+        Self { every_steps: None, keep_last: 3, keep_best: true }
     }
 }
 
 impl Default for ValidationConfig {
     fn default() -> Self {
-        Self {
-            every_steps: None,
-            metric: "r_mean".into(),
-            higher_is_better: true,
-        }
+        Self { every_steps: None, metric: "r_mean".into(), higher_is_better: true }
     }
 }
 
 impl Default for GuardConfig {
     fn default() -> Self {
-        Self {
-            max_consecutive_bad_steps: 10,
-            spike_factor: 3.0,
-        }
+        Self { max_consecutive_bad_steps: 10, spike_factor: 3.0 }
     }
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self {
-            every_steps: 50,
-            plot_every_steps: None,
-        } // LAVIS log_freq 50
+        Self { every_steps: 50, plot_every_steps: None } // LAVIS log_freq 50
     }
 }
 
@@ -337,33 +316,16 @@ impl RunConfig {
                 warmup_lr: 1e-5,
                 min_lr: 1e-5,
             },
-            batch: BatchConfig {
-                size: 8,
-                micro_batches: 2,
-                eval_size: 8,
-            },
-            steps: StepsConfig {
-                epochs: 1,
-                max_steps: Some(8),
-            },
-            checkpointing: CheckpointConfig {
-                every_steps: Some(4),
-                keep_last: 2,
-                keep_best: true,
-            },
+            batch: BatchConfig { size: 8, micro_batches: 2, eval_size: 8 },
+            steps: StepsConfig { epochs: 1, max_steps: Some(8) },
+            checkpointing: CheckpointConfig { every_steps: Some(4), keep_last: 2, keep_best: true },
             validation: ValidationConfig {
                 every_steps: Some(4),
                 metric: "loss".into(),
                 higher_is_better: false,
             },
-            guard: GuardConfig {
-                max_consecutive_bad_steps: 3,
-                spike_factor: 5.0,
-            },
-            logging: LoggingConfig {
-                every_steps: 1,
-                plot_every_steps: None,
-            },
+            guard: GuardConfig { max_consecutive_bad_steps: 3, spike_factor: 5.0 },
+            logging: LoggingConfig { every_steps: 1, plot_every_steps: None },
             ..Self::default()
         }
     }
@@ -372,9 +334,9 @@ impl RunConfig {
         match name {
             "stage1" => Ok(Self::stage1()),
             "tiny" => Ok(Self::tiny()),
-            other => Err(Error::Config(format!(
-                "unknown run preset `{other}` (known: stage1, tiny)"
-            ))),
+            other => {
+                Err(Error::Config(format!("unknown run preset `{other}` (known: stage1, tiny)")))
+            }
         }
     }
 
@@ -437,20 +399,12 @@ impl RunConfig {
         }
         if let Some(m) = o.max_grad_norm {
             if !(m.is_finite() && m > 0.0) {
-                return bad(
-                    "optimizer.max_grad_norm",
-                    "must be positive when set",
-                    m.to_string(),
-                );
+                return bad("optimizer.max_grad_norm", "must be positive when set", m.to_string());
             }
         }
         let s = &self.schedule;
         if !(s.min_lr.is_finite() && s.min_lr >= 0.0 && s.min_lr <= o.lr) {
-            return bad(
-                "schedule.min_lr",
-                "must be in [0, optimizer.lr]",
-                s.min_lr.to_string(),
-            );
+            return bad("schedule.min_lr", "must be in [0, optimizer.lr]", s.min_lr.to_string());
         }
         if !(s.warmup_lr.is_finite() && s.warmup_lr >= 0.0 && s.warmup_lr <= o.lr) {
             return bad(
@@ -505,25 +459,13 @@ impl RunConfig {
             return bad("logging.every_steps", "must be at least 1", "0".into());
         }
         if self.guard.max_consecutive_bad_steps == 0 {
-            return bad(
-                "guard.max_consecutive_bad_steps",
-                "must be at least 1",
-                "0".into(),
-            );
+            return bad("guard.max_consecutive_bad_steps", "must be at least 1", "0".into());
         }
         if !(self.guard.spike_factor.is_finite() && self.guard.spike_factor > 1.0) {
-            return bad(
-                "guard.spike_factor",
-                "must be > 1",
-                self.guard.spike_factor.to_string(),
-            );
+            return bad("guard.spike_factor", "must be > 1", self.guard.spike_factor.to_string());
         }
         if self.data.image_size == 0 || self.data.max_txt_len == 0 {
-            return bad(
-                "data.image_size/max_txt_len",
-                "must be positive",
-                "0".into(),
-            );
+            return bad("data.image_size/max_txt_len", "must be positive", "0".into());
         }
         if self.data.synthetic.is_none() && self.data.datasets.is_empty() {
             return bad(
@@ -533,16 +475,10 @@ impl RunConfig {
             );
         }
         let dev = self.device.as_str();
-        let cuda_ok = dev == "cuda"
-            || dev
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<usize>().is_ok());
+        let cuda_ok =
+            dev == "cuda" || dev.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
         if dev != "cpu" && !cuda_ok {
-            return bad(
-                "device",
-                "must be `cpu`, `cuda` or `cuda:N`",
-                format!("`{dev}`"),
-            );
+            return bad("device", "must be `cpu`, `cuda` or `cuda:N`", format!("`{dev}`"));
         }
         Ok(())
     }
@@ -572,9 +508,7 @@ impl RunConfig {
 
     pub fn total_steps(&self, steps_per_epoch: u64) -> u64 {
         let by_epochs = self.steps.epochs.saturating_mul(steps_per_epoch);
-        self.steps
-            .max_steps
-            .map_or(by_epochs, |m| m.min(by_epochs.max(1)))
+        self.steps.max_steps.map_or(by_epochs, |m| m.min(by_epochs.max(1)))
     }
 
     fn to_value(&self) -> Result<toml::Table> {
@@ -622,11 +556,7 @@ fn check_known_keys(
     source: &str,
 ) -> Result<()> {
     for (key, v) in value {
-        let full = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
+        let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match schema.get(key) {
             None => {
                 let known: Vec<&str> = schema.keys().map(|k| k.as_str()).collect();
@@ -665,11 +595,7 @@ fn apply_override(tree: &mut toml::Table, schema: &toml::Table, spec: &str) -> R
             .or_insert_with(|| toml::Value::Table(Default::default()))
         {
             toml::Value::Table(t) => t,
-            _ => {
-                return Err(Error::Config(format!(
-                    "--set {key}: `{here}` is not a table"
-                )))
-            }
+            _ => return Err(Error::Config(format!("--set {key}: `{here}` is not a table"))),
         };
     }
     // The type comes from the current value, or for an unset optional from the schema.
@@ -735,25 +661,14 @@ mod tests {
         let err = RunConfig::from_toml_str("[optimizer]\nlr = 1e-4\nlrr = 2e-4\n", "run.toml")
             .unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("run.toml") && msg.contains("unknown key `optimizer.lrr`"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("weight_decay"),
-            "should list known keys: {msg}"
-        );
-        let msg = RunConfig::from_toml_str("bogus = 1\n", "run.toml")
-            .unwrap_err()
-            .to_string();
+        assert!(msg.contains("run.toml") && msg.contains("unknown key `optimizer.lrr`"), "{msg}");
+        assert!(msg.contains("weight_decay"), "should list known keys: {msg}");
+        let msg = RunConfig::from_toml_str("bogus = 1\n", "run.toml").unwrap_err().to_string();
         assert!(msg.contains("unknown key `bogus`"), "{msg}");
         let msg = RunConfig::from_toml_str("[optimizer]\nlr = \"fast\"\n", "run.toml")
             .unwrap_err()
             .to_string();
-        assert!(
-            msg.contains("run.toml") && msg.contains("invalid type"),
-            "{msg}"
-        );
+        assert!(msg.contains("run.toml") && msg.contains("invalid type"), "{msg}");
     }
 
     #[test]
@@ -793,12 +708,7 @@ mod tests {
         assert_eq!(c.data.datasets, vec!["coco_caption".to_string()]);
         assert_eq!(c.optimizer.weight_decay, 0.0);
 
-        let e = |ov: &str| {
-            RunConfig::stage1()
-                .with_overrides(&[ov])
-                .unwrap_err()
-                .to_string()
-        };
+        let e = |ov: &str| RunConfig::stage1().with_overrides(&[ov]).unwrap_err().to_string();
         assert!(
             e("optimizer.lrr=1").contains("optimizer.lrr: unknown key"),
             "{}",
@@ -818,12 +728,7 @@ mod tests {
     #[test]
     fn validate_names_the_offending_key() {
         let v = |ov: &str| {
-            RunConfig::stage1()
-                .with_overrides(&[ov])
-                .unwrap()
-                .validate()
-                .unwrap_err()
-                .to_string()
+            RunConfig::stage1().with_overrides(&[ov]).unwrap().validate().unwrap_err().to_string()
         };
         assert!(v("optimizer.lr=-1").contains("optimizer.lr must be positive"));
         assert!(v("optimizer.beta2=1.0").contains("optimizer.beta2"));
@@ -832,9 +737,7 @@ mod tests {
         assert!(v("batch.size=0").contains("batch.size"));
         assert!(v("checkpointing.keep_last=0").contains("checkpointing.keep_last"));
         assert!(v("device=gpu").contains("device must be"));
-        let tiny = RunConfig::tiny()
-            .with_overrides(&["steps.max_steps=2"])
-            .unwrap();
+        let tiny = RunConfig::tiny().with_overrides(&["steps.max_steps=2"]).unwrap();
         assert!(tiny
             .validate()
             .unwrap_err()
@@ -846,9 +749,7 @@ mod tests {
     fn resolved_config_round_trips_through_the_run_dir() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
-        let c = RunConfig::tiny()
-            .with_overrides(&["optimizer.lr=5e-4"])
-            .unwrap();
+        let c = RunConfig::tiny().with_overrides(&["optimizer.lr=5e-4"]).unwrap();
         c.save(&path).unwrap();
         assert_eq!(RunConfig::load(&path).unwrap(), c);
         let p1 = dir.path().join("stage1.toml");
@@ -871,10 +772,7 @@ mod tests {
             }
         );
         let s1 = RunConfig::stage1().lr_schedule(1000);
-        assert!(matches!(
-            s1,
-            LrSchedule::LavisEpochCosine { max_epoch: 10, .. }
-        ));
+        assert!(matches!(s1, LrSchedule::LavisEpochCosine { max_epoch: 10, .. }));
         assert_eq!(RunConfig::stage1().total_steps(1000), 10_000);
     }
 }

@@ -31,9 +31,7 @@ where
     F: FnMut(usize) -> Result<MicroLoss>,
 {
     if micro_batches == 0 {
-        return Err(Error::Config(
-            "batch.micro_batches must be at least 1".into(),
-        ));
+        return Err(Error::Config("batch.micro_batches must be at least 1".into()));
     }
     let scale = 1.0 / micro_batches as f64;
     let mut grads: Option<GradStore> = None;
@@ -51,11 +49,7 @@ where
             Some(acc) => acc.extend(g)?,
         }
     }
-    Ok(Accumulated {
-        grads: grads.expect("micro_batches >= 1"),
-        loss,
-        parts,
-    })
+    Ok(Accumulated { grads: grads.expect("micro_batches >= 1"), loss, parts })
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
@@ -75,11 +69,7 @@ pub fn clip_grad_norm(
     let mut sum_sq = 0f64;
     for (_, p) in params.trainable() {
         if let Some(g) = grads.get(p.var.as_tensor()) {
-            sum_sq += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            sum_sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
         }
     }
     let norm = sum_sq.sqrt();
@@ -162,9 +152,7 @@ impl StepGuard {
                     self.consecutive_bad
                 )));
             }
-            return Ok(StepVerdict::Skip {
-                reason: format!("step {step}: {reason}"),
-            });
+            return Ok(StepVerdict::Skip { reason: format!("step {step}: {reason}") });
         }
         self.consecutive_bad = 0;
         self.seen += 1;
@@ -226,58 +214,35 @@ mod tests {
             (ga[0] - (3.0 * coef) as f32).abs() < 1e-7
                 && (ga[1] - (4.0 * coef) as f32).abs() < 1e-7
         );
-        assert_eq!(
-            g.get(frozen.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
-            vec![100.0]
-        );
+        assert_eq!(g.get(frozen.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), vec![100.0]);
         let (after, _) = clip_grad_norm(&s, &mut g, None).unwrap();
         assert!((after - 1.0).abs() < 1e-6, "{after}");
 
         // Below the threshold nothing changes.
         let mut g = loss.backward().unwrap();
-        assert_eq!(
-            clip_grad_norm(&s, &mut g, Some(100.0)).unwrap(),
-            (13.0, 1.0)
-        );
+        assert_eq!(clip_grad_norm(&s, &mut g, Some(100.0)).unwrap(), (13.0, 1.0));
     }
 
     #[test]
     fn accumulation_equals_full_batch_gradient() {
         let dev = Device::Cpu;
         let w = Var::new(&[0.5f32, -1.5, 2.0], &dev).unwrap();
-        let x = Tensor::new(
-            &[[1f32, 2., 3.], [-1., 0.5, 4.], [2., 2., -1.], [0., 1., 1.]],
-            &dev,
-        )
-        .unwrap();
+        let x = Tensor::new(&[[1f32, 2., 3.], [-1., 0.5, 4.], [2., 2., -1.], [0., 1., 1.]], &dev)
+            .unwrap();
         let y = Tensor::new(&[1f32, -2., 0.5, 3.], &dev).unwrap();
         let mse = |x: &Tensor, y: &Tensor| -> Result<Tensor> {
             let pred = x.matmul(&w.as_tensor().unsqueeze(1)?)?.squeeze(1)?;
             Ok((pred - y)?.sqr()?.mean_all()?)
         };
         let full = mse(&x, &y).unwrap();
-        let g_full = full
-            .backward()
-            .unwrap()
-            .get(w.as_tensor())
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let g_full = full.backward().unwrap().get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         let acc = accumulate_grads(2, |i| {
             let (xs, ys) = (x.narrow(0, 2 * i, 2)?, y.narrow(0, 2 * i, 2)?);
             let l = mse(&xs, &ys)?;
-            Ok(MicroLoss {
-                total: l.clone(),
-                parts: vec![("mse".into(), l)],
-            })
+            Ok(MicroLoss { total: l.clone(), parts: vec![("mse".into(), l)] })
         })
         .unwrap();
-        let g_acc = acc
-            .grads
-            .get(w.as_tensor())
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let g_acc = acc.grads.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         for (a, b) in g_full.iter().zip(&g_acc) {
             assert!((a - b).abs() < 1e-5, "{g_full:?} vs {g_acc:?}");
         }
@@ -289,37 +254,16 @@ mod tests {
     #[test]
     fn guard_skips_nan_and_stops_after_consecutive_bad_steps() {
         let mut g = StepGuard::new(3, 5.0);
-        assert_eq!(
-            g.check(0, 1.0, 1.0).unwrap(),
-            StepVerdict::Apply { spike: false }
-        );
-        assert!(matches!(
-            g.check(1, f64::NAN, 1.0).unwrap(),
-            StepVerdict::Skip { .. }
-        ));
-        assert!(matches!(
-            g.check(2, 1.0, f64::INFINITY).unwrap(),
-            StepVerdict::Skip { .. }
-        ));
+        assert_eq!(g.check(0, 1.0, 1.0).unwrap(), StepVerdict::Apply { spike: false });
+        assert!(matches!(g.check(1, f64::NAN, 1.0).unwrap(), StepVerdict::Skip { .. }));
+        assert!(matches!(g.check(2, 1.0, f64::INFINITY).unwrap(), StepVerdict::Skip { .. }));
         // A good step resets the consecutive count ...
-        assert_eq!(
-            g.check(3, 1.0, 1.0).unwrap(),
-            StepVerdict::Apply { spike: false }
-        );
-        assert!(matches!(
-            g.check(4, f64::NAN, 1.0).unwrap(),
-            StepVerdict::Skip { .. }
-        ));
-        assert!(matches!(
-            g.check(5, f64::NAN, 1.0).unwrap(),
-            StepVerdict::Skip { .. }
-        ));
+        assert_eq!(g.check(3, 1.0, 1.0).unwrap(), StepVerdict::Apply { spike: false });
+        assert!(matches!(g.check(4, f64::NAN, 1.0).unwrap(), StepVerdict::Skip { .. }));
+        assert!(matches!(g.check(5, f64::NAN, 1.0).unwrap(), StepVerdict::Skip { .. }));
         // ... the third in a row stops the run with a message saying why and where.
         let err = g.check(6, f64::NAN, 1.0).unwrap_err().to_string();
-        assert!(
-            err.contains("3 consecutive non-finite steps") && err.contains("step 6"),
-            "{err}"
-        );
+        assert!(err.contains("3 consecutive non-finite steps") && err.contains("step 6"), "{err}");
         assert_eq!(g.skipped_total, 5);
     }
 
@@ -327,28 +271,13 @@ mod tests {
     fn guard_flags_spikes_after_warmup() {
         let mut g = StepGuard::new(3, 3.0);
         // Large early values are not judged while the average forms.
-        assert_eq!(
-            g.check(0, 2.0, 1.0).unwrap(),
-            StepVerdict::Apply { spike: false }
-        );
+        assert_eq!(g.check(0, 2.0, 1.0).unwrap(), StepVerdict::Apply { spike: false });
         for s in 1..30 {
-            assert_eq!(
-                g.check(s, 2.0, 1.0).unwrap(),
-                StepVerdict::Apply { spike: false }
-            );
+            assert_eq!(g.check(s, 2.0, 1.0).unwrap(), StepVerdict::Apply { spike: false });
         }
-        assert_eq!(
-            g.check(30, 5.9, 1.0).unwrap(),
-            StepVerdict::Apply { spike: false }
-        );
-        assert_eq!(
-            g.check(31, 50.0, 1.0).unwrap(),
-            StepVerdict::Apply { spike: true }
-        );
-        assert_eq!(
-            g.check(32, 50.0, 1.0).unwrap(),
-            StepVerdict::Apply { spike: true }
-        );
+        assert_eq!(g.check(30, 5.9, 1.0).unwrap(), StepVerdict::Apply { spike: false });
+        assert_eq!(g.check(31, 50.0, 1.0).unwrap(), StepVerdict::Apply { spike: true });
+        assert_eq!(g.check(32, 50.0, 1.0).unwrap(), StepVerdict::Apply { spike: true });
         assert_eq!(g.spikes_total, 2);
     }
 }

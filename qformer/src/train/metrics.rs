@@ -66,20 +66,15 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-        })
+        Ok(Self { path: path.to_path_buf(), file })
     }
 
     /// On resume: drops records after `step` (logged after the checkpoint being resumed), so
     /// the curves do not show those steps twice; then opens for appending.
     pub fn open_resumed(path: &Path, step: u64) -> Result<Self> {
         if path.exists() {
-            let kept: Vec<MetricsRecord> = read_metrics(path)?
-                .into_iter()
-                .filter(|r| r.step < step)
-                .collect();
+            let kept: Vec<MetricsRecord> =
+                read_metrics(path)?.into_iter().filter(|r| r.step < step).collect();
             let tmp = path.with_extension("jsonl.tmp");
             let mut out = String::new();
             for r in &kept {
@@ -93,9 +88,7 @@ impl MetricsLog {
 
     pub fn append(&mut self, record: &MetricsRecord) -> Result<()> {
         let line = to_line(record, &self.path)?;
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|e| Error::io(&self.path, e))?;
+        self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
         self.file.flush().map_err(|e| Error::io(&self.path, e))
     }
 }
@@ -185,10 +178,7 @@ mod float_map {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::collections::BTreeMap;
     pub fn serialize<S: Serializer>(m: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
-        m.iter()
-            .map(|(k, v)| (k, super::encode(*v)))
-            .collect::<BTreeMap<_, _>>()
-            .serialize(s)
+        m.iter().map(|(k, v)| (k, super::encode(*v))).collect::<BTreeMap<_, _>>().serialize(s)
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
         BTreeMap::<String, serde_json::Value>::deserialize(d)?
@@ -227,10 +217,7 @@ mod tests {
         // Flushed per record: visible before the log is dropped.
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
-        assert!(
-            text.contains(r#""itc":"NaN""#) && text.contains(r#""grad_norm":"inf""#),
-            "{text}"
-        );
+        assert!(text.contains(r#""itc":"NaN""#) && text.contains(r#""grad_norm":"inf""#), "{text}");
         assert!(text.lines().next().unwrap().contains(r#""spike":true"#));
         let back = read_metrics(&path).unwrap();
         assert_eq!(back[0], records[0]);
@@ -265,11 +252,7 @@ mod tests {
         drop(log);
         let mut log = MetricsLog::open_resumed(&path, 4).unwrap();
         log.append(&record(4, 2.0)).unwrap();
-        let steps: Vec<u64> = read_metrics(&path)
-            .unwrap()
-            .iter()
-            .map(|r| r.step)
-            .collect();
+        let steps: Vec<u64> = read_metrics(&path).unwrap().iter().map(|r| r.step).collect();
         assert_eq!(steps, vec![0, 1, 2, 3, 4]);
     }
 }

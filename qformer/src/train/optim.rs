@@ -42,13 +42,7 @@ impl Default for AdamWConfig {
     /// LAVIS pretrain_stage1: `AdamW(lr=init_lr, betas=(0.9, run_cfg.get("beta2", 0.999)))`,
     /// torch's eps, weight_decay 0.05.
     fn default() -> Self {
-        Self {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.05,
-        }
+        Self { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05 }
     }
 }
 
@@ -133,11 +127,7 @@ fn fused_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &Step
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 let decayed = if apply_decay { *p * decay } else { *p };
                 // torch's CPU lerp picks the form by |weight| < 0.5.
-                let mi = if w < 0.5 {
-                    *m + w * (g - *m)
-                } else {
-                    g - (g - *m) * (1.0 - w)
-                };
+                let mi = if w < 0.5 { *m + w * (g - *m) } else { g - (g - *m) * (1.0 - w) };
                 let vi = *v * b2 + omb2 * g * g;
                 let denom = vi.sqrt() / bc2 + eps;
                 *p = decayed + neg_step * (mi / denom);
@@ -185,12 +175,7 @@ impl InplaceOp2 for FusedAdamWOp<'_> {
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig) -> Self {
-        Self {
-            cfg,
-            lr: cfg.lr,
-            state: BTreeMap::new(),
-            fused: true,
-        }
+        Self { cfg, lr: cfg.lr, state: BTreeMap::new(), fused: true }
     }
 
     /// Uses tensor ops even for CPU f32 parameters (the path other devices take).
@@ -228,18 +213,11 @@ impl AdamW {
             if !self.state.contains_key(name) {
                 let n = t.elem_count();
                 let moments = if host {
-                    Moments::Host {
-                        m: vec![0.0; n],
-                        v: vec![0.0; n],
-                    }
+                    Moments::Host { m: vec![0.0; n], v: vec![0.0; n] }
                 } else {
-                    Moments::Device {
-                        m: t.zeros_like()?,
-                        v: t.zeros_like()?,
-                    }
+                    Moments::Device { m: t.zeros_like()?, v: t.zeros_like()? }
                 };
-                self.state
-                    .insert(name.to_string(), ParamState { step: 0, moments });
+                self.state.insert(name.to_string(), ParamState { step: 0, moments });
             }
             let state = self.state.get_mut(name).expect("inserted above");
             state.step += 1;
@@ -248,11 +226,7 @@ impl AdamW {
             match &mut state.moments {
                 Moments::Host { m, v } if host => {
                     let grad = grad.to_dtype(DType::F32)?.contiguous()?;
-                    let op = FusedAdamWOp {
-                        m: RefCell::new(m),
-                        v: RefCell::new(v),
-                        k,
-                    };
+                    let op = FusedAdamWOp { m: RefCell::new(m), v: RefCell::new(v), k };
                     t.inplace_op2(&grad, &op)?;
                 }
                 Moments::Device { m, v } => {
@@ -267,9 +241,7 @@ impl AdamW {
                     *v = new_v;
                 }
                 Moments::Host { .. } => {
-                    return Err(Error::Msg(format!(
-                        "{name}: parameter moved off CPU/f32 mid-run"
-                    )))
+                    return Err(Error::Msg(format!("{name}: parameter moved off CPU/f32 mid-run")))
                 }
             }
             report.updated += 1;
@@ -294,20 +266,14 @@ impl AdamW {
             };
             out.insert(format!("{name}.exp_avg"), m);
             out.insert(format!("{name}.exp_avg_sq"), v);
-            out.insert(
-                format!("{name}.step"),
-                Tensor::new(&[s.step as i64], &Device::Cpu)?,
-            );
+            out.insert(format!("{name}.step"), Tensor::new(&[s.step as i64], &Device::Cpu)?);
         }
         Ok(out)
     }
 
     pub fn save_state(&self, path: &Path) -> Result<()> {
         candle_core::safetensors::save(&self.state_tensors()?, path).map_err(|e| {
-            Error::Msg(format!(
-                "{}: cannot write optimizer state: {e}",
-                path.display()
-            ))
+            Error::Msg(format!("{}: cannot write optimizer state: {e}", path.display()))
         })
     }
 
@@ -323,11 +289,9 @@ impl AdamW {
         let mut used = 0;
         for (name, p) in params.trainable() {
             let key = |s: &str| format!("{name}.{s}");
-            let (Some(m), Some(v), Some(step)) = (
-                file.get(&key("exp_avg")),
-                file.get(&key("exp_avg_sq")),
-                file.get(&key("step")),
-            ) else {
+            let (Some(m), Some(v), Some(step)) =
+                (file.get(&key("exp_avg")), file.get(&key("exp_avg_sq")), file.get(&key("step")))
+            else {
                 if [key("exp_avg"), key("exp_avg_sq"), key("step")]
                     .iter()
                     .any(|k| file.contains_key(k))
@@ -345,9 +309,7 @@ impl AdamW {
                 )));
             }
             let step = step.flatten_all()?.to_vec1::<i64>()?;
-            let step = *step
-                .first()
-                .ok_or_else(|| bad(format!("{name}.step is empty")))? as u64;
+            let step = *step.first().ok_or_else(|| bad(format!("{name}.step is empty")))? as u64;
             let t = p.var.as_tensor();
             let moments = if self.uses_host_path(t) {
                 Moments::Host {
@@ -357,12 +319,8 @@ impl AdamW {
             } else {
                 let shape = t.shape();
                 Moments::Device {
-                    m: m.reshape(shape)?
-                        .to_dtype(t.dtype())?
-                        .to_device(t.device())?,
-                    v: v.reshape(shape)?
-                        .to_dtype(t.dtype())?
-                        .to_device(t.device())?,
+                    m: m.reshape(shape)?.to_dtype(t.dtype())?.to_device(t.device())?,
+                    v: v.reshape(shape)?.to_dtype(t.dtype())?.to_device(t.device())?,
                 }
             };
             state.insert(name.to_string(), ParamState { step, moments });
@@ -376,9 +334,7 @@ impl AdamW {
                 })
                 .collect();
             extra.sort();
-            return Err(bad(format!(
-                "state for unknown or frozen parameters: {extra:?}"
-            )));
+            return Err(bad(format!("state for unknown or frozen parameters: {extra:?}")));
         }
         self.state = state;
         Ok(())
@@ -417,20 +373,14 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/train/adamw_torch.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/train/adamw_torch.json");
         serde_json::from_str(&std::fs::read_to_string(path).expect("adamw fixture"))
             .expect("fixture json")
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
     /// Replays the fixture's gradients; returns the largest deviation from torch over all steps.
@@ -455,14 +405,8 @@ mod tests {
             let report = opt.step(&params, &grads).unwrap();
             assert_eq!(report.updated, fx.grads[step].len());
             for (name, want) in &fx.expected[step] {
-                let got = params
-                    .get(name)
-                    .unwrap()
-                    .var
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
+                let got =
+                    params.get(name).unwrap().var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 worst = worst.max(max_diff(&got, want));
             }
         }
@@ -483,30 +427,21 @@ mod tests {
     fn matches_torch_adamw_over_five_steps() {
         // Reference: tools/train_references.py, torch.optim.AdamW(foreach=False), torch 2.9.1.
         let fx = fixture();
-        for opt in [
-            AdamW::new(cfg(&fx)),
-            AdamW::new(cfg(&fx)).without_fused_kernel(),
-        ] {
+        for opt in [AdamW::new(cfg(&fx)), AdamW::new(cfg(&fx)).without_fused_kernel()] {
             let fused = opt.fused;
             let (worst, opt, _) = replay(&fx, opt);
-            assert!(
-                worst < 1e-6,
-                "fused={fused}: params differ from torch by {worst}"
-            );
+            assert!(worst < 1e-6, "fused={fused}: params differ from torch by {worst}");
             eprintln!("fused={fused}: max |param - torch| over 5 steps = {worst:e}");
             let state = opt.state_tensors().unwrap();
             for (name, want) in &fx.final_state {
                 let m = state[&format!("{name}.exp_avg")].to_vec1::<f32>().unwrap();
-                let v = state[&format!("{name}.exp_avg_sq")]
-                    .to_vec1::<f32>()
-                    .unwrap();
+                let v = state[&format!("{name}.exp_avg_sq")].to_vec1::<f32>().unwrap();
                 let step = state[&format!("{name}.step")].to_vec1::<i64>().unwrap()[0] as u64;
                 // The moments reach 1e2 (m) and 1e4 (v) with the fixture's gradients: compare
                 // relative to max(1, |x|), i.e. a few f32 ulps.
-                for (what, got, want) in [
-                    ("exp_avg", &m, &want.exp_avg),
-                    ("exp_avg_sq", &v, &want.exp_avg_sq),
-                ] {
+                for (what, got, want) in
+                    [("exp_avg", &m, &want.exp_avg), ("exp_avg_sq", &v, &want.exp_avg_sq)]
+                {
                     for (a, b) in got.iter().zip(want.iter()) {
                         let tol = 1e-6 * b.abs().max(1.0);
                         assert!((a - b).abs() <= tol, "{name}.{what}: {a} vs torch {b}");
@@ -540,10 +475,7 @@ mod tests {
                 true,
                 DecayRule::Blip2,
             );
-            let mut opt = AdamW::new(AdamWConfig {
-                lr: 1e-2,
-                ..AdamWConfig::default()
-            });
+            let mut opt = AdamW::new(AdamWConfig { lr: 1e-2, ..AdamWConfig::default() });
             if !fused {
                 opt = opt.without_fused_kernel();
             }
@@ -561,23 +493,13 @@ mod tests {
                 );
                 opt.step(&params, &grads).unwrap();
             }
-            let w = params
-                .get("w")
-                .unwrap()
-                .var
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let w = params.get("w").unwrap().var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let b = params.get("b").unwrap().var.to_vec1::<f32>().unwrap();
             results.push((w, b));
         }
         assert!(max_diff(&results[0].0, &results[1].0) < 1e-6);
         assert!(max_diff(&results[0].1, &results[1].1) < 1e-6);
-        assert!(
-            max_diff(&results[0].0, &init) > 1e-3,
-            "parameters must move"
-        );
+        assert!(max_diff(&results[0].0, &init) > 1e-3, "parameters must move");
     }
 
     #[test]
@@ -589,10 +511,7 @@ mod tests {
         opt.save_state(&path).unwrap();
         let mut back = AdamW::new(cfg(&fx));
         back.load_state(&path, &params).unwrap();
-        assert_eq!(
-            back.state_tensors().unwrap().len(),
-            opt.state_tensors().unwrap().len()
-        );
+        assert_eq!(back.state_tensors().unwrap().len(), opt.state_tensors().unwrap().len());
         for (k, t) in opt.state_tensors().unwrap() {
             let u = &back.state_tensors().unwrap()[&k];
             assert_eq!(
@@ -603,58 +522,23 @@ mod tests {
         }
         // A store with an extra trainable parameter is fine (fresh state), a missing one is not.
         let mut fewer = ParamStore::new();
-        fewer.insert(
-            "w",
-            params.get("w").unwrap().var.clone(),
-            true,
-            DecayRule::Blip2,
-        );
-        let err = AdamW::new(cfg(&fx))
-            .load_state(&path, &fewer)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("unknown or frozen parameters") && err.contains("b.exp_avg"),
-            "{err}"
-        );
+        fewer.insert("w", params.get("w").unwrap().var.clone(), true, DecayRule::Blip2);
+        let err = AdamW::new(cfg(&fx)).load_state(&path, &fewer).unwrap_err().to_string();
+        assert!(err.contains("unknown or frozen parameters") && err.contains("b.exp_avg"), "{err}");
     }
 
     #[test]
     fn reports_parameters_without_gradient() {
         let dev = Device::Cpu;
         let mut params = ParamStore::new();
-        params.insert(
-            "a",
-            Var::new(&[1f32], &dev).unwrap(),
-            true,
-            DecayRule::Blip2,
-        );
-        params.insert(
-            "cut",
-            Var::new(&[1f32], &dev).unwrap(),
-            true,
-            DecayRule::Blip2,
-        );
-        params.insert(
-            "frozen",
-            Var::new(&[1f32], &dev).unwrap(),
-            false,
-            DecayRule::Blip2,
-        );
-        let loss = (params.get("a").unwrap().var.as_tensor() * 2.0)
-            .unwrap()
-            .sum_all()
-            .unwrap();
+        params.insert("a", Var::new(&[1f32], &dev).unwrap(), true, DecayRule::Blip2);
+        params.insert("cut", Var::new(&[1f32], &dev).unwrap(), true, DecayRule::Blip2);
+        params.insert("frozen", Var::new(&[1f32], &dev).unwrap(), false, DecayRule::Blip2);
+        let loss = (params.get("a").unwrap().var.as_tensor() * 2.0).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         let mut opt = AdamW::new(AdamWConfig::default());
         let r = opt.step(&params, &grads).unwrap();
-        assert_eq!(
-            r,
-            StepReport {
-                updated: 1,
-                without_grad: vec!["cut".into()]
-            }
-        );
+        assert_eq!(r, StepReport { updated: 1, without_grad: vec!["cut".into()] });
     }
 }
 
@@ -676,10 +560,7 @@ mod throughput {
             let w = Var::from_vec(vec![0.5f32; n], n, &dev).unwrap();
             params.insert("w", w.clone(), true, DecayRule::Blip2);
             let mut grads = GradStore::default();
-            grads.insert(
-                w.as_tensor(),
-                Tensor::from_vec(vec![0.01f32; n], n, &dev).unwrap(),
-            );
+            grads.insert(w.as_tensor(), Tensor::from_vec(vec![0.01f32; n], n, &dev).unwrap());
             let mut opt = AdamW::new(AdamWConfig::default());
             if !fused {
                 opt = opt.without_fused_kernel();

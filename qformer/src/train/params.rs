@@ -102,20 +102,10 @@ impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "loaded {}", self.loaded.len())?;
         if !self.missing.is_empty() {
-            write!(
-                f,
-                "; missing {}: {}",
-                self.missing.len(),
-                self.missing.join(", ")
-            )?;
+            write!(f, "; missing {}: {}", self.missing.len(), self.missing.join(", "))?;
         }
         if !self.unexpected.is_empty() {
-            write!(
-                f,
-                "; unexpected {}: {}",
-                self.unexpected.len(),
-                self.unexpected.join(", ")
-            )?;
+            write!(f, "; unexpected {}: {}", self.unexpected.len(), self.unexpected.join(", "))?;
         }
         for (name, want, got) in &self.shape_mismatch {
             write!(f, "; shape mismatch {name}: model {want:?} vs file {got:?}")?;
@@ -141,14 +131,7 @@ impl ParamStore {
 
     pub fn insert(&mut self, name: &str, var: Var, trainable: bool, rule: DecayRule) {
         let decay = rule.decays(name, var.dims());
-        self.params.insert(
-            name.to_string(),
-            Param {
-                var,
-                trainable,
-                decay,
-            },
-        );
+        self.params.insert(name.to_string(), Param { var, trainable, decay });
     }
 
     /// Marks every parameter whose name starts with one of `prefixes` as frozen; returns how many.
@@ -220,9 +203,7 @@ impl ParamStore {
 
     /// Trainable tensors as a name → tensor map (what `model.safetensors` holds).
     pub fn trainable_tensors(&self) -> HashMap<String, Tensor> {
-        self.trainable()
-            .map(|(n, p)| (n.to_string(), p.var.as_tensor().clone()))
-            .collect()
+        self.trainable().map(|(n, p)| (n.to_string(), p.var.as_tensor().clone())).collect()
     }
 
     /// Writes the trainable parameters (frozen weights are recorded by their own file, not copied).
@@ -251,11 +232,8 @@ impl ParamStore {
                 }
             }
         }
-        let mut unexpected: Vec<String> = file
-            .keys()
-            .filter(|k| !self.params.contains_key(*k))
-            .cloned()
-            .collect();
+        let mut unexpected: Vec<String> =
+            file.keys().filter(|k| !self.params.contains_key(*k)).cloned().collect();
         unexpected.sort();
         report.unexpected = unexpected;
         Ok(report)
@@ -292,9 +270,7 @@ impl ParamStore {
         }
         for name in &report.loaded {
             let p = &self.params[name];
-            let t = file[name]
-                .to_dtype(p.var.dtype())?
-                .to_device(p.var.device())?;
+            let t = file[name].to_dtype(p.var.dtype())?.to_device(p.var.device())?;
             p.var.set(&t)?;
         }
         Ok(report)
@@ -303,10 +279,7 @@ impl ParamStore {
 
 pub(crate) fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ));
+        return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
     }
     candle_core::safetensors::load(path, &candle_core::Device::Cpu)
         .map_err(|e| Error::Msg(format!("{}: cannot read safetensors: {e}", path.display())))
@@ -329,22 +302,10 @@ mod tests {
             ("query_tokens", vec![1, 4, 8]),
             ("ln_vision.weight", vec![8]),
             ("ln_vision.bias", vec![8]),
-            (
-                "Qformer.bert.embeddings.word_embeddings.weight",
-                vec![10, 8],
-            ),
-            (
-                "Qformer.bert.encoder.layer.0.attention.self.query.weight",
-                vec![8, 8],
-            ),
-            (
-                "Qformer.bert.encoder.layer.0.attention.self.query.bias",
-                vec![8],
-            ),
-            (
-                "Qformer.bert.encoder.layer.0.attention.output.LayerNorm.weight",
-                vec![8],
-            ),
+            ("Qformer.bert.embeddings.word_embeddings.weight", vec![10, 8]),
+            ("Qformer.bert.encoder.layer.0.attention.self.query.weight", vec![8, 8]),
+            ("Qformer.bert.encoder.layer.0.attention.self.query.bias", vec![8]),
+            ("Qformer.bert.encoder.layer.0.attention.output.LayerNorm.weight", vec![8]),
             ("vision_proj.weight", vec![4, 8]),
         ] {
             s.insert(n, var(&d), true, rule);
@@ -408,10 +369,7 @@ mod tests {
                 .contains("  ln_vision                trainable            0  frozen           16"),
             "{summary}"
         );
-        assert!(
-            summary.contains("  Qformer                  trainable          160"),
-            "{summary}"
-        );
+        assert!(summary.contains("  Qformer                  trainable          160"), "{summary}");
     }
 
     #[test]
@@ -434,24 +392,12 @@ mod tests {
         assert_eq!(r.missing, vec!["c"]);
         assert_eq!(r.unexpected, vec!["extra"]);
         assert_eq!(r.shape_mismatch, vec![("b".to_string(), vec![2], vec![3])]);
-        assert_eq!(
-            s.get("a").unwrap().var.to_vec1::<f32>().unwrap(),
-            vec![1., 2.]
-        );
-        assert_eq!(
-            s.get("b").unwrap().var.to_vec1::<f32>().unwrap(),
-            vec![0., 0.]
-        );
+        assert_eq!(s.get("a").unwrap().var.to_vec1::<f32>().unwrap(), vec![1., 2.]);
+        assert_eq!(s.get("b").unwrap().var.to_vec1::<f32>().unwrap(), vec![0., 0.]);
 
         let err = s.load_trainable_strict(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("missing 1: c") && err.contains("unexpected 1: extra"),
-            "{err}"
-        );
-        assert!(
-            err.contains("shape mismatch b: model [2] vs file [3]"),
-            "{err}"
-        );
+        assert!(err.contains("missing 1: c") && err.contains("unexpected 1: extra"), "{err}");
+        assert!(err.contains("shape mismatch b: model [2] vs file [3]"), "{err}");
     }
 
     #[test]
@@ -460,27 +406,13 @@ mod tests {
         let path = dir.path().join("w.safetensors");
         let mut s = ParamStore::new();
         let dev = Device::Cpu;
-        s.insert(
-            "w",
-            Var::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap(),
-            true,
-            DecayRule::Blip2,
-        );
-        s.insert(
-            "frozen",
-            Var::new(&[9f32], &dev).unwrap(),
-            false,
-            DecayRule::Blip2,
-        );
+        s.insert("w", Var::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap(), true, DecayRule::Blip2);
+        s.insert("frozen", Var::new(&[9f32], &dev).unwrap(), false, DecayRule::Blip2);
         s.save_trainable(&path).unwrap();
         let saved = read_safetensors(&path).unwrap();
         assert_eq!(saved.len(), 1, "frozen weights must not be written");
 
-        s.get("w")
-            .unwrap()
-            .var
-            .set(&Tensor::zeros((2, 2), DType::F32, &dev).unwrap())
-            .unwrap();
+        s.get("w").unwrap().var.set(&Tensor::zeros((2, 2), DType::F32, &dev).unwrap()).unwrap();
         let r = s.load_trainable_strict(&path).unwrap();
         assert_eq!(r.loaded, vec!["w"]);
         assert_eq!(

@@ -16,12 +16,8 @@ use crate::{Error, Result};
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 const PANEL: (u32, u32) = (560, 340);
-const COLORS: [RGBColor; 4] = [
-    RGBColor(31, 119, 180),
-    RGBColor(214, 39, 40),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-];
+const COLORS: [RGBColor; 4] =
+    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
 
 fn register_font() -> Result<()> {
     static ONCE: Once = Once::new();
@@ -103,17 +99,12 @@ fn tick_label(y: f64, span: f64, scientific: bool) -> String {
 }
 
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) =
+        values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
-    let pad = if hi > lo {
-        (hi - lo) * 0.05
-    } else {
-        lo.abs().max(1e-12) * 0.1
-    };
+    let pad = if hi > lo { (hi - lo) * 0.05 } else { lo.abs().max(1e-12) * 0.1 };
     (lo - pad, hi + pad)
 }
 
@@ -137,15 +128,8 @@ pub fn plot_metrics(records: &[MetricsRecord], path: &Path, title: &str) -> Resu
     {
         let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let body = root
-            .titled(title, (FAMILY, 26))
-            .map_err(|e| err(e.to_string()))?;
-        for (i, (area, panel)) in body
-            .split_evenly((rows, cols))
-            .iter()
-            .zip(&panels)
-            .enumerate()
-        {
+        let body = root.titled(title, (FAMILY, 26)).map_err(|e| err(e.to_string()))?;
+        for (i, (area, panel)) in body.split_evenly((rows, cols)).iter().zip(&panels).enumerate() {
             let (x0, x1) = range(panel.points().map(|p| p.0));
             let (y0, y1) = range(panel.points().map(|p| p.1));
             let mut chart = ChartBuilder::on(area)
@@ -209,10 +193,8 @@ mod tests {
                 );
                 let t = s as f64;
                 r.losses.insert("itc".into(), 4.0 * (-t / 20.0).exp() + 0.5);
-                r.losses
-                    .insert("itm".into(), 0.69 * (-t / 40.0).exp() + 0.2);
-                r.losses
-                    .insert("lm".into(), if s == 30 { f64::NAN } else { 9.0 - t * 0.05 });
+                r.losses.insert("itm".into(), 0.69 * (-t / 40.0).exp() + 0.2);
+                r.losses.insert("lm".into(), if s == 30 { f64::NAN } else { 9.0 - t * 0.05 });
                 r.losses.insert("total".into(), r.losses.values().sum());
                 r.grad_norm = Some(1.0 + (t / 5.0).sin().abs());
                 r

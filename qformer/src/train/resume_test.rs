@@ -42,30 +42,18 @@ impl Mlp {
 fn init(params: &ParamStore) {
     let mut r = rng::substream(SEED, "init");
     for (_, p) in params.iter() {
-        let v: Vec<f32> = (0..p.var.elem_count())
-            .map(|_| r.random::<f32>() - 0.5)
-            .collect();
-        p.var
-            .set(&Tensor::from_vec(v, p.var.shape(), &Device::Cpu).unwrap())
-            .unwrap();
+        let v: Vec<f32> = (0..p.var.elem_count()).map(|_| r.random::<f32>() - 0.5).collect();
+        p.var.set(&Tensor::from_vec(v, p.var.shape(), &Device::Cpu).unwrap()).unwrap();
     }
 }
 
 fn micro_batch(r: &mut TrainRng) -> (Tensor, Tensor, Tensor) {
     let dev = Device::Cpu;
-    let x: Vec<f32> = (0..MICRO_BATCH * 5)
-        .map(|_| r.random::<f32>() * 4.0 - 2.0)
-        .collect();
+    let x: Vec<f32> = (0..MICRO_BATCH * 5).map(|_| r.random::<f32>() * 4.0 - 2.0).collect();
     let y: Vec<u32> = (0..MICRO_BATCH).map(|_| r.random_range(0..3)).collect();
     // Inverted dropout with p = 0.25, drawn from the run RNG like the model's dropout will be.
     let keep: Vec<f32> = (0..MICRO_BATCH * 16)
-        .map(|_| {
-            if r.random::<f32>() < 0.25 {
-                0.0
-            } else {
-                1.0 / 0.75
-            }
-        })
+        .map(|_| if r.random::<f32>() < 0.25 { 0.0 } else { 1.0 / 0.75 })
         .collect();
     (
         Tensor::from_vec(x, (MICRO_BATCH, 5), &dev).unwrap(),
@@ -86,18 +74,9 @@ fn fresh_run() -> Run {
     let varmap = VarMap::new();
     let model = Mlp::new(&varmap);
     let params = ParamStore::from_varmap(&varmap, DecayRule::Blip2);
-    let opt = AdamW::new(AdamWConfig {
-        lr: 5e-2,
-        ..AdamWConfig::default()
-    });
+    let opt = AdamW::new(AdamWConfig { lr: 5e-2, ..AdamWConfig::default() });
     let state = TrainState::new(rng::substream(SEED, "train"), StepGuard::new(3, 5.0));
-    Run {
-        _varmap: varmap,
-        model,
-        params,
-        opt,
-        state,
-    }
+    Run { _varmap: varmap, model, params, opt, state }
 }
 
 const SCHEDULE: LrSchedule = LrSchedule::LinearWarmupCosine {
@@ -117,10 +96,7 @@ fn train(run: &mut Run, steps: u64, losses: &mut Vec<f64>, clip_coefs: &mut Vec<
         let acc = accumulate_grads(MICRO, |_| {
             let (x, y, keep) = micro_batch(r);
             let loss = candle_nn::loss::cross_entropy(&model.forward(&x, &keep)?, &y)?;
-            Ok(MicroLoss {
-                total: loss.clone(),
-                parts: vec![("ce".into(), loss)],
-            })
+            Ok(MicroLoss { total: loss.clone(), parts: vec![("ce".into(), loss)] })
         })
         .unwrap();
         let mut grads = acc.grads;
@@ -153,22 +129,13 @@ fn six_straight_steps_equal_three_plus_resume_plus_three() {
     init(&a.params);
     let (mut losses_a, mut coefs_a) = (vec![], vec![]);
     train(&mut a, 6, &mut losses_a, &mut coefs_a);
-    assert!(
-        coefs_a.iter().any(|&c| c < 1.0),
-        "clipping must be active in this test: {coefs_a:?}"
-    );
-    assert!(
-        losses_a[5] < losses_a[0],
-        "the toy model must learn: {losses_a:?}"
-    );
+    assert!(coefs_a.iter().any(|&c| c < 1.0), "clipping must be active in this test: {coefs_a:?}");
+    assert!(losses_a[5] < losses_a[0], "the toy model must learn: {losses_a:?}");
 
     // B: three steps, checkpoint, then everything rebuilt from scratch and loaded.
     let dir = tempfile::tempdir().unwrap();
     let run_dir = RunDir::create(dir.path()).unwrap();
-    let retention = Retention {
-        keep_last: 2,
-        keep_best: false,
-    };
+    let retention = Retention { keep_last: 2, keep_best: false };
     let (mut losses_b, mut coefs_b) = (vec![], vec![]);
     {
         let mut b = fresh_run();
@@ -180,10 +147,7 @@ fn six_straight_steps_equal_three_plus_resume_plus_three() {
     let mut b = fresh_run(); // candle's random init: differs from `init` until loaded
     assert_ne!(bits(&b.params), bits(&a.params));
     let (ck, _) = Checkpointer::open(&run_dir, retention).unwrap();
-    let (_, state) = ck
-        .resume(&b.params, &mut b.opt)
-        .unwrap()
-        .expect("a checkpoint");
+    let (_, state) = ck.resume(&b.params, &mut b.opt).unwrap().expect("a checkpoint");
     assert_eq!(state.step, 3);
     assert_eq!(state.loader, serde_json::json!({ "cursor": 24 }));
     b.state = state;
@@ -196,25 +160,14 @@ fn six_straight_steps_equal_three_plus_resume_plus_three() {
     assert_eq!(coefs_b, coefs_a);
     assert_eq!(bits(&b.params), bits(&a.params));
     assert_eq!(b.state, a.state);
-    let (sa, sb) = (
-        a.opt.state_tensors().unwrap(),
-        b.opt.state_tensors().unwrap(),
-    );
+    let (sa, sb) = (a.opt.state_tensors().unwrap(), b.opt.state_tensors().unwrap());
     assert_eq!(sa.len(), sb.len());
     for (k, t) in &sa {
         let u = &sb[k];
         if t.dtype() == DType::F32 {
-            assert_eq!(
-                t.to_vec1::<f32>().unwrap(),
-                u.to_vec1::<f32>().unwrap(),
-                "{k}"
-            );
+            assert_eq!(t.to_vec1::<f32>().unwrap(), u.to_vec1::<f32>().unwrap(), "{k}");
         } else {
-            assert_eq!(
-                t.to_vec1::<i64>().unwrap(),
-                u.to_vec1::<i64>().unwrap(),
-                "{k}"
-            );
+            assert_eq!(t.to_vec1::<i64>().unwrap(), u.to_vec1::<i64>().unwrap(), "{k}");
         }
     }
 
@@ -222,9 +175,7 @@ fn six_straight_steps_equal_three_plus_resume_plus_three() {
     // comparison above is sensitive to what a checkpoint carries.
     let mut c = fresh_run();
     let latest = ck.latest().unwrap().unwrap();
-    c.params
-        .load_trainable_strict(&latest.join("model.safetensors"))
-        .unwrap();
+    c.params.load_trainable_strict(&latest.join("model.safetensors")).unwrap();
     c.state = serde_json::from_slice(&std::fs::read(latest.join("state.json")).unwrap()).unwrap();
     let (mut losses_c, mut coefs_c) = (losses_b[..3].to_vec(), vec![]);
     train(&mut c, 3, &mut losses_c, &mut coefs_c);

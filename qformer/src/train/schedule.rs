@@ -84,11 +84,7 @@ mod tests {
     use super::*;
 
     fn at(step: u64) -> SchedulePos {
-        SchedulePos {
-            step,
-            epoch: 0,
-            step_in_epoch: step,
-        }
+        SchedulePos { step, epoch: 0, step_in_epoch: step }
     }
 
     fn close(a: f64, b: f64) {
@@ -108,34 +104,19 @@ mod tests {
             min_lr: 1e-5,
             max_epoch: 10,
         };
-        let e0 = |i| SchedulePos {
-            step: i,
-            epoch: 0,
-            step_in_epoch: i,
-        };
+        let e0 = |i| SchedulePos { step: i, epoch: 0, step_in_epoch: i };
         close(s.lr(e0(0)), 1e-06);
         close(s.lr(e0(1)), 1.0198e-06);
         close(s.lr(e0(2500)), 5.05e-05);
         close(s.lr(e0(4999)), 9.99802e-05);
         close(s.lr(e0(5000)), 0.0001);
         close(s.lr(e0(9000)), 0.0001);
-        let e = |epoch| SchedulePos {
-            step: 123_456,
-            epoch,
-            step_in_epoch: 17,
-        };
+        let e = |epoch| SchedulePos { step: 123_456, epoch, step_in_epoch: 17 };
         close(s.lr(e(1)), 9.779754323328192e-05);
         close(s.lr(e(5)), 5.5e-05);
         close(s.lr(e(9)), 1.2202456766718093e-05);
         // Constant inside an epoch, whatever the step.
-        assert_eq!(
-            s.lr(e(3)),
-            s.lr(SchedulePos {
-                step: 7,
-                epoch: 3,
-                step_in_epoch: 0
-            })
-        );
+        assert_eq!(s.lr(e(3)), s.lr(SchedulePos { step: 7, epoch: 3, step_in_epoch: 0 }));
     }
 
     #[test]
@@ -155,18 +136,11 @@ mod tests {
         // ... half way through the decay it is the midpoint: 1e-5 + 9e-5 * 0.5 * (1 + cos(pi/2))
         close(s.lr(at(60)), 5.5e-05);
         // 1e-5 + 9e-5 * 0.5 * (1 + cos(pi * 0.25))
-        close(
-            s.lr(at(35)),
-            1e-5 + 9e-5 * 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2),
-        );
+        close(s.lr(at(35)), 1e-5 + 9e-5 * 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2));
         close(s.lr(at(110)), 1e-5);
         close(s.lr(at(500)), 1e-5);
         for w in (0..120).collect::<Vec<_>>().windows(2).skip(10) {
-            assert!(
-                s.lr(at(w[1])) <= s.lr(at(w[0])),
-                "not monotone after warmup at {}",
-                w[1]
-            );
+            assert!(s.lr(at(w[1])) <= s.lr(at(w[0])), "not monotone after warmup at {}", w[1]);
         }
     }
 

@@ -46,11 +46,7 @@ pub fn stage_one_step(
         let out = stage_one_losses(model, &micro[i], objectives, true, rng)?;
         Ok(MicroLoss {
             total: out.total,
-            parts: vec![
-                ("itc".into(), out.itc),
-                ("itm".into(), out.itm),
-                ("lm".into(), out.lm),
-            ],
+            parts: vec![("itc".into(), out.itc), ("itm".into(), out.itm), ("lm".into(), out.lm)],
         })
     })?;
     let mut grads = acc.grads;
@@ -60,11 +56,5 @@ pub fn stage_one_step(
         opt.step(params, &grads)?;
     }
     state.advance(samples);
-    Ok(StepOutcome {
-        loss: acc.loss,
-        parts: acc.parts,
-        grad_norm,
-        clip_coef,
-        verdict,
-    })
+    Ok(StepOutcome { loss: acc.loss, parts: acc.parts, grad_norm, clip_coef, verdict })
 }

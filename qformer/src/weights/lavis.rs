@@ -28,17 +28,12 @@ pub fn from_lavis_tensors(
     let mut raw: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     let mut set = TensorSet::empty();
     // EVA blocks keep q_bias/v_bias apart and have no k bias; HF fuses them into one qkv.bias.
-    let q_bias_names: Vec<String> = raw
-        .keys()
-        .filter(|k| k.ends_with(".attn.q_bias"))
-        .cloned()
-        .collect();
+    let q_bias_names: Vec<String> =
+        raw.keys().filter(|k| k.ends_with(".attn.q_bias")).cloned().collect();
     for qn in q_bias_names {
         let block = qn.trim_end_matches(".q_bias");
         let vn = format!("{block}.v_bias");
-        let q = raw
-            .remove(&qn)
-            .ok_or_else(|| Error::Msg(format!("{source}: {qn} vanished")))?;
+        let q = raw.remove(&qn).ok_or_else(|| Error::Msg(format!("{source}: {qn} vanished")))?;
         let v = raw.remove(&vn).ok_or_else(|| Error::Checkpoint {
             source_name: source.into(),
             report: format!("{qn} present but {vn} missing"),
@@ -85,10 +80,7 @@ pub fn read_lavis_pth(path: impl AsRef<Path>, device: &Device) -> Result<TensorS
         ));
     }
     let tensors = candle_core::pickle::read_all_with_key(path, Some("model")).map_err(|e| {
-        Error::Msg(format!(
-            "{}: cannot read LAVIS checkpoint: {e}",
-            path.display()
-        ))
+        Error::Msg(format!("{}: cannot read LAVIS checkpoint: {e}", path.display()))
     })?;
     from_lavis_tensors(tensors, &path.display().to_string(), device)
 }
@@ -98,11 +90,7 @@ pub fn read_lavis_safetensors(path: impl AsRef<Path>, device: &Device) -> Result
     let path = path.as_ref();
     let tensors = candle_core::safetensors::load(path, device)
         .map_err(|e| Error::Msg(format!("{}: cannot read safetensors: {e}", path.display())))?;
-    from_lavis_tensors(
-        tensors.into_iter().collect(),
-        &path.display().to_string(),
-        device,
-    )
+    from_lavis_tensors(tensors.into_iter().collect(), &path.display().to_string(), device)
 }
 
 #[cfg(test)]
@@ -127,13 +115,8 @@ mod tests {
             ),
         ];
         let set = from_lavis_tensors(tensors, "test.pth", &dev).unwrap();
-        let fused = set
-            .get("vision_model.encoder.layers.3.self_attn.qkv.bias")
-            .unwrap();
-        assert_eq!(
-            fused.to_vec1::<f32>().unwrap(),
-            vec![1., 2., 0., 0., 5., 6.]
-        );
+        let fused = set.get("vision_model.encoder.layers.3.self_attn.qkv.bias").unwrap();
+        assert_eq!(fused.to_vec1::<f32>().unwrap(), vec![1., 2., 0., 0., 5., 6.]);
         // Unknown LAVIS names stay verbatim, so a strict load reports them.
         assert!(set.contains("opt_proj.weight"));
         assert_eq!(set.len(), 2);
@@ -143,9 +126,7 @@ mod tests {
             "visual_encoder.blocks.0.attn.q_bias".to_string(),
             Tensor::new(&[1f32], &dev).unwrap(),
         )];
-        let err = from_lavis_tensors(lone, "test.pth", &dev)
-            .unwrap_err()
-            .to_string();
+        let err = from_lavis_tensors(lone, "test.pth", &dev).unwrap_err().to_string();
         assert!(err.contains("visual_encoder.blocks.0.attn.v_bias"), "{err}");
     }
 }

@@ -102,12 +102,9 @@ impl TensorSet {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::json(&index, e))?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| {
-                    Error::Msg(format!("{}: no \"weight_map\" object", index.display()))
-                })?;
+            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                Error::Msg(format!("{}: no \"weight_map\" object", index.display()))
+            })?;
             let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
             files.sort();
             files.dedup();
@@ -116,11 +113,7 @@ impl TensorSet {
                 set = set.merge(Self::from_safetensors(dir.join(f), device)?)?;
             }
             let listed: std::collections::BTreeSet<&str> = map.keys().map(|k| k.as_str()).collect();
-            let missing: Vec<&str> = listed
-                .iter()
-                .filter(|k| !set.contains(k))
-                .copied()
-                .collect();
+            let missing: Vec<&str> = listed.iter().filter(|k| !set.contains(k)).copied().collect();
             if !missing.is_empty() {
                 return Err(Error::Checkpoint {
                     source_name: index.display().to_string(),
@@ -139,22 +132,12 @@ impl TensorSet {
 
     /// Union of two sets; a name in both is an error (naming all of them).
     pub fn merge(mut self, other: Self) -> Result<Self> {
-        let dup: Vec<String> = other
-            .tensors
-            .keys()
-            .filter(|k| self.tensors.contains_key(*k))
-            .cloned()
-            .collect();
+        let dup: Vec<String> =
+            other.tensors.keys().filter(|k| self.tensors.contains_key(*k)).cloned().collect();
         if !dup.is_empty() {
-            return Err(Error::Msg(format!(
-                "tensors given by two sources: {}",
-                dup.join(", ")
-            )));
+            return Err(Error::Msg(format!("tensors given by two sources: {}", dup.join(", "))));
         }
-        if other
-            .tensors
-            .contains_key("vision_model.post_layernorm.weight")
-        {
+        if other.tensors.contains_key("vision_model.post_layernorm.weight") {
             self.ln_vision_eps = other.ln_vision_eps;
         }
         for (k, t) in other.tensors {
@@ -169,10 +152,7 @@ impl TensorSet {
     pub fn filter(mut self, keep: impl Fn(&str) -> bool) -> Self {
         self.tensors.retain(|k, _| keep(k));
         self.origin.retain(|k, _| keep(k));
-        if !self
-            .tensors
-            .contains_key("vision_model.post_layernorm.weight")
-        {
+        if !self.tensors.contains_key("vision_model.post_layernorm.weight") {
             self.ln_vision_eps = None;
         }
         self
@@ -239,10 +219,7 @@ pub fn check(
     allow_known_unused: bool,
 ) -> LoadReport {
     let specs = canonical_tensors(cfg, parts);
-    let mut report = LoadReport {
-        ignored: set.ignored.clone(),
-        ..Default::default()
-    };
+    let mut report = LoadReport { ignored: set.ignored.clone(), ..Default::default() };
     let expected: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for s in &specs {
         match set.get(&s.name) {
@@ -270,9 +247,9 @@ pub fn check(
             continue;
         }
         match names::known_unused(name) {
-            Some(why) if allow_known_unused => report
-                .known_unused
-                .push((name.to_string(), why.to_string())),
+            Some(why) if allow_known_unused => {
+                report.known_unused.push((name.to_string(), why.to_string()))
+            }
             _ => report.unexpected.push(name.to_string()),
         }
     }
@@ -306,24 +283,17 @@ pub fn load(
         if s.group.trainable() {
             rest.insert(s.name.clone(), t.to_dtype(DType::F32)?.to_device(dev)?);
         } else {
-            frozen.insert(
-                s.name.clone(),
-                t.to_dtype(opts.vision_dtype)?.to_device(dev)?,
-            );
+            frozen.insert(s.name.clone(), t.to_dtype(opts.vision_dtype)?.to_device(dev)?);
         }
     }
     let frozen_vb = VarBuilder::from_tensors(frozen, opts.vision_dtype, dev);
-    let eps = opts
-        .ln_vision_eps
-        .or(set.ln_vision_eps())
-        .unwrap_or(cfg.vision_config.layer_norm_eps);
+    let eps =
+        opts.ln_vision_eps.or(set.ln_vision_eps()).unwrap_or(cfg.vision_config.layer_norm_eps);
     let (model, varmap) = if opts.trainable {
         let varmap = VarMap::new();
         {
-            let mut data = varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::Msg("VarMap lock poisoned".into()))?;
+            let mut data =
+                varmap.data().lock().map_err(|_| Error::Msg("VarMap lock poisoned".into()))?;
             for (name, t) in rest {
                 data.insert(name, Var::from_tensor(&t)?);
             }
@@ -343,11 +313,7 @@ pub fn load(
         let vb = VarBuilder::from_tensors(rest, DType::F32, dev);
         (Blip2Qformer::new(cfg, parts, eps, frozen_vb, vb)?, None)
     };
-    Ok(LoadedModel {
-        model,
-        varmap,
-        report,
-    })
+    Ok(LoadedModel { model, varmap, report })
 }
 
 /// An HF Hub directory (`Blip2ForImageTextRetrieval`, or the vision + Q-Former part of

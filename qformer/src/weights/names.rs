@@ -55,38 +55,14 @@ pub enum Rule {
 /// `attn.q_bias` and `attn.v_bias` and the k bias is zero (see `lavis.rs`).
 pub const RENAMES: &[(&str, &str, Rule)] = &[
     ("vision_model.post_layernorm.", "ln_vision.", Rule::Prefix),
-    (
-        "vision_model.embeddings.class_embedding",
-        "visual_encoder.cls_token",
-        Rule::Prefix,
-    ),
-    (
-        "vision_model.embeddings.position_embedding",
-        "visual_encoder.pos_embed",
-        Rule::Prefix,
-    ),
-    (
-        "vision_model.embeddings.patch_embedding.",
-        "visual_encoder.patch_embed.proj.",
-        Rule::Prefix,
-    ),
-    (
-        "vision_model.encoder.layers.",
-        "visual_encoder.blocks.",
-        Rule::Prefix,
-    ),
+    ("vision_model.embeddings.class_embedding", "visual_encoder.cls_token", Rule::Prefix),
+    ("vision_model.embeddings.position_embedding", "visual_encoder.pos_embed", Rule::Prefix),
+    ("vision_model.embeddings.patch_embedding.", "visual_encoder.patch_embed.proj.", Rule::Prefix),
+    ("vision_model.encoder.layers.", "visual_encoder.blocks.", Rule::Prefix),
     ("query_tokens", "query_tokens", Rule::Prefix),
-    (
-        "qformer.layernorm.",
-        "Qformer.bert.embeddings.LayerNorm.",
-        Rule::Prefix,
-    ),
+    ("qformer.layernorm.", "Qformer.bert.embeddings.LayerNorm.", Rule::Prefix),
     ("embeddings.", "Qformer.bert.embeddings.", Rule::Prefix),
-    (
-        "qformer.encoder.layer.",
-        "Qformer.bert.encoder.layer.",
-        Rule::Prefix,
-    ),
+    ("qformer.encoder.layer.", "Qformer.bert.encoder.layer.", Rule::Prefix),
     ("vision_projection.", "vision_proj.", Rule::Prefix),
     ("text_projection.", "text_proj.", Rule::Prefix),
     ("itm_head.", "itm_head.", Rule::Prefix),
@@ -99,11 +75,7 @@ pub const RENAMES: &[(&str, &str, Rule)] = &[
     (".self_attn.projection.", ".attn.proj.", Rule::Infix),
     // inside Q-Former layers: HF "attention.attention" is BERT's "attention.self"
     (".attention.attention.", ".attention.self.", Rule::Infix),
-    (
-        ".crossattention.attention.",
-        ".crossattention.self.",
-        Rule::Infix,
-    ),
+    (".crossattention.attention.", ".crossattention.self.", Rule::Infix),
 ];
 
 fn rename(name: &str, forward: bool) -> Option<String> {
@@ -113,11 +85,7 @@ fn rename(name: &str, forward: bool) -> Option<String> {
     for r in RENAMES.iter().filter(|r| r.2 == Rule::Prefix) {
         let (a, b) = pick(r);
         // Exact-name rules (no trailing dot) must match the whole name.
-        let hit = if a.ends_with('.') {
-            name.starts_with(a)
-        } else {
-            name == a
-        };
+        let hit = if a.ends_with('.') { name.starts_with(a) } else { name == a };
         if hit {
             out = Some(format!("{b}{}", &name[a.len()..]));
             break;
@@ -151,83 +119,35 @@ pub fn canonical_tensors(cfg: &Blip2Config, parts: ModelParts) -> Vec<TensorSpec
         |name: String, shape: Vec<usize>, group: Group| out.push(TensorSpec { name, shape, group });
     if parts.vision {
         let p = "vision_model.embeddings";
-        add(
-            format!("{p}.class_embedding"),
-            vec![1, 1, dv],
-            Group::Vision,
-        );
+        add(format!("{p}.class_embedding"), vec![1, 1, dv], Group::Vision);
         add(
             format!("{p}.patch_embedding.weight"),
             vec![dv, v.num_channels, v.patch_size, v.patch_size],
             Group::Vision,
         );
         add(format!("{p}.patch_embedding.bias"), vec![dv], Group::Vision);
-        add(
-            format!("{p}.position_embedding"),
-            vec![1, v.num_positions(), dv],
-            Group::Vision,
-        );
+        add(format!("{p}.position_embedding"), vec![1, v.num_positions(), dv], Group::Vision);
         for i in 0..v.num_hidden_layers {
             let p = format!("vision_model.encoder.layers.{i}");
             for ln in ["layer_norm1", "layer_norm2"] {
                 add(format!("{p}.{ln}.weight"), vec![dv], Group::Vision);
                 add(format!("{p}.{ln}.bias"), vec![dv], Group::Vision);
             }
-            add(
-                format!("{p}.self_attn.qkv.weight"),
-                vec![3 * dv, dv],
-                Group::Vision,
-            );
+            add(format!("{p}.self_attn.qkv.weight"), vec![3 * dv, dv], Group::Vision);
             if v.qkv_bias {
-                add(
-                    format!("{p}.self_attn.qkv.bias"),
-                    vec![3 * dv],
-                    Group::Vision,
-                );
+                add(format!("{p}.self_attn.qkv.bias"), vec![3 * dv], Group::Vision);
             }
-            add(
-                format!("{p}.self_attn.projection.weight"),
-                vec![dv, dv],
-                Group::Vision,
-            );
-            add(
-                format!("{p}.self_attn.projection.bias"),
-                vec![dv],
-                Group::Vision,
-            );
-            add(
-                format!("{p}.mlp.fc1.weight"),
-                vec![v.intermediate_size, dv],
-                Group::Vision,
-            );
-            add(
-                format!("{p}.mlp.fc1.bias"),
-                vec![v.intermediate_size],
-                Group::Vision,
-            );
-            add(
-                format!("{p}.mlp.fc2.weight"),
-                vec![dv, v.intermediate_size],
-                Group::Vision,
-            );
+            add(format!("{p}.self_attn.projection.weight"), vec![dv, dv], Group::Vision);
+            add(format!("{p}.self_attn.projection.bias"), vec![dv], Group::Vision);
+            add(format!("{p}.mlp.fc1.weight"), vec![v.intermediate_size, dv], Group::Vision);
+            add(format!("{p}.mlp.fc1.bias"), vec![v.intermediate_size], Group::Vision);
+            add(format!("{p}.mlp.fc2.weight"), vec![dv, v.intermediate_size], Group::Vision);
             add(format!("{p}.mlp.fc2.bias"), vec![dv], Group::Vision);
         }
     }
-    add(
-        "vision_model.post_layernorm.weight".into(),
-        vec![dv],
-        Group::LnVision,
-    );
-    add(
-        "vision_model.post_layernorm.bias".into(),
-        vec![dv],
-        Group::LnVision,
-    );
-    add(
-        "query_tokens".into(),
-        vec![1, cfg.num_query_tokens, h],
-        Group::QueryTokens,
-    );
+    add("vision_model.post_layernorm.weight".into(), vec![dv], Group::LnVision);
+    add("vision_model.post_layernorm.bias".into(), vec![dv], Group::LnVision);
+    add("query_tokens".into(), vec![1, cfg.num_query_tokens, h], Group::QueryTokens);
     if parts.text {
         add(
             "embeddings.word_embeddings.weight".into(),
@@ -254,31 +174,11 @@ pub fn canonical_tensors(cfg: &Blip2Config, parts: ModelParts) -> Vec<TensorSpec
         let p = format!("qformer.encoder.layer.{l}");
         let attention = |add: &mut dyn FnMut(String, Vec<usize>, Group), block: &str, kv: usize| {
             for (n, i) in [("query", h), ("key", kv), ("value", kv)] {
-                linear(
-                    add,
-                    format!("{p}.{block}.attention.{n}"),
-                    i,
-                    h,
-                    Group::QFormer,
-                );
+                linear(add, format!("{p}.{block}.attention.{n}"), i, h, Group::QFormer);
             }
-            linear(
-                add,
-                format!("{p}.{block}.output.dense"),
-                h,
-                h,
-                Group::QFormer,
-            );
-            add(
-                format!("{p}.{block}.output.LayerNorm.weight"),
-                vec![h],
-                Group::QFormer,
-            );
-            add(
-                format!("{p}.{block}.output.LayerNorm.bias"),
-                vec![h],
-                Group::QFormer,
-            );
+            linear(add, format!("{p}.{block}.output.dense"), h, h, Group::QFormer);
+            add(format!("{p}.{block}.output.LayerNorm.weight"), vec![h], Group::QFormer);
+            add(format!("{p}.{block}.output.LayerNorm.bias"), vec![h], Group::QFormer);
         };
         attention(&mut add, "attention", h);
         if q.has_cross_attention(l) {
@@ -289,67 +189,26 @@ pub fn canonical_tensors(cfg: &Blip2Config, parts: ModelParts) -> Vec<TensorSpec
                    output: &str,
                    g: Group| {
             linear(add, format!("{p}.{inter}.dense"), h, q.intermediate_size, g);
-            linear(
-                add,
-                format!("{p}.{output}.dense"),
-                q.intermediate_size,
-                h,
-                g,
-            );
+            linear(add, format!("{p}.{output}.dense"), q.intermediate_size, h, g);
             add(format!("{p}.{output}.LayerNorm.weight"), vec![h], g);
             add(format!("{p}.{output}.LayerNorm.bias"), vec![h], g);
         };
-        ffn(
-            &mut add,
-            "intermediate_query",
-            "output_query",
-            Group::QFormer,
-        );
+        ffn(&mut add, "intermediate_query", "output_query", Group::QFormer);
         if parts.text {
             ffn(&mut add, "intermediate", "output", Group::TextFfn);
         }
     }
     if parts.stage_one_heads {
-        linear(
-            &mut add,
-            "vision_projection".into(),
-            h,
-            e,
-            Group::StageOneHeads,
-        );
-        linear(
-            &mut add,
-            "text_projection".into(),
-            h,
-            e,
-            Group::StageOneHeads,
-        );
+        linear(&mut add, "vision_projection".into(), h, e, Group::StageOneHeads);
+        linear(&mut add, "text_projection".into(), h, e, Group::StageOneHeads);
         linear(&mut add, "itm_head".into(), h, 2, Group::StageOneHeads);
         add("temp".into(), vec![], Group::Temp);
     }
     if parts.lm_head {
-        linear(
-            &mut add,
-            "cls.predictions.transform.dense".into(),
-            h,
-            h,
-            Group::LmHead,
-        );
-        add(
-            "cls.predictions.transform.LayerNorm.weight".into(),
-            vec![h],
-            Group::LmHead,
-        );
-        add(
-            "cls.predictions.transform.LayerNorm.bias".into(),
-            vec![h],
-            Group::LmHead,
-        );
-        add(
-            "cls.predictions.bias".into(),
-            vec![q.vocab_size],
-            Group::LmHead,
-        );
+        linear(&mut add, "cls.predictions.transform.dense".into(), h, h, Group::LmHead);
+        add("cls.predictions.transform.LayerNorm.weight".into(), vec![h], Group::LmHead);
+        add("cls.predictions.transform.LayerNorm.bias".into(), vec![h], Group::LmHead);
+        add("cls.predictions.bias".into(), vec![q.vocab_size], Group::LmHead);
     }
     out
 }
@@ -373,26 +232,15 @@ mod tests {
     use super::*;
 
     fn full_parts() -> ModelParts {
-        ModelParts {
-            vision: true,
-            text: true,
-            stage_one_heads: true,
-            lm_head: true,
-        }
+        ModelParts { vision: true, text: true, stage_one_heads: true, lm_head: true }
     }
 
     #[test]
     fn lavis_names_match_the_stage_one_state_dict() {
         let cases = [
             ("vision_model.post_layernorm.weight", "ln_vision.weight"),
-            (
-                "vision_model.embeddings.class_embedding",
-                "visual_encoder.cls_token",
-            ),
-            (
-                "vision_model.embeddings.position_embedding",
-                "visual_encoder.pos_embed",
-            ),
+            ("vision_model.embeddings.class_embedding", "visual_encoder.cls_token"),
+            ("vision_model.embeddings.position_embedding", "visual_encoder.pos_embed"),
             (
                 "vision_model.embeddings.patch_embedding.bias",
                 "visual_encoder.patch_embed.proj.bias",
@@ -413,14 +261,8 @@ mod tests {
                 "vision_model.encoder.layers.1.mlp.fc1.weight",
                 "visual_encoder.blocks.1.mlp.fc1.weight",
             ),
-            (
-                "qformer.layernorm.bias",
-                "Qformer.bert.embeddings.LayerNorm.bias",
-            ),
-            (
-                "embeddings.word_embeddings.weight",
-                "Qformer.bert.embeddings.word_embeddings.weight",
-            ),
+            ("qformer.layernorm.bias", "Qformer.bert.embeddings.LayerNorm.bias"),
+            ("embeddings.word_embeddings.weight", "Qformer.bert.embeddings.word_embeddings.weight"),
             (
                 "qformer.encoder.layer.2.attention.attention.query.weight",
                 "Qformer.bert.encoder.layer.2.attention.self.query.weight",
@@ -474,39 +316,19 @@ mod tests {
         let cfg = Blip2Config::default();
         let specs = canonical_tensors(&cfg, full_parts());
         let count = |g: Group| -> usize {
-            specs
-                .iter()
-                .filter(|s| s.group == g)
-                .map(|s| s.shape.iter().product::<usize>())
-                .sum()
+            specs.iter().filter(|s| s.group == g).map(|s| s.shape.iter().product::<usize>()).sum()
         };
         // 39 blocks of ViT-g; cross-attention in 6 of 12 layers (paper: ~1B ViT, ~188M Q-Former).
+        assert_eq!(specs.iter().filter(|s| s.name.ends_with("mlp.fc1.weight")).count(), 39);
         assert_eq!(
-            specs
-                .iter()
-                .filter(|s| s.name.ends_with("mlp.fc1.weight"))
-                .count(),
-            39
-        );
-        assert_eq!(
-            specs
-                .iter()
-                .filter(|s| s.name.contains("crossattention.attention.key.weight"))
-                .count(),
+            specs.iter().filter(|s| s.name.contains("crossattention.attention.key.weight")).count(),
             6
         );
-        let qformer_total: usize = [
-            Group::QueryTokens,
-            Group::QFormer,
-            Group::TextEmbeddings,
-            Group::TextFfn,
-        ]
-        .iter()
-        .map(|&g| count(g))
-        .sum();
-        assert!(
-            (180_000_000..190_000_000).contains(&qformer_total),
-            "{qformer_total}"
-        );
+        let qformer_total: usize =
+            [Group::QueryTokens, Group::QFormer, Group::TextEmbeddings, Group::TextFfn]
+                .iter()
+                .map(|&g| count(g))
+                .sum();
+        assert!((180_000_000..190_000_000).contains(&qformer_total), "{qformer_total}");
     }
 }

@@ -37,11 +37,7 @@ impl LoadReport {
     pub fn problems(&self) -> String {
         let mut out = Vec::new();
         if !self.missing.is_empty() {
-            out.push(format!(
-                "missing {}: {}",
-                self.missing.len(),
-                self.missing.join(", ")
-            ));
+            out.push(format!("missing {}: {}", self.missing.len(), self.missing.join(", ")));
         }
         if !self.unexpected.is_empty() {
             out.push(format!(

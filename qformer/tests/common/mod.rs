@@ -8,9 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 /// `tests/fixtures/hf-tiny/<sub>` of the workspace.
 pub fn fixture(sub: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/hf-tiny")
-        .join(sub)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf-tiny").join(sub)
 }
 
 pub fn load_tensors(sub: &str) -> HashMap<String, Tensor> {
@@ -20,8 +18,7 @@ pub fn load_tensors(sub: &str) -> HashMap<String, Tensor> {
 }
 
 pub fn get<'a>(ts: &'a HashMap<String, Tensor>, name: &str) -> &'a Tensor {
-    ts.get(name)
-        .unwrap_or_else(|| panic!("reference tensor {name} missing"))
+    ts.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
 }
 
 /// Max |a - b|, after checking the shapes agree.

@@ -10,9 +10,7 @@ use candle_nn::VarBuilder;
 use qformer::llm::{Blip2Llm, Blip2LlmConfig, GenerationConfig};
 
 pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/hf-tiny")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf-tiny").join(name)
 }
 
 pub struct Fixture {
@@ -67,18 +65,12 @@ impl Fixture {
             &Device::Cpu,
         )
         .unwrap();
-        self.bridge_tensors["query_output"]
-            .index_select(&idx, 0)
-            .unwrap()
+        self.bridge_tensors["query_output"].index_select(&idx, 0).unwrap()
     }
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().expect("id list").iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 pub fn id_rows(v: &serde_json::Value) -> Vec<Vec<u32>> {
@@ -102,12 +94,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// HF returns fixed-width rows (padded after EOS); ours are unpadded: cut HF's row after its
 /// first EOS at or after `from`.
 pub fn trim_after_eos(row: &[u32], eos: &[u32], from: usize) -> Vec<u32> {
-    match row
-        .iter()
-        .enumerate()
-        .skip(from)
-        .find(|(_, t)| eos.contains(t))
-    {
+    match row.iter().enumerate().skip(from).find(|(_, t)| eos.contains(t)) {
         Some((i, _)) => row[..=i].to_vec(),
         None => row.to_vec(),
     }

@@ -83,10 +83,7 @@ struct ScoreDump<'a> {
 }
 
 fn load_model(args: &RetrievalArgs, device: &Device) -> Result<Blip2Qformer> {
-    let opts = LoadOptions {
-        device: device.clone(),
-        ..Default::default()
-    };
+    let opts = LoadOptions { device: device.clone(), ..Default::default() };
     match &args.lavis_checkpoint {
         None => Ok(load_hf_dir(&args.model, &opts)
             .with_context(|| format!("loading the model in {}", args.model.display()))?
@@ -117,11 +114,7 @@ fn model_fingerprint(args: &RetrievalArgs) -> Result<String> {
     let mut weights: Vec<PathBuf> = std::fs::read_dir(&args.model)
         .with_context(|| format!("listing {}", args.model.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "safetensors" || x == "json")
-                && p.is_file()
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "json") && p.is_file())
         .filter(|p| p.to_string_lossy().contains("model"))
         .collect();
     weights.extend(args.lavis_checkpoint.iter().cloned());
@@ -149,11 +142,7 @@ fn pixels_of(
 ) -> Result<Tensor> {
     let img = decode_bytes(bytes, &path.display().to_string(), DecodeLimits::default())?;
     let t = eval_transform(&img, cfg);
-    Ok(Tensor::from_vec(
-        t.data,
-        (1, t.channels, t.height, t.width),
-        dev,
-    )?)
+    Ok(Tensor::from_vec(t.data, (1, t.channels, t.height, t.width), dev)?)
 }
 
 fn encode_gallery(
@@ -240,23 +229,14 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
 
     let tok_path = args.model.join("tokenizer.json");
     let tokenizer = TextTokenizer::from_file(&tok_path, TEXT_MAX_LENGTH)?;
-    let captions: Vec<String> = split
-        .texts
-        .iter()
-        .map(|c| pre_caption(c, CAPTION_MAX_WORDS))
-        .collect();
+    let captions: Vec<String> =
+        split.texts.iter().map(|c| pre_caption(c, CAPTION_MAX_WORDS)).collect();
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
     let tokens = tokenizer.encode(&refs, Padding::MaxLength)?;
-    let input_ids = Tensor::from_vec(
-        tokens.input_ids.clone(),
-        (tokens.batch, tokens.seq_len),
-        &device,
-    )?;
-    let mask_rows: Vec<Vec<u32>> = tokens
-        .attention_mask
-        .chunks(tokens.seq_len.max(1))
-        .map(<[u32]>::to_vec)
-        .collect();
+    let input_ids =
+        Tensor::from_vec(tokens.input_ids.clone(), (tokens.batch, tokens.seq_len), &device)?;
+    let mask_rows: Vec<Vec<u32>> =
+        tokens.attention_mask.chunks(tokens.seq_len.max(1)).map(<[u32]>::to_vec).collect();
     let texts = TextGallery::encode(
         &model,
         input_ids,
@@ -264,11 +244,8 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
         args.batch_size,
     )?;
 
-    let image_paths: Vec<PathBuf> = split
-        .images
-        .iter()
-        .map(|im| args.images.join(&im.image))
-        .collect();
+    let image_paths: Vec<PathBuf> =
+        split.images.iter().map(|im| args.images.join(&im.image)).collect();
     let (images, from_cache) = encode_gallery(&args, &model, &image_paths, &device)?;
 
     let mut bar: Option<ProgressBar> = None;
@@ -289,10 +266,7 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
     let report = scores.report(&split.img2txt, &split.txt2img)?;
 
     let out = args.out.clone().unwrap_or_else(|| {
-        let stem = args
-            .annotations
-            .file_stem()
-            .map_or("split".into(), |s| s.to_string_lossy());
+        let stem = args.annotations.file_stem().map_or("split".into(), |s| s.to_string_lossy());
         args.model.join(format!("retrieval_{stem}.json"))
     });
     let full = FullReport {
@@ -328,10 +302,7 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
             "{:<8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
             "", "txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"
         );
-        let rows = [
-            ("itc", Some(&report.itc)),
-            ("rerank", report.rerank.as_ref()),
-        ];
+        let rows = [("itc", Some(&report.itc)), ("rerank", report.rerank.as_ref())];
         for (name, m) in rows {
             if let Some(m) = m {
                 println!(

@@ -68,25 +68,15 @@ impl AnswerGenerator for Answerer<'_> {
         images: &[PathBuf],
         prompts: &[String],
     ) -> std::result::Result<Vec<String>, String> {
-        let ids = self
-            .gen
-            .generate(images, prompts, &self.cfg)
-            .map_err(|e| format!("{e:#}"))?;
-        ids.iter()
-            .map(|r| self.gen.decode(r).map_err(|e| format!("{e:#}")))
-            .collect()
+        let ids = self.gen.generate(images, prompts, &self.cfg).map_err(|e| format!("{e:#}"))?;
+        ids.iter().map(|r| self.gen.decode(r).map_err(|e| format!("{e:#}"))).collect()
     }
 }
 
 pub fn run(args: VqaArgs) -> Result<()> {
     let questions = VqaQuestions::read(&args.questions)?;
     let annotations = VqaAnnotations::read(&args.annotations)?;
-    let items = read_items(
-        &args.questions,
-        &args.images,
-        &args.image_pattern,
-        &args.prompt,
-    )?;
+    let items = read_items(&args.questions, &args.images, &args.image_pattern, &args.prompt)?;
     let gen = Blip2Generator::load(&args.model, &Device::Cpu)?;
     let (decoder, default_lp) = match gen.kind() {
         LlmKind::Opt => (AnswerDecoder::Opt, 0.0),

@@ -63,10 +63,7 @@ pub fn run(args: VqaScoreArgs) -> Result<()> {
 /// Print scores as JSON (`{"overall", "perAnswerType"}`) or as a table.
 pub fn print_scores(acc: &VqaAccuracy, json: bool) -> Result<()> {
     if json {
-        let summary = Summary {
-            overall: acc.overall,
-            per_answer_type: &acc.per_answer_type,
-        };
+        let summary = Summary { overall: acc.overall, per_answer_type: &acc.per_answer_type };
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         print!("{}", table(acc));
@@ -77,25 +74,12 @@ pub fn print_scores(acc: &VqaAccuracy, json: bool) -> Result<()> {
 /// Readable form: overall, then one line per answer type (first-appearance order, like the scorer).
 fn table(acc: &VqaAccuracy) -> String {
     let mut rows = vec![("overall".to_string(), acc.overall)];
-    rows.extend(
-        acc.per_answer_type
-            .0
-            .iter()
-            .map(|(k, v)| (format!("  {k}"), *v)),
-    );
-    let width = rows
-        .iter()
-        .map(|(name, _)| name.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(11);
+    rows.extend(acc.per_answer_type.0.iter().map(|(k, v)| (format!("  {k}"), *v)));
+    let width = rows.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0).max(11);
     let mut out = format!("{:<width$}  {:>8}\n", "answer type", "accuracy");
     for (name, v) in rows {
         out.push_str(&format!("{name:<width$}  {v:>8.2}\n"));
     }
-    out.push_str(&format!(
-        "({} questions, VQA accuracy in percent)\n",
-        acc.per_question.len()
-    ));
+    out.push_str(&format!("({} questions, VQA accuracy in percent)\n", acc.per_question.len()));
     out
 }

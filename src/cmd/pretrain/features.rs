@@ -43,9 +43,8 @@ impl FeatureCache {
                 feats.dim(0)?
             );
             for (i, k) in keys.iter().enumerate() {
-                let k = k
-                    .as_str()
-                    .with_context(|| format!("{}: non-string key", ipath.display()))?;
+                let k =
+                    k.as_str().with_context(|| format!("{}: non-string key", ipath.display()))?;
                 by_key.insert(k.to_string(), feats.get(i)?);
             }
         }

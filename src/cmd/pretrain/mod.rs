@@ -63,11 +63,8 @@ fn resolve_config(args: &PretrainArgs) -> Result<(RunConfig, PathBuf)> {
     };
     let cfg = base.with_overrides(&args.overrides)?;
     cfg.validate()?;
-    let root = args
-        .resume
-        .clone()
-        .or_else(|| args.out.clone())
-        .unwrap_or_else(|| cfg.run_dir.clone());
+    let root =
+        args.resume.clone().or_else(|| args.out.clone()).unwrap_or_else(|| cfg.run_dir.clone());
     Ok((cfg, root))
 }
 
@@ -171,17 +168,12 @@ pub fn run(args: PretrainArgs) -> Result<()> {
             run.root.display(),
             path.display()
         ),
-        None => TrainState::new(
-            rng::substream(cfg.seed, "train"),
-            StepGuard::from_config(&cfg.guard),
-        ),
+        None => {
+            TrainState::new(rng::substream(cfg.seed, "train"), StepGuard::from_config(&cfg.guard))
+        }
     };
     let mut cursor: LoaderState = match &state.loader {
-        serde_json::Value::Null => LoaderState {
-            seed: cfg.seed,
-            epoch: state.epoch,
-            position: 0,
-        },
+        serde_json::Value::Null => LoaderState { seed: cfg.seed, epoch: state.epoch, position: 0 },
         v => {
             serde_json::from_value(v.clone()).context("checkpoint state.json: bad loader cursor")?
         }
@@ -196,11 +188,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
             Some(b) => b?,
             None => {
                 state.next_epoch();
-                cursor = LoaderState {
-                    seed: cfg.seed,
-                    epoch: state.epoch,
-                    position: 0,
-                };
+                cursor = LoaderState { seed: cfg.seed, epoch: state.epoch, position: 0 };
                 epoch = loader.epoch(cursor);
                 continue;
             }
@@ -249,10 +237,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
             }
             StepVerdict::Apply { spike: false } => {}
         }
-        let val_due = cfg
-            .validation
-            .every_steps
-            .is_some_and(|n| state.step % n == 0);
+        let val_due = cfg.validation.every_steps.is_some_and(|n| state.step % n == 0);
         if let (true, Some(vl)) = (val_due, &val_loader) {
             let val = validate::validation_losses(&built.model, vl, &objectives, &dev)?;
             state.record_metric("val_loss", val["val_loss"], false);
@@ -262,15 +247,9 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         }
         metrics.append(&rec)?;
         bar.set_position(state.step);
-        bar.set_message(format!(
-            "loss {:.4} lr {lr:.2e} {sps:.1} samples/s",
-            out.loss
-        ));
+        bar.set_message(format!("loss {:.4} lr {lr:.2e} {sps:.1} samples/s", out.loss));
 
-        let due = cfg
-            .checkpointing
-            .every_steps
-            .is_some_and(|n| state.step % n == 0);
+        let due = cfg.checkpointing.every_steps.is_some_and(|n| state.step % n == 0);
         if due || state.step == stop {
             ckpt.save(&state, &params, &opt)?;
         }

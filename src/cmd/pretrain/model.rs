@@ -102,10 +102,7 @@ fn fresh(config_path: &Path, seed: u64, device: &Device) -> Result<RunModel> {
     let mut r = rng::substream(seed, "init");
     init_fresh(&named(&frozen), &mut r)?;
     init_fresh(&named(&varmap), &mut r)?;
-    let dir = config_path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(RunModel { model, varmap, dir })
 }
 

@@ -19,19 +19,12 @@ pub fn validation_losses(
     objectives: &ObjectiveConfig,
     dev: &Device,
 ) -> Result<BTreeMap<String, f64>> {
-    let obj = ObjectiveConfig {
-        negatives: NegativeMode::Hardest,
-        ..objectives.clone()
-    };
+    let obj = ObjectiveConfig { negatives: NegativeMode::Hardest, ..objectives.clone() };
     // Hardest negatives draw nothing; the RNG is only a required argument.
     let mut rng = qformer::train::rng::seeded(0);
     let mut sums: BTreeMap<String, f64> = BTreeMap::new();
     let mut batches = 0usize;
-    for batch in loader.epoch(LoaderState {
-        seed: 0,
-        epoch: 0,
-        position: 0,
-    }) {
+    for batch in loader.epoch(LoaderState { seed: 0, epoch: 0, position: 0 }) {
         let batch = batch?;
         if batch.batch_size < 2 {
             continue;
@@ -54,12 +47,6 @@ pub fn validation_losses(
         }
         batches += 1;
     }
-    anyhow::ensure!(
-        batches > 0,
-        "validation split gave no batch of 2 or more samples"
-    );
-    Ok(sums
-        .into_iter()
-        .map(|(k, v)| (k, v / batches as f64))
-        .collect())
+    anyhow::ensure!(batches > 0, "validation split gave no batch of 2 or more samples");
+    Ok(sums.into_iter().map(|(k, v)| (k, v / batches as f64)).collect())
 }
