@@ -12,13 +12,12 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, get, load_tensors};
+use common::{get, lavis_stage1_model, load_tensors};
 use qformer::masks::PaddingMask;
 use qformer::model::ImageInput;
 use qformer::objectives::{
     stage_one_losses, ItcGradient, NegativeMode, ObjectiveConfig, PretrainBatch,
 };
-use qformer::weights::{detect_parts, load, read_lavis_pth, LoadOptions, TensorSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -27,14 +26,7 @@ const BOS: u32 = 183; // [DEC] in the fixture tokenizer
 #[test]
 fn every_trainable_tensor_matches_finite_differences() {
     let dev = Device::Cpu;
-    let (cfg, hf) = TensorSet::from_hf_dir(fixture("itm"), &dev).unwrap();
-    let set = read_lavis_pth(fixture("itm/lavis_stage1.pth"), &dev)
-        .unwrap()
-        .merge(hf.vision_encoder_only())
-        .unwrap();
-    let parts = detect_parts(&cfg, &set);
-    let opts = LoadOptions { trainable: true, ..Default::default() };
-    let loaded = load(&cfg, &set, parts, &opts).unwrap();
+    let loaded = lavis_stage1_model(None);
     let varmap = loaded.varmap.as_ref().unwrap();
     let e = load_tensors("itm/expected_losses.safetensors");
     let mask = PaddingMask::from_tensor(get(&e, "text_attention_mask")).unwrap();

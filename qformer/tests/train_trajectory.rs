@@ -5,8 +5,7 @@
 
 mod common;
 
-use candle_core::Device;
-use common::{fixture, get, load_tensors, max_abs_diff};
+use common::{fixture, get, lavis_stage1_model, load_tensors, max_abs_diff};
 use qformer::masks::PaddingMask;
 use qformer::model::ImageInput;
 use qformer::objectives::{NegativeMode, ObjectiveConfig, PretrainBatch};
@@ -14,22 +13,13 @@ use qformer::train::{
     rng, stage_one_step, AdamW, AdamWConfig, DecayRule, ParamStore, StepGuard, StepVerdict,
     TrainState,
 };
-use qformer::weights::{detect_parts, load, read_lavis_pth, LoadOptions, TensorSet};
 
 const BOS: u32 = 183; // [DEC] in the fixture tokenizer
 const LOSS_TOL: f64 = 1e-3;
 
 #[test]
 fn ten_adamw_steps_follow_the_lavis_trajectory() {
-    let dev = Device::Cpu;
-    let (cfg, hf) = TensorSet::from_hf_dir(fixture("itm"), &dev).unwrap();
-    let set = read_lavis_pth(fixture("itm/lavis_stage1.pth"), &dev)
-        .unwrap()
-        .merge(hf.vision_encoder_only())
-        .unwrap();
-    let parts = detect_parts(&cfg, &set);
-    let opts = LoadOptions { trainable: true, ln_vision_eps: Some(1e-5), ..Default::default() };
-    let loaded = load(&cfg, &set, parts, &opts).unwrap();
+    let loaded = lavis_stage1_model(Some(1e-5));
     let varmap = loaded.varmap.as_ref().unwrap();
     let params = ParamStore::from_varmap(varmap, DecayRule::LavisBase);
 

@@ -45,3 +45,18 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, atol: f32) -> f32 {
     eprintln!("{what}: max abs diff {d:e}");
     d
 }
+
+/// The stage-one model as LAVIS 1.0.2 ran it for the fixtures: `itm/lavis_stage1.pth` on top of the
+/// HF directory's ViT, trainable `Var`s, `ln_vision` eps as given (None = the LAVIS source's 1e-5).
+pub fn lavis_stage1_model(ln_vision_eps: Option<f64>) -> qformer::weights::LoadedModel {
+    use qformer::weights::{detect_parts, load, read_lavis_pth, LoadOptions, TensorSet};
+    let dev = Device::Cpu;
+    let (cfg, hf) = TensorSet::from_hf_dir(fixture("itm"), &dev).unwrap();
+    let set = read_lavis_pth(fixture("itm/lavis_stage1.pth"), &dev)
+        .unwrap()
+        .merge(hf.vision_encoder_only())
+        .unwrap();
+    let parts = detect_parts(&cfg, &set);
+    let opts = LoadOptions { trainable: true, ln_vision_eps, ..Default::default() };
+    load(&cfg, &set, parts, &opts).unwrap()
+}
