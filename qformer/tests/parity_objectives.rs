@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{assert_close, fixture, get, load_tensors};
+use common::{assert_close, get, lavis_stage1_model, load_tensors};
 use qformer::masks::PaddingMask;
 use qformer::model::ImageInput;
 use qformer::objectives::cross_entropy::cross_entropy_per_row;
@@ -13,24 +13,11 @@ use qformer::objectives::{
     itc_loss, lm_inputs, stage_one_losses, CeOpts, ItcTargets, NegativeMode, ObjectiveConfig,
     PretrainBatch,
 };
-use qformer::weights::{detect_parts, load, read_lavis_pth, LoadOptions, LoadedModel, TensorSet};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const ATOL: f32 = 1e-4;
 const BOS: u32 = 183; // [DEC] in the fixture tokenizer (expected_losses.json settings.bos_token_id)
-
-fn lavis_model(ln_vision_eps: Option<f64>) -> LoadedModel {
-    let dev = Device::Cpu;
-    let (cfg, hf) = TensorSet::from_hf_dir(fixture("itm"), &dev).unwrap();
-    let set = read_lavis_pth(fixture("itm/lavis_stage1.pth"), &dev)
-        .unwrap()
-        .merge(hf.vision_encoder_only())
-        .unwrap();
-    let parts = detect_parts(&cfg, &set);
-    load(&cfg, &set, parts, &LoadOptions { trainable: true, ln_vision_eps, ..Default::default() })
-        .unwrap()
-}
 
 fn cfg() -> ObjectiveConfig {
     ObjectiveConfig {
@@ -47,7 +34,7 @@ fn to_usize(t: &Tensor) -> Vec<usize> {
 
 #[test]
 fn stage_one_losses_match_lavis() {
-    let loaded = lavis_model(None);
+    let loaded = lavis_stage1_model(None);
     let m = &loaded.model;
     let e = load_tensors("itm/expected_losses.safetensors");
     let mask = PaddingMask::from_tensor(get(&e, "text_attention_mask")).unwrap();
@@ -104,7 +91,7 @@ fn stage_one_losses_match_lavis() {
 
 #[test]
 fn stage_one_losses_match_lavis_with_hf_eps() {
-    let loaded = lavis_model(Some(1e-6));
+    let loaded = lavis_stage1_model(Some(1e-6));
     let e = load_tensors("itm/expected_losses.safetensors");
     let mask = PaddingMask::from_tensor(get(&e, "text_attention_mask")).unwrap();
     let batch = PretrainBatch {
@@ -129,7 +116,7 @@ fn stage_one_losses_match_lavis_with_hf_eps() {
 
 #[test]
 fn gradients_reach_every_trainable_part_and_itg_reaches_cross_attention() {
-    let loaded = lavis_model(None);
+    let loaded = lavis_stage1_model(None);
     let m = &loaded.model;
     let vars = loaded.varmap.as_ref().unwrap().data().lock().unwrap().clone();
     let e = load_tensors("itm/expected_losses.safetensors");
@@ -200,7 +187,7 @@ fn itc_with_distinct_image_ids_equals_diagonal_targets() {
 fn gradients_match_lavis() {
     // tests/fixtures/hf-tiny/itm/stage1_grads.safetensors: d loss / d param of LAVIS 1.0.2
     // (tools/lavis_stage1_reference.py), keys "<itc|itm|itg|total>/<LAVIS name>".
-    let loaded = lavis_model(None);
+    let loaded = lavis_stage1_model(None);
     let m = &loaded.model;
     let vars = loaded.varmap.as_ref().unwrap().data().lock().unwrap().clone();
     let e = load_tensors("itm/expected_losses.safetensors");
