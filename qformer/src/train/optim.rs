@@ -93,8 +93,9 @@ struct StepScalars {
 
 impl StepScalars {
     fn new(cfg: &AdamWConfig, lr: f64, weight_decay: f64, step: u64) -> Self {
-        let bias_correction1 = 1.0 - cfg.beta1.powi(step as i32);
-        let bias_correction2 = 1.0 - cfg.beta2.powi(step as i32);
+        // `beta ** step` with a float step in torch: libm pow, not repeated multiplication.
+        let bias_correction1 = 1.0 - cfg.beta1.powf(step as f64);
+        let bias_correction2 = 1.0 - cfg.beta2.powf(step as f64);
         Self {
             decay_factor: 1.0 - lr * weight_decay,
             lerp_weight: 1.0 - cfg.beta1,

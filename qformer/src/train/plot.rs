@@ -226,6 +226,25 @@ mod tests {
     }
 
     #[test]
+    fn plot_run_reads_the_metrics_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        let mut log = crate::train::metrics::MetricsLog::open(&run.metrics_path()).unwrap();
+        for r in records().iter().take(5) {
+            log.append(r).unwrap();
+        }
+        plot_run(&run, "run").unwrap();
+        assert!(std::fs::metadata(run.plot_path()).unwrap().len() > 1000);
+        let missing = RunDir {
+            root: dir.path().join("nope"),
+        };
+        assert!(plot_run(&missing, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("metrics.jsonl"));
+    }
+
+    #[test]
     fn writes_a_png() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("curves.png");
