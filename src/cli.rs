@@ -31,6 +31,9 @@ pub enum Command {
     Pretrain(crate::cmd::pretrain::PretrainArgs),
     /// Run the frozen ViT once over a dataset and store its features (sharded safetensors + index).
     CacheFeatures(crate::cmd::cache_features::CacheFeaturesArgs),
+    /// The whole BLIP-2 recipe on a synthetic world in minutes on CPU, no downloads: stage one,
+    /// retrieval, stage two, zero-shot VQA; results in OUT/results.md.
+    Quickstart(crate::cmd::quickstart::QuickstartArgs),
     /// Redraw RUN_DIR/curves.png from RUN_DIR/metrics.jsonl.
     Plot(crate::cmd::plot::PlotArgs),
 }

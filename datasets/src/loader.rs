@@ -85,13 +85,24 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize>
 /// Loader over a fixed list of items.
 pub struct Loader {
     items: Arc<Vec<ImageTextItem>>,
-    tokenizer: Arc<TextTokenizer>,
+    /// `None`: batches carry cleaned captions but no Q-Former token ids (stage two tokenizes
+    /// them with the LLM's tokenizer).
+    tokenizer: Option<Arc<TextTokenizer>>,
     config: Arc<LoaderConfig>,
 }
 
 impl Loader {
     pub fn new(items: Vec<ImageTextItem>, tokenizer: TextTokenizer, config: LoaderConfig) -> Self {
-        Loader { items: Arc::new(items), tokenizer: Arc::new(tokenizer), config: Arc::new(config) }
+        Loader {
+            items: Arc::new(items),
+            tokenizer: Some(Arc::new(tokenizer)),
+            config: Arc::new(config),
+        }
+    }
+
+    /// A loader whose batches have captions but no token ids (`seq_len` 0).
+    pub fn without_tokenizer(items: Vec<ImageTextItem>, config: LoaderConfig) -> Self {
+        Loader { items: Arc::new(items), tokenizer: None, config: Arc::new(config) }
     }
 
     pub fn len(&self) -> usize {
@@ -115,7 +126,14 @@ impl Loader {
             while pos < order.len() {
                 let end = (pos + bs).min(order.len());
                 let cursor = LoaderState { position: end, ..state };
-                let batch = build_batch(&items, &order[pos..end], pos, &tokenizer, &config, cursor);
+                let batch = build_batch(
+                    &items,
+                    &order[pos..end],
+                    pos,
+                    tokenizer.as_deref(),
+                    &config,
+                    cursor,
+                );
                 if tx.send(batch).is_err() {
                     return;
                 }
@@ -168,7 +186,7 @@ fn build_batch(
     items: &[ImageTextItem],
     indices: &[usize],
     first_position: usize,
-    tokenizer: &TextTokenizer,
+    tokenizer: Option<&TextTokenizer>,
     config: &LoaderConfig,
     cursor: LoaderState,
 ) -> crate::Result<ImageTextBatch> {
@@ -223,7 +241,7 @@ fn build_batch(
         }
     }
     batch.batch_size = batch.keys.len();
-    if batch.batch_size > 0 {
+    if let (true, Some(tokenizer)) = (batch.batch_size > 0, tokenizer) {
         let texts: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
         let tokens = tokenizer.encode(&texts, config.padding)?;
         batch.input_ids = tokens.input_ids;

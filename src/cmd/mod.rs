@@ -9,6 +9,7 @@ pub mod eval;
 pub mod generate;
 pub mod plot;
 pub mod pretrain;
+pub mod quickstart;
 pub mod score;
 pub mod synth;
 
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Embed(args) => embed::run(args),
         Command::Pretrain(args) => pretrain::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Quickstart(args) => quickstart::run(args),
         Command::CacheFeatures(args) => cache_features::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Caption(args) => caption::run(args),

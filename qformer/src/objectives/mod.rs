@@ -5,6 +5,7 @@ pub mod itc;
 pub mod itm;
 pub mod lm;
 pub mod stage1;
+pub mod stage2;
 
 pub use cross_entropy::{cross_entropy, soft_cross_entropy, CeOpts, IGNORE_INDEX};
 pub use itc::{
@@ -14,3 +15,4 @@ pub use itc::{
 pub use itm::{itm_loss, select_negatives, NegativeMode, Negatives};
 pub use lm::{lm_inputs, lm_loss, LmInputs, ITG_LABEL_SMOOTHING};
 pub use stage1::{stage_one_losses, ObjectiveConfig, PretrainBatch, PretrainLosses};
+pub use stage2::{is_stage_two_trainable, stage_two_loss, StageTwoBatch, StageTwoText};

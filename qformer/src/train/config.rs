@@ -54,6 +54,13 @@ pub struct ModelConfig {
     /// Frozen image-encoder weights (safetensors).
     pub vision_weights: Option<PathBuf>,
     pub freeze_vit: bool,
+    /// Stage two: a BLIP-2 OPT / FLAN-T5 directory in HF layout (`config.json` with
+    /// `text_config`, `language_model.*` weights, the LLM's `tokenizer.json`). The LLM is frozen;
+    /// its `language_projection` is continued when present, else freshly initialized.
+    pub llm: Option<PathBuf>,
+    /// Stage two: text before every caption (LAVIS `prompt`, "" in pretrain_stage2); it takes
+    /// no loss.
+    pub prompt: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +194,8 @@ impl Default for ModelConfig {
             init_from: None,
             vision_weights: None,
             freeze_vit: true,
+            llm: None,
+            prompt: String::new(),
         }
     }
 }
@@ -541,6 +550,7 @@ fn schema() -> toml::Table {
     c.model.config = Some(PathBuf::new());
     c.model.init_from = Some(PathBuf::new());
     c.model.vision_weights = Some(PathBuf::new());
+    c.model.llm = Some(PathBuf::new());
     c.data.root = Some(PathBuf::new());
     c.data.synthetic = Some(1);
     c.data.features = Some(PathBuf::new());

@@ -40,10 +40,10 @@ mod resume_test;
 
 pub use checkpoint::{Checkpointer, Retention, TrainState};
 pub use config::RunConfig;
-pub use grad::{accumulate_grads, clip_grad_norm, Accumulated, StepGuard, StepVerdict};
+pub use grad::{accumulate_grads, clip_grad_norm, Accumulated, MicroLoss, StepGuard, StepVerdict};
 pub use metrics::{MetricsLog, MetricsRecord};
 pub use optim::{AdamW, AdamWConfig};
 pub use params::{DecayRule, LoadReport, ParamStore};
 pub use rng::TrainRng;
 pub use schedule::{LrSchedule, SchedulePos};
-pub use step::{stage_one_step, StepOutcome};
+pub use step::{optimizer_step, stage_one_step, stage_two_step, StepOutcome, StepSettings};

@@ -13,10 +13,12 @@ use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
 use datasets::{ImageSource, ImageTextItem, Loader, LoaderConfig};
 use qformer::train::RunConfig;
 
+/// `tokenizer`: the Q-Former's (stage one); `None` in stage two, whose captions are tokenized
+/// with the LLM's tokenizer.
 pub fn loader(
     cfg: &RunConfig,
     run_root: &Path,
-    tokenizer: TextTokenizer,
+    tokenizer: Option<TextTokenizer>,
     image_size: usize,
 ) -> Result<Loader> {
     let root = match (&cfg.data.root, cfg.data.synthetic) {
@@ -52,7 +54,10 @@ pub fn loader(
         padding: Padding::Longest,
         limits: DecodeLimits::default(),
     };
-    Ok(Loader::new(items, tokenizer, config))
+    Ok(match tokenizer {
+        Some(t) => Loader::new(items, t, config),
+        None => Loader::without_tokenizer(items, config),
+    })
 }
 
 /// The held-out split for validation losses: `annotations/karpathy_val.json` of the data root

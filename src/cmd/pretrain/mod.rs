@@ -1,4 +1,5 @@
-//! `blip2 pretrain`: the stage-one training loop (ITC + ITM + ITG with a frozen ViT).
+//! `blip2 pretrain`: the training loop of stage one (ITC + ITM + ITG with a frozen ViT) and
+//! stage two (LM loss through a frozen OPT / FLAN-T5, `stage = "stage2"`, see `stage_two`).
 //!
 //! Each optimizer step takes `batch.size` samples from the loader, splits them into
 //! `batch.micro_batches` forward/backward passes and runs `qformer::train::stage_one_step`
@@ -8,8 +9,9 @@
 
 mod data;
 mod features;
-mod init;
+pub(crate) mod init;
 mod model;
+mod stage_two;
 mod validate;
 
 use std::path::PathBuf;
@@ -24,12 +26,12 @@ use datasets::text::TextTokenizer;
 use datasets::{ImageTextBatch, LoaderState};
 use qformer::masks::PaddingMask;
 use qformer::model::ImageInput;
-use qformer::objectives::{NegativeMode, ObjectiveConfig, PretrainBatch};
+use qformer::objectives::{NegativeMode, ObjectiveConfig, PretrainBatch, StageTwoBatch};
 use qformer::train::checkpoint::RunDir;
 use qformer::train::config::Stage;
 use qformer::train::{
-    plot, rng, stage_one_step, AdamW, Checkpointer, MetricsLog, MetricsRecord, ParamStore,
-    Retention, RunConfig, StepGuard, StepVerdict, TrainState,
+    plot, rng, stage_one_step, stage_two_step, AdamW, Checkpointer, MetricsLog, MetricsRecord,
+    ParamStore, Retention, RunConfig, StepGuard, StepVerdict, TrainState,
 };
 
 #[derive(Debug, Args)]
@@ -99,10 +101,13 @@ pub(crate) fn to_micro(
         };
         let ids = &b.input_ids[start * b.seq_len..(start + n) * b.seq_len];
         let ids = Tensor::from_slice(ids, (n, b.seq_len), dev)?;
-        let rows: Vec<Vec<u32>> = b.attention_mask[start * b.seq_len..(start + n) * b.seq_len]
-            .chunks(b.seq_len)
-            .map(<[u32]>::to_vec)
-            .collect();
+        let rows: Vec<Vec<u32>> = match b.seq_len {
+            0 => vec![Vec::new(); n], // no Q-Former text (stage two)
+            l => b.attention_mask[start * l..(start + n) * l]
+                .chunks(l)
+                .map(<[u32]>::to_vec)
+                .collect(),
+        };
         out.push((pixels, ids, PaddingMask::from_rows(&rows)?));
     }
     Ok(out)
@@ -110,23 +115,40 @@ pub(crate) fn to_micro(
 
 pub fn run(args: PretrainArgs) -> Result<()> {
     let (cfg, root) = resolve_config(&args)?;
-    if cfg.stage != Stage::Stage1 {
-        bail!("stage: only stage1 training is implemented so far");
+    if cfg.stage == Stage::Stage2 && cfg.validation.every_steps.is_some() {
+        bail!("validation.every_steps: validation losses are stage-one losses; unset it for stage = \"stage2\"");
     }
     let dev = parse_device(&cfg.device)?;
     let run = RunDir::create(&root)?;
     cfg.save(&run.config_path())?;
 
     let built = model::build(&cfg, &dev)?;
-    let params = ParamStore::from_varmap(&built.varmap, cfg.optimizer.decay_rule);
+    let stage_two = match cfg.stage {
+        Stage::Stage1 => None,
+        Stage::Stage2 => Some(stage_two::StageTwo::load(
+            &cfg,
+            built.model.config().qformer_config.hidden_size,
+            &dev,
+        )?),
+    };
+    let params = match &stage_two {
+        None => ParamStore::from_varmap(&built.varmap, cfg.optimizer.decay_rule),
+        Some(s2) => s2.params(&built.varmap, cfg.optimizer.decay_rule),
+    };
     println!("{}", params.summary());
     let tok_path = built.dir.join("tokenizer.json");
-    let tokenizer = TextTokenizer::from_file(&tok_path, cfg.data.max_txt_len as usize)
-        .with_context(|| format!("reading the tokenizer {}", tok_path.display()))?;
+    // Stage two never uses the Q-Former tokenizer (BLIP-2 OPT/T5 directories hold the LLM's).
+    let tokenizer = match cfg.stage {
+        Stage::Stage1 => Some(
+            TextTokenizer::from_file(&tok_path, cfg.data.max_txt_len as usize)
+                .with_context(|| format!("reading the tokenizer {}", tok_path.display()))?,
+        ),
+        Stage::Stage2 => None,
+    };
     let objectives = ObjectiveConfig {
         negatives: NegativeMode::Sample,
-        bos_token_id: tokenizer.bos_id,
-        pad_token_id: tokenizer.pad_id,
+        bos_token_id: tokenizer.as_ref().map_or(0, |t| t.bos_id),
+        pad_token_id: tokenizer.as_ref().map_or(0, |t| t.pad_id),
         ..Default::default()
     };
     let image_size = built.model.config().vision_config.image_size;
@@ -196,30 +218,59 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         let t0 = Instant::now();
         let lr = schedule.lr(state.schedule_pos());
         let micro = to_micro(&batch, cfg.batch.micro_batches, cache.as_ref(), &dev)?;
-        let views: Vec<PretrainBatch> = micro
-            .iter()
-            .map(|(px, ids, mask)| PretrainBatch {
-                image: match cache {
-                    Some(_) => ImageInput::VisionFeatures(px),
-                    None => ImageInput::Pixels(px),
-                },
-                input_ids: ids,
-                attention_mask: mask,
-                image_ids: None,
-            })
-            .collect();
+        let image = |px| match cache {
+            Some(_) => ImageInput::VisionFeatures(px),
+            None => ImageInput::Pixels(px),
+        };
         let step = state.step;
-        let out = stage_one_step(
-            &built.model,
-            &params,
-            &mut opt,
-            &mut state,
-            &objectives,
-            &views,
-            lr,
-            cfg.optimizer.max_grad_norm,
-            batch.batch_size as u64,
-        )?;
+        let samples = batch.batch_size as u64;
+        let max_norm = cfg.optimizer.max_grad_norm;
+        let out = match &stage_two {
+            None => {
+                let views: Vec<PretrainBatch> = micro
+                    .iter()
+                    .map(|(px, ids, mask)| PretrainBatch {
+                        image: image(px),
+                        input_ids: ids,
+                        attention_mask: mask,
+                        image_ids: None,
+                    })
+                    .collect();
+                stage_one_step(
+                    &built.model,
+                    &params,
+                    &mut opt,
+                    &mut state,
+                    &objectives,
+                    &views,
+                    lr,
+                    max_norm,
+                    samples,
+                )?
+            }
+            Some(s2) => {
+                // Same split as `to_micro`: consecutive chunks of ceil(B / micro) samples.
+                let per = batch.batch_size.div_ceil(cfg.batch.micro_batches).max(1);
+                let views = micro
+                    .iter()
+                    .zip(batch.captions.chunks(per))
+                    .map(|((px, _, _), caps)| {
+                        Ok(StageTwoBatch { image: image(px), text: s2.texts(caps)? })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                stage_two_step(
+                    &built.model,
+                    &s2.llm,
+                    &params,
+                    &mut opt,
+                    &mut state,
+                    &views,
+                    lr,
+                    max_norm,
+                    samples,
+                )?
+            }
+        };
         cursor = batch.state_after;
         state.loader = serde_json::to_value(cursor)?;
 
@@ -256,7 +307,11 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     }
     drop(epoch);
     bar.finish();
-    plot::plot_run(&run, "blip2 pretrain (stage 1)")?;
+    let title = match cfg.stage {
+        Stage::Stage1 => "blip2 pretrain (stage 1)",
+        Stage::Stage2 => "blip2 pretrain (stage 2)",
+    };
+    plot::plot_run(&run, title)?;
     println!("{} steps done; run in {}", state.step, run.root.display());
     Ok(())
 }

@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 
 use qformer::model::{Blip2Qformer, ModelParts};
+use qformer::train::config::Stage;
 use qformer::train::{rng, RunConfig};
 use qformer::weights::{
     detect_parts, load, read_lavis_pth, read_lavis_safetensors, LoadOptions, TensorSet,
@@ -38,7 +39,9 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<RunModel> {
             // (LAVIS names) beside them.
             let (hf_cfg, mut set) = TensorSet::from_hf_dir(src, device)
                 .with_context(|| format!("reading model.init_from {}", src.display()))?;
-            if !set.names().any(|n| n.starts_with("cls.predictions.")) {
+            // Stage two needs no ITG head (and BLIP-2 OPT/T5 directories have none).
+            let stage_one = cfg.stage == Stage::Stage1;
+            if stage_one && !set.names().any(|n| n.starts_with("cls.predictions.")) {
                 let head = src.join("lm_head.safetensors");
                 if !head.exists() {
                     bail!("model.init_from {}: no ITG head (cls.predictions.*) and no lm_head.safetensors beside it", src.display());

@@ -1,0 +1,153 @@
+//! Stage two of `blip2 pretrain` (LAVIS `blip2_opt` / `blip2_t5` pretraining): the frozen LLM of
+//! `model.llm`, a `language_projection` to train, and each batch's captions as LLM token ids.
+//!
+//! The LLM weights are loaded as constants (not `Var`s), so backward never computes gradients
+//! for them and the optimizer holds no state for them; what trains is the Q-Former's query path,
+//! the query tokens, `ln_vision` and the projection (`is_stage_two_trainable`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use tokenizers::Tokenizer;
+
+use qformer::llm::{Blip2Llm, Blip2LlmConfig, LanguageModel, LanguageProjection, TextConfig};
+use qformer::objectives::{is_stage_two_trainable, StageTwoText};
+use qformer::train::{rng, DecayRule, ParamStore, RunConfig};
+use qformer::weights::TensorSet;
+
+use super::init::init_fresh;
+
+pub struct StageTwo {
+    pub llm: Blip2Llm,
+    /// `language_projection.{weight,bias}`: trainable.
+    pub projection_vars: VarMap,
+    tokenizer: Tokenizer,
+    tokenizer_path: PathBuf,
+    prompt: String,
+    max_txt_len: usize,
+}
+
+impl StageTwo {
+    /// Loads the LLM of `model.llm` frozen and the projection (continued or fresh).
+    pub fn load(cfg: &RunConfig, qformer_hidden: usize, device: &Device) -> Result<Self> {
+        let Some(dir) = &cfg.model.llm else {
+            bail!("stage = \"stage2\" needs model.llm: a BLIP-2 OPT or FLAN-T5 directory in HF layout (config.json with text_config, language_model.* weights, the LLM's tokenizer.json)");
+        };
+        let config_path = dir.join("config.json");
+        let mut llm_cfg = Blip2LlmConfig::from_json_file(&config_path)
+            .with_context(|| format!("model.llm {}", dir.display()))?;
+        llm_cfg.qformer_hidden_size = qformer_hidden;
+        let (_, set) = TensorSet::from_hf_dir(dir, device)
+            .with_context(|| format!("reading the weights of model.llm {}", dir.display()))?;
+        let lm: HashMap<String, Tensor> = set
+            .names()
+            .filter_map(|n| n.strip_prefix("language_model.").map(|s| (s.to_string(), n)))
+            .filter_map(|(short, n)| set.get(n).map(|t| (short, t.clone())))
+            .collect();
+        if lm.is_empty() {
+            bail!("model.llm {}: no language_model.* tensors", dir.display());
+        }
+        let language_model =
+            LanguageModel::load(VarBuilder::from_tensors(lm, DType::F32, device), &llm_cfg.text)
+                .with_context(|| format!("loading language_model.* from {}", dir.display()))?;
+
+        let projection_vars = VarMap::new();
+        let projection = LanguageProjection::new(
+            qformer_hidden,
+            llm_cfg.llm_hidden_size(),
+            VarBuilder::from_varmap(&projection_vars, DType::F32, device).pp("language_projection"),
+        )?;
+        let named: Vec<(String, candle_core::Var)> = {
+            let data = projection_vars.data().lock().expect("VarMap lock");
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let continued =
+            named.iter().all(|(n, var)| set.get(n).is_some_and(|t| t.dims() == var.dims()));
+        if continued {
+            for (n, var) in &named {
+                let t = set.get(n).expect("checked above").to_dtype(DType::F32)?;
+                var.set(&t)?;
+            }
+        } else {
+            init_fresh(&named, &mut rng::substream(cfg.seed, "init/language_projection"))?;
+        }
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| anyhow!("reading the LLM tokenizer {}: {e}", tokenizer_path.display()))?;
+        println!(
+            "stage two: frozen {} from {}, language_projection {}",
+            match llm_cfg.text {
+                TextConfig::Opt(_) => "OPT",
+                TextConfig::T5(_) => "FLAN-T5",
+            },
+            dir.display(),
+            if continued { "continued" } else { "fresh" }
+        );
+        Ok(Self {
+            llm: Blip2Llm { projection, language_model, config: llm_cfg },
+            projection_vars,
+            tokenizer,
+            tokenizer_path,
+            prompt: cfg.model.prompt.clone(),
+            max_txt_len: cfg.data.max_txt_len as usize,
+        })
+    }
+
+    /// The trainable parameters: the Q-Former's query path (from `qformer_vars`) and the projection.
+    pub fn params(&self, qformer_vars: &VarMap, rule: DecayRule) -> ParamStore {
+        let mut store = ParamStore::new();
+        for vm in [qformer_vars, &self.projection_vars] {
+            let data = vm.data().lock().expect("VarMap lock");
+            let mut named: Vec<_> = data.iter().collect();
+            named.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, var) in named {
+                if is_stage_two_trainable(name) {
+                    store.insert(name, var.clone(), true, rule);
+                }
+            }
+        }
+        store
+    }
+
+    fn ids(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self.tokenizer.encode(text, special).map_err(|e| {
+            anyhow!("tokenizing {text:?} with {}: {e}", self.tokenizer_path.display())
+        })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Captions as LAVIS tokenizes them. OPT: `prompt + caption + "\n"` with the tokenizer's BOS,
+    /// truncated to `max_txt_len`, the BOS + prompt tokens taking no loss. FLAN-T5: caption ids
+    /// (the prefix-LM split happens in the loss).
+    pub fn texts(&self, captions: &[String]) -> Result<StageTwoText> {
+        match self.llm.language_model {
+            LanguageModel::Opt(_) => {
+                let prompt_len = self.ids(&self.prompt, true)?.len();
+                let mut texts = Vec::with_capacity(captions.len());
+                for c in captions {
+                    let mut ids = self.ids(&format!("{}{c}\n", self.prompt), true)?;
+                    ids.truncate(self.max_txt_len);
+                    if ids.len() <= prompt_len {
+                        bail!("caption {c:?} leaves no target tokens after the prompt (data.max_txt_len {})", self.max_txt_len);
+                    }
+                    texts.push(ids);
+                }
+                Ok(StageTwoText::Opt { prompt_lens: vec![prompt_len; texts.len()], texts })
+            }
+            LanguageModel::T5(_) => {
+                let captions = captions
+                    .iter()
+                    .map(|c| {
+                        let mut ids = self.ids(c, false)?;
+                        ids.truncate(self.max_txt_len);
+                        Ok(ids)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(StageTwoText::T5PrefixLm { captions })
+            }
+        }
+    }
+}

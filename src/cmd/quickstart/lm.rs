@@ -1,0 +1,112 @@
+//! Phase 2b: pretrain the tiny OPT on the world's *text only* (it never sees an image).
+//!
+//! Each document is a description of a scene followed by `</s>` and either another description
+//! of the same scene (a paraphrase) or a question about it in the zero-shot VQA prompt with its
+//! answer:
+//!
+//! ```text
+//! </s> a red circle above two blue squares </s> two blue squares below a red circle \n
+//! </s> a red circle above two blue squares </s> Question: what color is the circle? Short answer: red \n
+//! ```
+//!
+//! So the LM learns to restate and to answer about *whatever precedes the second `</s>`*. Stage
+//! two then trains the Q-Former to put the image there: the LLM input is
+//! `[projected queries] </s> caption \n`, exactly the slot the first description held, and
+//! zero-shot VQA asks `[projected queries] </s> Question: … Short answer:`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Result};
+use candle_core::{DType, Device};
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use tokenizers::Tokenizer;
+
+use eval::vqa::zero_shot::{format_prompt, DEFAULT_PROMPT};
+use qformer::llm::{causal_lm_loss, pad_batch, PaddingSide, IGNORE_INDEX};
+use qformer::train::{MicroLoss, TrainRng};
+
+use super::world::World;
+
+/// Token ids of one scene's texts.
+pub struct SceneText {
+    pub captions: Vec<Vec<u32>>,
+    /// (prompt ids incl. nothing special, answer ids)
+    pub qa: Vec<(Vec<u32>, Vec<u32>)>,
+}
+
+pub struct LmCorpus {
+    pub scenes: Vec<SceneText>,
+    pub bos: u32,
+    pub newline: u32,
+    pub pad: u32,
+}
+
+pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tok.encode(text, false).map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?.get_ids().to_vec())
+}
+
+impl LmCorpus {
+    /// The training split's captions and question/answer pairs, grouped by image.
+    pub fn from_world(world: &World, tok: &Tokenizer, newline: u32) -> Result<Self> {
+        let mut by_image: BTreeMap<String, SceneText> = BTreeMap::new();
+        for item in &world.train {
+            by_image
+                .entry(item.key.clone())
+                .or_insert_with(|| SceneText { captions: vec![], qa: vec![] })
+                .captions
+                .push(encode(tok, &item.caption)?);
+        }
+        for q in &world.train_questions {
+            let Some(scene) = by_image.get_mut(&World::image_of_question(q)) else { continue };
+            let Some(ann) = &q.annotation else { continue };
+            let answer =
+                ann.multiple_choice_answer.clone().unwrap_or_else(|| ann.answers[0].answer.clone());
+            let prompt = format_prompt(DEFAULT_PROMPT, &q.question)?;
+            scene.qa.push((encode(tok, &prompt)?, encode(tok, &answer)?));
+        }
+        Ok(Self { scenes: by_image.into_values().collect(), bos: 2, newline, pad: 1 })
+    }
+
+    /// One random document: `</s> caption </s> (paraphrase | question answer) \n`.
+    pub fn sample(&self, rng: &mut TrainRng) -> Vec<u32> {
+        let scene = &self.scenes[rng.random_range(0..self.scenes.len())];
+        let mut doc = vec![self.bos];
+        doc.extend(scene.captions.choose(rng).expect("every scene has captions"));
+        doc.push(self.bos);
+        if scene.qa.is_empty() || rng.random_bool(0.3) {
+            doc.extend(scene.captions.choose(rng).expect("every scene has captions"));
+        } else {
+            let (q, a) = scene.qa.choose(rng).expect("non-empty");
+            doc.extend(q);
+            doc.extend(a);
+        }
+        doc.push(self.newline);
+        doc
+    }
+
+    /// Mean next-token loss of `batch` documents drawn from `rng` (pads ignored).
+    pub fn loss(
+        &self,
+        opt: &qformer::llm::OptForCausalLm,
+        batch: usize,
+        rng: &mut TrainRng,
+        device: &Device,
+    ) -> qformer::Result<MicroLoss> {
+        let docs: Vec<Vec<u32>> = (0..batch).map(|_| self.sample(rng)).collect();
+        let (ids, mask) = pad_batch(&docs, self.pad, PaddingSide::Right, device)?;
+        let l = ids.dim(1)?;
+        let labels: Vec<Vec<i64>> = docs
+            .iter()
+            .map(|d| {
+                let mut row: Vec<i64> = d.iter().map(|&t| t as i64).collect();
+                row.resize(l, IGNORE_INDEX);
+                row
+            })
+            .collect();
+        let embeds = opt.embed(&ids)?;
+        let (logits, _) = opt.forward_embeds(&embeds, &mask.to_dtype(DType::U32)?, None)?;
+        let loss = causal_lm_loss(&logits, &labels)?;
+        Ok(MicroLoss { total: loss.clone(), parts: vec![("lm".into(), loss)] })
+    }
+}

@@ -1,0 +1,452 @@
+//! `blip2 quickstart`: the whole BLIP-2 recipe end to end on a synthetic world, on CPU, with no
+//! downloads. Phases (each timed, each training run with `metrics.jsonl` + `curves.png`):
+//!
+//! 1. write the shapes world (PNG + Karpathy JSON + VQAv2 files) and read it back;
+//! 2. frozen parts: a tiny BLIP-2 ViT (random, frozen) run once over every image, and a tiny OPT
+//!    pretrained on the world's text only;
+//! 3. stage one: the Q-Former with ITC + ITM + ITG on the frozen features;
+//! 4. retrieval on the test split (ITC and ITM re-ranked) against chance and the untrained Q-Former;
+//! 5. stage two: Q-Former + projection into the frozen OPT;
+//! 6. zero-shot VQA with the official metric against majority and no-image baselines; captions;
+//! 7. `results.md` / `results.json`.
+
+mod evaluate;
+mod lm;
+mod models;
+mod report;
+mod trainer;
+mod vocab;
+mod world;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+use clap::{Args, ValueEnum};
+use rand::seq::SliceRandom;
+
+use datasets::text::{Padding, TextTokenizer};
+use qformer::llm::{Blip2Llm, LanguageModel};
+use qformer::masks::PaddingMask;
+use qformer::model::ImageInput;
+use qformer::objectives::{
+    is_stage_two_trainable, stage_one_losses, stage_two_loss, NegativeMode, ObjectiveConfig,
+    PretrainBatch, StageTwoBatch, StageTwoText,
+};
+use qformer::train::{rng, DecayRule, MicroLoss, ParamStore, TrainRng};
+
+use crate::common::device::parse_device;
+use evaluate::Context as VqaContext;
+use models::{named, Models, Sizes};
+use report::{Results, Timings};
+use trainer::{PhaseOptim, PhaseTrainer};
+use world::{FeatureStore, World};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scale {
+    /// About ten minutes on a 2-core laptop: the numbers the README shows.
+    Default,
+    /// Twice the steps of `default`: better numbers for twice the time.
+    Long,
+    /// Seconds, tiny sizes: the pipeline test.
+    Ci,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Where everything goes (world, models, runs, results.md).
+    #[arg(long, default_value = "runs/quickstart")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "default")]
+    pub scale: Scale,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images in the world (10% are the test split).
+    #[arg(long)]
+    pub images: Option<usize>,
+    #[arg(long)]
+    pub lm_steps: Option<u64>,
+    #[arg(long)]
+    pub stage1_steps: Option<u64>,
+    #[arg(long)]
+    pub stage2_steps: Option<u64>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Everything a run is made of.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    pub images: usize,
+    pub seed: u64,
+    pub sizes: Sizes,
+    pub lm: PhaseOptim,
+    pub stage1: PhaseOptim,
+    pub stage2: PhaseOptim,
+    pub k_test: usize,
+}
+
+impl Plan {
+    pub fn new(args: &QuickstartArgs) -> Self {
+        let (images, sizes, lm, s1, s2, k_test) = match args.scale {
+            Scale::Ci => (
+                200,
+                Sizes {
+                    image_size: 32,
+                    patch_size: 8,
+                    vit_hidden: 32,
+                    vit_layers: 1,
+                    qformer_hidden: 32,
+                    qformer_layers: 1,
+                    queries: 4,
+                    embed_dim: 16,
+                    opt_hidden: 32,
+                    opt_layers: 1,
+                },
+                PhaseOptim { steps: 30, batch: 16, lr: 3e-3, warmup_steps: 3, weight_decay: 0.01 },
+                PhaseOptim { steps: 30, batch: 16, lr: 1e-3, warmup_steps: 3, weight_decay: 0.05 },
+                PhaseOptim { steps: 15, batch: 16, lr: 1e-3, warmup_steps: 2, weight_decay: 0.05 },
+                4,
+            ),
+            Scale::Default | Scale::Long => (
+                6000,
+                Sizes {
+                    image_size: 64,
+                    patch_size: 8,
+                    vit_hidden: 96,
+                    vit_layers: 2,
+                    qformer_hidden: 128,
+                    qformer_layers: 3,
+                    queries: 8,
+                    embed_dim: 64,
+                    opt_hidden: 128,
+                    opt_layers: 2,
+                },
+                PhaseOptim {
+                    steps: 800,
+                    batch: 32,
+                    lr: 2e-3,
+                    warmup_steps: 40,
+                    weight_decay: 0.01,
+                },
+                PhaseOptim {
+                    steps: 800,
+                    batch: 32,
+                    lr: 5e-4,
+                    warmup_steps: 40,
+                    weight_decay: 0.05,
+                },
+                PhaseOptim {
+                    steps: 400,
+                    batch: 32,
+                    lr: 5e-4,
+                    warmup_steps: 20,
+                    weight_decay: 0.05,
+                },
+                16,
+            ),
+        };
+        let mul = if args.scale == Scale::Long { 2 } else { 1 };
+        let steps =
+            |o: Option<u64>, p: PhaseOptim| PhaseOptim { steps: o.unwrap_or(p.steps * mul), ..p };
+        Plan {
+            images: args.images.unwrap_or(images),
+            seed: args.seed,
+            sizes,
+            lm: steps(args.lm_steps, lm),
+            stage1: steps(args.stage1_steps, s1),
+            stage2: steps(args.stage2_steps, s2),
+            k_test,
+        }
+    }
+}
+
+/// Shuffled passes over `0..n`, from a seeded stream.
+struct EpochSampler {
+    order: Vec<usize>,
+    pos: usize,
+    rng: TrainRng,
+}
+
+impl EpochSampler {
+    fn new(n: usize, rng: TrainRng) -> Self {
+        Self { order: (0..n).collect(), pos: n, rng }
+    }
+    fn next(&mut self, b: usize) -> Vec<usize> {
+        (0..b)
+            .map(|_| {
+                if self.pos == self.order.len() {
+                    self.order.shuffle(&mut self.rng);
+                    self.pos = 0;
+                }
+                self.pos += 1;
+                self.order[self.pos - 1]
+            })
+            .collect()
+    }
+}
+
+pub fn run(args: QuickstartArgs) -> Result<()> {
+    let plan = Plan::new(&args);
+    let out = args.out.clone();
+    if out.join("results.json").exists() || out.join("world").exists() {
+        anyhow::bail!(
+            "{} already holds a quickstart run: remove it or pass another --out",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let dev = parse_device(&args.device)?;
+    let mut t = Timings::default();
+    let total = Instant::now();
+
+    // 1. The world.
+    let clock = Instant::now();
+    let world = World::write_and_read(
+        &out.join("world"),
+        plan.images,
+        plan.seed,
+        plan.sizes.image_size as u32,
+    )?;
+    t.add("1. synthesize + read the world", clock);
+    println!(
+        "world: {} train captions, {} test images / {} test captions, {} test questions",
+        world.train.len(),
+        world.test.images.len(),
+        world.test.texts.len(),
+        world.test_questions.len()
+    );
+
+    // 2. Tokenizers, models, frozen features, LM pretraining.
+    let clock = Instant::now();
+    let model_dir = out.join("model");
+    std::fs::create_dir_all(&model_dir)?;
+    let words = vocab::world_words(world.train_texts());
+    let q_vocab =
+        vocab::write_qformer_tokenizer(&model_dir.join("qformer_tokenizer.json"), &words)?;
+    let o_vocab = vocab::write_opt_tokenizer(&model_dir.join("tokenizer.json"), &words)?;
+    models::write_config(&model_dir.join("config.json"), &plan.sizes, q_vocab, o_vocab)?;
+    let mut models = Models::fresh(&model_dir.join("config.json"), plan.seed, &dev)?;
+    let qtok = TextTokenizer::from_file(&model_dir.join("qformer_tokenizer.json"), 32)?;
+    let otok = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("reading the OPT tokenizer: {e}"))?;
+    let mut all_images: Vec<String> = world.train.iter().map(|i| i.key.clone()).collect();
+    all_images.extend(world.test.images.iter().map(|i| i.image.clone()));
+    all_images.sort();
+    all_images.dedup();
+    let features = FeatureStore::compute(
+        &models.qformer,
+        &world.root,
+        &all_images,
+        plan.sizes.image_size,
+        &dev,
+    )?;
+    t.add("2a. frozen ViT features (random ViT, once)", clock);
+
+    let clock = Instant::now();
+    let corpus = lm::LmCorpus::from_world(&world, &otok, vocab_id(&otok, vocab::NEWLINE)?)?;
+    let lm_params = params_where(&[&models.llm_vars], |n| n.starts_with("language_model."));
+    let mut lm_run = PhaseTrainer::new(&out.join("runs/lm"), "lm", lm_params, plan.lm, plan.seed)?;
+    while !lm_run.done() {
+        let opt = models.opt();
+        lm_run.step(plan.lm.batch, |r| corpus.loss(opt, plan.lm.batch, r, &dev))?;
+    }
+    let lm_summary = lm_run.finish()?;
+    freeze_language_model(&mut models)?;
+    t.add("2b. pretrain the OPT on world text", clock);
+
+    // 3. Stage one.
+    let objectives = ObjectiveConfig {
+        negatives: NegativeMode::Sample,
+        bos_token_id: qtok.bos_id,
+        pad_token_id: qtok.pad_id,
+        ..Default::default()
+    };
+    let clock = Instant::now();
+    let untrained = evaluate::retrieval(&models, &features, &world, &qtok, plan.k_test)?;
+    t.add("4a. retrieval, untrained Q-Former", clock);
+    let clock = Instant::now();
+    let s1_params = ParamStore::from_varmap(&models.qformer_vars, DecayRule::LavisBase);
+    let mut s1 =
+        PhaseTrainer::new(&out.join("runs/stage1"), "stage1", s1_params, plan.stage1, plan.seed)?;
+    let mut sampler =
+        EpochSampler::new(world.train.len(), rng::substream(plan.seed, "data/stage1"));
+    while !s1.done() {
+        let idx = sampler.next(plan.stage1.batch);
+        let items: Vec<_> = idx.iter().map(|&i| &world.train[i]).collect();
+        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        let feats = features.rows(&keys)?;
+        let captions: Vec<&str> = items.iter().map(|i| i.caption.as_str()).collect();
+        let tok = qtok.encode(&captions, Padding::Longest)?;
+        let ids = Tensor::from_vec(tok.input_ids.clone(), (tok.batch, tok.seq_len), &dev)?;
+        let rows: Vec<Vec<u32>> =
+            tok.attention_mask.chunks(tok.seq_len).map(<[u32]>::to_vec).collect();
+        let mask = PaddingMask::from_rows(&rows)?;
+        let image_ids: Vec<i64> = items.iter().map(|i| i.image_id as i64).collect();
+        let batch = PretrainBatch {
+            image: ImageInput::VisionFeatures(&feats),
+            input_ids: &ids,
+            attention_mask: &mask,
+            image_ids: Some(&image_ids),
+        };
+        s1.step(items.len(), |r| {
+            let o = stage_one_losses(&models.qformer, &batch, &objectives, true, r)?;
+            Ok(MicroLoss {
+                total: o.total,
+                parts: vec![("itc".into(), o.itc), ("itm".into(), o.itm), ("lm".into(), o.lm)],
+            })
+        })?;
+    }
+    let s1_summary = s1.finish()?;
+    t.add("3. stage one (ITC + ITM + ITG)", clock);
+
+    // 4. Retrieval.
+    let clock = Instant::now();
+    let trained = evaluate::retrieval(&models, &features, &world, &qtok, plan.k_test)?;
+    t.add("4b. retrieval, trained Q-Former", clock);
+
+    // 5. Stage two.
+    let clock = Instant::now();
+    let s2_params = params_where(&[&models.qformer_vars, &models.llm_vars], |n| {
+        is_stage_two_trainable(n) || n.starts_with("language_projection.")
+    });
+    let mut s2 =
+        PhaseTrainer::new(&out.join("runs/stage2"), "stage2", s2_params, plan.stage2, plan.seed)?;
+    let mut sampler =
+        EpochSampler::new(world.train.len(), rng::substream(plan.seed, "data/stage2"));
+    let nl = vocab_id(&otok, vocab::NEWLINE)?;
+    while !s2.done() {
+        let idx = sampler.next(plan.stage2.batch);
+        let items: Vec<_> = idx.iter().map(|&i| &world.train[i]).collect();
+        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        let feats = features.rows(&keys)?;
+        // LAVIS blip2_opt: BOS + caption + "\n", no prompt.
+        let texts = items
+            .iter()
+            .map(|i| {
+                let mut ids = vec![2u32];
+                ids.extend(lm::encode(&otok, &i.caption)?);
+                ids.push(nl);
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch = StageTwoBatch {
+            image: ImageInput::VisionFeatures(&feats),
+            text: StageTwoText::Opt { prompt_lens: vec![1; texts.len()], texts },
+        };
+        s2.step(items.len(), |r| {
+            let lm = stage_two_loss(&models.qformer, &models.llm, &batch, true, r)?;
+            Ok(MicroLoss { total: lm.clone(), parts: vec![("lm".into(), lm)] })
+        })?;
+    }
+    let s2_summary = s2.finish()?;
+    t.add("5. stage two (Q-Former -> frozen OPT)", clock);
+
+    // 6. Zero-shot VQA, baselines, captions.
+    let clock = Instant::now();
+    let ann = world.root.join("vqa/test_annotations.json");
+    let items = evaluate::vqa_items(&world.test_questions)?;
+    let gold: HashMap<String, String> =
+        world.test.images.iter().map(|i| (i.image.clone(), i.captions[0].clone())).collect();
+    let mut answerer = evaluate::WorldAnswerer {
+        models: &models,
+        features: &features,
+        tokenizer: &otok,
+        gen: evaluate::generation_config(5),
+        context: VqaContext::Image,
+        captions: &gold,
+        device: dev.clone(),
+    };
+    let vqa_dir = out.join("vqa");
+    std::fs::create_dir_all(&vqa_dir)?;
+    let vqa_image =
+        evaluate::vqa(&mut answerer, &items, &ann, &vqa_dir.join("results_image.json"))?;
+    answerer.context = VqaContext::NoImage;
+    let vqa_no_image =
+        evaluate::vqa(&mut answerer, &items, &ann, &vqa_dir.join("results_no_image.json"))?;
+    answerer.context = VqaContext::GoldCaption;
+    let vqa_gold =
+        evaluate::vqa(&mut answerer, &items, &ann, &vqa_dir.join("results_gold_caption.json"))?;
+    let majority = evaluate::score(
+        evaluate::majority_predictions(&world.train_questions, &world.test_questions, false),
+        &ann,
+        &vqa_dir.join("results_majority.json"),
+    )?;
+    let type_majority = evaluate::score(
+        evaluate::majority_predictions(&world.train_questions, &world.test_questions, true),
+        &ann,
+        &vqa_dir.join("results_type_majority.json"),
+    )?;
+    answerer.context = VqaContext::Image;
+    answerer.gen = evaluate::generation_config(20);
+    let shown: Vec<&str> = world.test.images.iter().take(6).map(|i| i.image.as_str()).collect();
+    let generated = answerer.continue_prompts(&shown, &vec![String::new(); shown.len()])?;
+    let captions: Vec<(String, String, String)> = shown
+        .iter()
+        .zip(generated)
+        .map(|(img, g)| (img.to_string(), g.trim().to_string(), gold[*img].clone()))
+        .collect();
+    t.add("6. zero-shot VQA (5 variants) + captions", clock);
+
+    models.save(&model_dir.join("model.safetensors"))?;
+    t.total = total.elapsed().as_secs_f64();
+    let results = Results {
+        plan,
+        world_counts: report::WorldCounts {
+            train_captions: world.train.len(),
+            test_images: world.test.images.len(),
+            test_texts: world.test.texts.len(),
+            test_questions: world.test_questions.len(),
+        },
+        timings: t,
+        lm: lm_summary,
+        stage1: s1_summary,
+        stage2: s2_summary,
+        retrieval_untrained: untrained,
+        retrieval_trained: trained,
+        vqa: report::VqaTable::new(&vqa_image, &vqa_no_image, &vqa_gold, &majority, &type_majority),
+        captions,
+    };
+    results.write(&out)?;
+    println!("{}", results.markdown());
+    println!("wrote {}", out.join("results.md").display());
+    Ok(())
+}
+
+fn vocab_id(tok: &tokenizers::Tokenizer, s: &str) -> Result<u32> {
+    tok.token_to_id(s).with_context(|| format!("{s:?} is not in the tokenizer"))
+}
+
+/// The variables of `maps` whose names pass `keep`, all trainable (LAVIS decay rule).
+fn params_where(maps: &[&candle_nn::VarMap], keep: impl Fn(&str) -> bool) -> ParamStore {
+    let mut store = ParamStore::new();
+    for vm in maps {
+        for (name, var) in named(vm) {
+            if keep(&name) {
+                store.insert(&name, var, true, DecayRule::LavisBase);
+            }
+        }
+    }
+    store
+}
+
+/// After its pretraining the OPT becomes constants: no gradient is computed for it again.
+fn freeze_language_model(models: &mut Models) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = named(&models.llm_vars)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("language_model."))
+        .map(|(n, v)| (n.trim_start_matches("language_model.").to_string(), v.as_tensor().detach()))
+        .collect();
+    let dev = models.qformer.query_tokens().device().clone();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+    let language_model = LanguageModel::load(vb, &models.llm.config.text)?;
+    models.llm = Blip2Llm {
+        projection: models.llm.projection.clone(),
+        language_model,
+        config: models.llm.config.clone(),
+    };
+    Ok(())
+}
