@@ -235,13 +235,8 @@ mod tests {
         }
         plot_run(&run, "run").unwrap();
         assert!(std::fs::metadata(run.plot_path()).unwrap().len() > 1000);
-        let missing = RunDir {
-            root: dir.path().join("nope"),
-        };
-        assert!(plot_run(&missing, "x")
-            .unwrap_err()
-            .to_string()
-            .contains("metrics.jsonl"));
+        let missing = RunDir { root: dir.path().join("nope") };
+        assert!(plot_run(&missing, "x").unwrap_err().to_string().contains("metrics.jsonl"));
     }
 
     #[test]
