@@ -8,7 +8,6 @@
 
 mod data;
 mod features;
-mod init;
 mod model;
 mod validate;
 
@@ -117,10 +116,10 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     let run = RunDir::create(&root)?;
     cfg.save(&run.config_path())?;
 
-    let built = model::build(&cfg, &dev)?;
+    let built = model::build(&cfg, &run.root, &dev)?;
     let params = ParamStore::from_varmap(&built.varmap, cfg.optimizer.decay_rule);
     println!("{}", params.summary());
-    let tok_path = built.dir.join("tokenizer.json");
+    let tok_path = built.tokenizer.clone();
     let tokenizer = TextTokenizer::from_file(&tok_path, cfg.data.max_txt_len as usize)
         .with_context(|| format!("reading the tokenizer {}", tok_path.display()))?;
     let objectives = ObjectiveConfig {
