@@ -38,13 +38,16 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
 }
 
-/// Two steps at a learning rate of 1e-6 from BERT: every copied tensor of the saved checkpoint
-/// is within a few AdamW steps (|update| <~ lr each) of its BERT source, per `expected.json`.
+/// Two steps at a learning rate of 1e-6 from BERT (and the ViT + ln_vision of an HF BLIP-2
+/// directory): every copied tensor of the saved checkpoint is within a few AdamW steps
+/// (|update| <~ lr each) of its BERT source, per `expected.json`.
 #[test]
 fn two_steps_from_bert_keep_the_copied_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let bert = fixture("bert-tiny");
+    // The hf-tiny BLIP-2 directory has the tiny preset's ViT: frozen ViT + ln_vision from it.
+    let vision = fixture("hf-tiny/itm");
     let out = pretrain(&args(&[
         "--config",
         "tiny",
@@ -64,10 +67,13 @@ fn two_steps_from_bert_keep_the_copied_tensors() {
         "schedule.min_lr=0",
         "--set",
         "data.synthetic=48",
+        "--set",
+        &format!("model.vision_weights={}", vision.display()),
     ]));
     ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Q-Former from BERT"), "{stdout}");
+    assert!(stdout.contains("ln_vision from it too"), "{stdout}");
 
     let dev = Device::Cpu;
     let ckpt: HashMap<String, Tensor> =
@@ -95,6 +101,11 @@ fn two_steps_from_bert_keep_the_copied_tensors() {
     }
     assert_eq!(ckpt["embeddings.word_embeddings.weight"].dims(), &[bert_v + 1, 32]);
     assert_eq!(ckpt["cls.predictions.bias"].dims(), &[bert_v + 1]);
+    let hf = candle_core::safetensors::load(vision.join("model.safetensors"), &dev).unwrap();
+    for n in ["vision_model.post_layernorm.weight", "vision_model.post_layernorm.bias"] {
+        let d = max_abs_diff(&ckpt[n], &hf[n]);
+        assert!(d < 1e-4, "{n} (ln_vision) vs {}: {d}", vision.display());
+    }
     // The run's config records where the Q-Former came from.
     let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(cfg.contains("bert = "), "{cfg}");
