@@ -140,7 +140,28 @@ impl Default for Blip2Config {
     }
 }
 
+/// Model config of the `tiny` run preset (`qformer/presets/tiny/config.json`): a 2-layer ViT on
+/// 32px images and a 2-layer, 32-wide Q-Former over the hf-tiny tokenizer's 183 tokens + `[DEC]`,
+/// the shape of `tests/fixtures/bert-tiny`.
+const TINY_CONFIG: &str = include_str!("../presets/tiny/config.json");
+
 impl Blip2Config {
+    /// A built-in model config by preset name (`tiny`).
+    pub fn preset(name: &str) -> Result<Self> {
+        let text = match name {
+            "tiny" => TINY_CONFIG,
+            other => {
+                return Err(Error::Config(format!(
+                    "model preset `{other}` has no built-in config (known: tiny)"
+                )))
+            }
+        };
+        let cfg: Self = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("built-in model preset `{name}`: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Reads and validates a `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

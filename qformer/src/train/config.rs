@@ -45,13 +45,17 @@ pub struct RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Model preset name (`stage1_vit_g`, `tiny`), or see `config`.
+    /// Model preset name (`stage1_vit_g`, `tiny`; `tiny` has a built-in config), or see `config`.
     pub preset: String,
-    /// HF-style model config JSON; overrides `preset` when set.
+    /// HF-style model config JSON (with `tokenizer.json` beside it); overrides `preset` when set.
     pub config: Option<PathBuf>,
-    /// Weights to start the Q-Former from (e.g. converted bert-base-uncased), loaded partially.
+    /// A whole stage-one model to start from: an HF BLIP-2 directory or a LAVIS `.pth`.
     pub init_from: Option<PathBuf>,
-    /// Frozen image-encoder weights (safetensors).
+    /// A BERT checkpoint in HF layout (`config.json` + `model.safetensors` or
+    /// `pytorch_model.bin`) to start the Q-Former from, as LAVIS `init_Qformer` does
+    /// (bert-base-uncased for `stage1`); the rest is freshly initialized from `seed`.
+    pub bert: Option<PathBuf>,
+    /// Frozen image-encoder weights: an HF BLIP-2 directory (its `vision_model.*`).
     pub vision_weights: Option<PathBuf>,
     pub freeze_vit: bool,
     /// Stage two: a BLIP-2 OPT / FLAN-T5 directory in HF layout (`config.json` with
@@ -192,6 +196,7 @@ impl Default for ModelConfig {
             preset: "stage1_vit_g".into(),
             config: None,
             init_from: None,
+            bert: None,
             vision_weights: None,
             freeze_vit: true,
             llm: None,
@@ -486,6 +491,13 @@ impl RunConfig {
                 "[]".into(),
             );
         }
+        if self.model.init_from.is_some() && self.model.bert.is_some() {
+            return bad(
+                "model.bert",
+                "cannot be combined with model.init_from (a whole model to start from)",
+                "both set".into(),
+            );
+        }
         let dev = self.device.as_str();
         let cuda_ok =
             dev == "cuda" || dev.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
@@ -549,6 +561,7 @@ fn schema() -> toml::Table {
     let mut c = RunConfig::default();
     c.model.config = Some(PathBuf::new());
     c.model.init_from = Some(PathBuf::new());
+    c.model.bert = Some(PathBuf::new());
     c.model.vision_weights = Some(PathBuf::new());
     c.model.llm = Some(PathBuf::new());
     c.data.root = Some(PathBuf::new());
@@ -751,6 +764,12 @@ mod tests {
         assert!(v("batch.size=0").contains("batch.size"));
         assert!(v("checkpointing.keep_last=0").contains("checkpointing.keep_last"));
         assert!(v("device=gpu").contains("device must be"));
+        let bert = RunConfig::stage1().with_overrides(&["model.bert=bert-base-uncased"]).unwrap();
+        assert_eq!(bert.model.bert, Some(PathBuf::from("bert-base-uncased")));
+        bert.validate().unwrap();
+        let both = bert.with_overrides(&["model.init_from=run.pth"]).unwrap();
+        let msg = both.validate().unwrap_err().to_string();
+        assert!(msg.contains("model.bert") && msg.contains("model.init_from"), "{msg}");
         let tiny = RunConfig::tiny().with_overrides(&["steps.max_steps=2"]).unwrap();
         assert!(tiny
             .validate()

@@ -27,6 +27,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod grad;
+pub mod init;
 pub mod metrics;
 pub mod optim;
 pub mod params;
@@ -41,6 +42,7 @@ mod resume_test;
 pub use checkpoint::{Checkpointer, Retention, TrainState};
 pub use config::RunConfig;
 pub use grad::{accumulate_grads, clip_grad_norm, Accumulated, MicroLoss, StepGuard, StepVerdict};
+pub use init::{init_fresh, FreshModel};
 pub use metrics::{MetricsLog, MetricsRecord};
 pub use optim::{AdamW, AdamWConfig};
 pub use params::{DecayRule, LoadReport, ParamStore};

@@ -6,6 +6,7 @@
 //! directory). [`load`] checks a set against the table for the model's parts and builds the
 //! model either with trainable `Var`s (in a [`VarMap`]) or with plain tensors.
 
+pub mod bert;
 pub mod lavis;
 pub mod names;
 pub mod report;

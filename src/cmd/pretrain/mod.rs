@@ -9,7 +9,6 @@
 
 mod data;
 mod features;
-pub(crate) mod init;
 mod model;
 mod stage_two;
 mod validate;
@@ -122,7 +121,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     let run = RunDir::create(&root)?;
     cfg.save(&run.config_path())?;
 
-    let built = model::build(&cfg, &dev)?;
+    let built = model::build(&cfg, &run.root, &dev)?;
     let stage_two = match cfg.stage {
         Stage::Stage1 => None,
         Stage::Stage2 => Some(stage_two::StageTwo::load(
@@ -136,7 +135,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         Some(s2) => s2.params(&built.varmap, cfg.optimizer.decay_rule),
     };
     println!("{}", params.summary());
-    let tok_path = built.dir.join("tokenizer.json");
+    let tok_path = built.tokenizer.clone();
     // Stage two never uses the Q-Former tokenizer (BLIP-2 OPT/T5 directories hold the LLM's).
     let tokenizer = match cfg.stage {
         Stage::Stage1 => Some(

@@ -1,31 +1,36 @@
 //! Building the stage-one model of a run: from an HF directory, a LAVIS `.pth` (+ ViT weights),
-//! or a model config with a fresh seeded init. The ViT is frozen; everything else is a `Var`.
+//! or a model config (`model.config`, or the `tiny` preset's built-in one) with a fresh seeded
+//! init, optionally with the Q-Former started from BERT (`model.bert`, LAVIS `init_Qformer`) and
+//! the ViT from `model.vision_weights`. The ViT is frozen; everything else is a `Var`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Device;
+use candle_nn::VarMap;
 
-use qformer::model::{Blip2Qformer, ModelParts};
+use qformer::model::Blip2Qformer;
 use qformer::train::config::Stage;
-use qformer::train::{rng, RunConfig};
+use qformer::train::init::named_vars;
+use qformer::train::{FreshModel, RunConfig};
+use qformer::weights::bert::{overlay, BertCheckpoint};
 use qformer::weights::{
     detect_parts, load, read_lavis_pth, read_lavis_safetensors, LoadOptions, TensorSet,
 };
 use qformer::Blip2Config;
 
-use super::init::init_fresh;
+/// The hf-tiny tokenizer (183 WordPiece tokens + `[DEC]`), the vocabulary of the `tiny` preset.
+const TINY_TOKENIZER: &str = include_str!("tiny_tokenizer.json");
 
 pub struct RunModel {
     pub model: Blip2Qformer,
     /// The trainable variables (canonical names).
     pub varmap: VarMap,
-    /// Where the model config lives: the tokenizer is looked up beside it.
-    pub dir: PathBuf,
+    /// The run's `tokenizer.json`.
+    pub tokenizer: PathBuf,
 }
 
-pub fn build(cfg: &RunConfig, device: &Device) -> Result<RunModel> {
+pub fn build(cfg: &RunConfig, run_root: &Path, device: &Device) -> Result<RunModel> {
     let opts = LoadOptions {
         trainable: true,
         allow_known_unused: true,
@@ -57,7 +62,7 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<RunModel> {
             return Ok(RunModel {
                 model: loaded.model,
                 varmap: loaded.varmap.context("loader returned no VarMap")?,
-                dir: src.clone(),
+                tokenizer: src.join("tokenizer.json"),
             });
         }
         // A LAVIS checkpoint: Q-Former side from the .pth, ViT from model.vision_weights (HF dir).
@@ -75,41 +80,73 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<RunModel> {
         return Ok(RunModel {
             model: loaded.model,
             varmap: loaded.varmap.context("loader returned no VarMap")?,
-            dir: vision.clone(),
+            tokenizer: vision.join("tokenizer.json"),
         });
     }
-    let Some(config_path) = &m.config else {
-        bail!(
-            "model.preset `{}` has no built-in weights: set model.init_from (HF dir or LAVIS .pth) or model.config (a config.json with tokenizer.json beside it) for a fresh init",
-            m.preset
+    let (bcfg, tokenizer) = model_config(cfg, run_root)?;
+    let fresh = FreshModel::new(&bcfg, cfg.seed, device)?;
+    if let Some(dir) = &m.bert {
+        let bert = BertCheckpoint::from_dir(dir, device)
+            .with_context(|| format!("reading model.bert {}", dir.display()))?;
+        let set = bert.qformer_tensors(&bcfg).with_context(|| {
+            format!("model.bert {} does not fit the model config", dir.display())
+        })?;
+        let r = overlay(&named_vars(&fresh.trainable)?, &set)
+            .with_context(|| format!("starting the Q-Former from model.bert {}", dir.display()))?;
+        println!(
+            "Q-Former from BERT {}: {} tensors copied (query FFN = text FFN), {} fresh, [DEC] row added",
+            bert.source.display(),
+            r.copied.len(),
+            r.fresh.len()
         );
-    };
-    fresh(config_path, cfg.seed, device)
+    }
+    if let Some(dir) = &m.vision_weights {
+        load_vision(dir, &fresh, device)?;
+    }
+    Ok(RunModel { model: fresh.model, varmap: fresh.trainable, tokenizer })
 }
 
-/// Fresh model from `config.json`, initialized from the run seed (`init` sub-stream).
-fn fresh(config_path: &Path, seed: u64, device: &Device) -> Result<RunModel> {
-    let bcfg = Blip2Config::from_file(config_path)
-        .with_context(|| format!("reading model.config {}", config_path.display()))?;
-    let parts = ModelParts::from_config(&bcfg, true);
-    // The ViT gets its own VarMap so it is initialized too but never handed to the optimizer.
-    let frozen = VarMap::new();
-    let varmap = VarMap::new();
-    let model = Blip2Qformer::new(
-        &bcfg,
-        parts,
-        bcfg.vision_config.layer_norm_eps,
-        VarBuilder::from_varmap(&frozen, DType::F32, device),
-        VarBuilder::from_varmap(&varmap, DType::F32, device),
-    )?;
-    let mut r = rng::substream(seed, "init");
-    init_fresh(&named(&frozen), &mut r)?;
-    init_fresh(&named(&varmap), &mut r)?;
-    let dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(RunModel { model, varmap, dir })
+/// The model config of a run and the tokenizer that goes with it: `model.config` (tokenizer
+/// beside it) or the built-in `tiny` preset (its tokenizer written into the run directory).
+fn model_config(cfg: &RunConfig, run_root: &Path) -> Result<(Blip2Config, PathBuf)> {
+    let m = &cfg.model;
+    if let Some(path) = &m.config {
+        let bcfg = Blip2Config::from_file(path)
+            .with_context(|| format!("reading model.config {}", path.display()))?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        return Ok((bcfg, dir.join("tokenizer.json")));
+    }
+    if m.preset == "tiny" {
+        let tok = run_root.join("tokenizer.json");
+        std::fs::write(&tok, TINY_TOKENIZER)
+            .with_context(|| format!("writing the tiny preset's tokenizer {}", tok.display()))?;
+        return Ok((Blip2Config::preset("tiny")?, tok));
+    }
+    bail!(
+        "model.preset `{}` has no built-in config: set model.config (a config.json with tokenizer.json beside it), optionally with model.bert, or model.init_from (HF dir or LAVIS .pth)",
+        m.preset
+    )
 }
 
-fn named(vm: &VarMap) -> Vec<(String, candle_core::Var)> {
-    let data = vm.data().lock().expect("VarMap lock");
-    data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+/// Frozen ViT (and `ln_vision` when the directory has it) from an HF BLIP-2 directory.
+fn load_vision(dir: &Path, fresh: &FreshModel, device: &Device) -> Result<()> {
+    let (_, hf) = TensorSet::from_hf_dir(dir, device)
+        .with_context(|| format!("reading model.vision_weights {}", dir.display()))?;
+    let ln = hf.clone().filter(|n| n.starts_with("vision_model.post_layernorm."));
+    let vit = overlay(&named_vars(&fresh.frozen)?, &hf.vision_encoder_only())
+        .with_context(|| format!("model.vision_weights {}", dir.display()))?;
+    if !vit.fresh.is_empty() {
+        bail!("model.vision_weights {}: no ViT tensors {}", dir.display(), vit.fresh.join(", "));
+    }
+    if !ln.is_empty() {
+        overlay(&named_vars(&fresh.trainable)?, &ln)
+            .with_context(|| format!("model.vision_weights {} (ln_vision)", dir.display()))?;
+    }
+    println!(
+        "ViT from {} ({} tensors); ln_vision {}",
+        dir.display(),
+        vit.copied.len(),
+        if ln.is_empty() { "fresh" } else { "from it too" }
+    );
+    Ok(())
 }

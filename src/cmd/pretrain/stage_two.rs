@@ -18,7 +18,7 @@ use qformer::objectives::{is_stage_two_trainable, StageTwoText};
 use qformer::train::{rng, DecayRule, ParamStore, RunConfig};
 use qformer::weights::TensorSet;
 
-use super::init::init_fresh;
+use qformer::train::init_fresh;
 
 pub struct StageTwo {
     pub llm: Blip2Llm,

@@ -15,7 +15,7 @@ use qformer::model::{Blip2Qformer, ModelParts};
 use qformer::train::rng;
 use qformer::Blip2Config;
 
-use crate::cmd::pretrain::init::init_fresh;
+use qformer::train::init_fresh;
 
 /// Widths and depths of the three models.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
