@@ -11,7 +11,10 @@ use tokenizers::Tokenizer;
 
 use datasets::formats::vqa::VqaQuestion;
 use datasets::text::{Padding, TextTokenizer};
-use eval::retrieval::{compute_scores, EncodedImages, ImageGallery, RetrievalReport, TextGallery};
+use eval::retrieval::{
+    compute_scores, retrieval_metrics, similarity_matrix, EncodedImages, ImageGallery,
+    RetrievalReport, TextGallery,
+};
 use eval::vqa::files::{VqaAnnotations, VqaPrediction, VqaResults};
 use eval::vqa::zero_shot::{
     answer_all, format_prompt, write_results, AnswerGenerator, VqaItem, DEFAULT_PROMPT,
@@ -26,12 +29,13 @@ use super::models::Models;
 use super::world::{FeatureStore, World};
 
 /// LAVIS `k_test` is 128 for COCO's 5k images; the quickstart's galleries are ~10x smaller.
+/// `k_test` `None`: ITC only (no ITM re-ranking).
 pub fn retrieval(
     models: &Models,
     features: &FeatureStore,
     world: &World,
     tokenizer: &TextTokenizer,
-    k_test: usize,
+    k_test: Option<usize>,
 ) -> Result<RetrievalReport> {
     let model = &models.qformer;
     let names: Vec<&str> = world.test.images.iter().map(|i| i.image.as_str()).collect();
@@ -51,6 +55,14 @@ pub fn retrieval(
     let ids = Tensor::from_vec(tok.input_ids.clone(), (tok.batch, tok.seq_len), dev)?;
     let rows: Vec<Vec<u32>> = tok.attention_mask.chunks(tok.seq_len).map(<[u32]>::to_vec).collect();
     let texts = TextGallery::encode(model, ids, PaddingMask::from_rows(&rows)?, 256)?;
+    let Some(k_test) = k_test else {
+        let sims_i2t = similarity_matrix(&images, &texts, 256)?;
+        let n_txt = texts.len();
+        let sims_t2i: Vec<Vec<f32>> =
+            (0..n_txt).map(|t| sims_i2t.iter().map(|row| row[t]).collect()).collect();
+        let itc = retrieval_metrics(&sims_i2t, &sims_t2i, &world.test.img2txt, &world.test.txt2img)?;
+        return Ok(RetrievalReport { itc, rerank: None, images: images.len(), texts: n_txt });
+    };
     let scores = compute_scores(model, &images, &texts, k_test, 256, &mut |_, _| {})?;
     Ok(scores.report(&world.test.img2txt, &world.test.txt2img)?)
 }
