@@ -780,6 +780,7 @@ fn retrieval_cases(c: &mut Corpus) {
 fn cache_features_cases(c: &mut Corpus) {
     let itm = fixture("itm");
     let imgs = fixture("images");
+    let cf_out = c.path("cf-out");
     let cf = |data: &Path, images: &Path, extra: &[&str]| {
         let mut a = args(&[
             &"cache-features",
@@ -790,7 +791,7 @@ fn cache_features_cases(c: &mut Corpus) {
             &"--images",
             &images,
             &"--out",
-            &c.path("cf-out"),
+            &cf_out,
         ]);
         a.extend(extra.iter().map(OsString::from));
         a

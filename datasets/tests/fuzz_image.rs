@@ -68,3 +68,19 @@ fn mutated_webps() {
     let seeds = vec![encoded(image::ImageFormat::WebP, true)];
     fuzz::fuzz("webp", 33, &seeds, 1500, check);
 }
+
+/// A CMYK JPEG (Adobe, as Photoshop writes them) decodes to the RGB `PIL convert("RGB")`
+/// gives (tools/make_cmyk_fixture.py), within JPEG rounding.
+#[test]
+fn cmyk_jpeg_decodes_like_pil() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/robust");
+    let img = datasets::image::decode_file(&dir.join("cmyk16x16.jpg"), DecodeLimits::default())
+        .unwrap();
+    let want: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cmyk16x16.pil.json")).unwrap()).unwrap();
+    assert_eq!((img.width, img.height), (16, 16));
+    let want: Vec<i32> =
+        want["rgb"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
+    let worst = img.data.iter().zip(&want).map(|(&a, &b)| (a as i32 - b).abs()).max().unwrap();
+    assert!(worst <= 3, "max |ours - PIL| = {worst}");
+}
