@@ -18,8 +18,17 @@ fn main() -> ExitCode {
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line, whole context chain: "reading x.json: missing field `y`".
-            eprintln!("error: {err:#}");
+            // One line, whole context chain: "reading x.json: missing field `y`". A cause whose
+            // text its parent already shows (library errors print their source) is not repeated.
+            let mut line = err.to_string();
+            for cause in err.chain().skip(1) {
+                let text = cause.to_string();
+                if !line.contains(&text) {
+                    line.push_str(": ");
+                    line.push_str(&text);
+                }
+            }
+            eprintln!("error: {line}");
             ExitCode::FAILURE
         }
     }

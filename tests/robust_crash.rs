@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -30,7 +30,7 @@ fn fresh_args(dir: &Path) -> Vec<String> {
         "--set",
         &format!("steps.max_steps={STEPS}"),
         "--set",
-        "data.synthetic=16",
+        "data.synthetic=48",
         "--set",
         "batch.size=4",
         "--set",
