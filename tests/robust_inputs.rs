@@ -327,7 +327,11 @@ fn model_cases(c: &mut Corpus) {
     let m = c.model("m-config-type", "itm", |d| {
         edit_json(&d.join("config.json"), |v| v["qformer_config"]["hidden_size"] = "big".into())
     });
-    c.case("config mistyped field", sc(&m), err(&["config.json", "invalid type: string \"big\", expected usize at line 18"]));
+    c.case(
+        "config mistyped field",
+        sc(&m),
+        err(&["config.json", "invalid type: string \"big\", expected usize at line 18"]),
+    );
     let m = c.model("m-config-zero", "itm", |d| {
         edit_json(&d.join("config.json"), |v| v["vision_config"]["patch_size"] = 0.into())
     });
@@ -335,7 +339,11 @@ fn model_cases(c: &mut Corpus) {
     let m = c.model("m-config-negative", "itm", |d| {
         edit_json(&d.join("config.json"), |v| v["num_query_tokens"] = (-4).into())
     });
-    c.case("config negative query tokens", sc(&m), err(&["config.json", "invalid value: integer `-4`, expected usize"]));
+    c.case(
+        "config negative query tokens",
+        sc(&m),
+        err(&["config.json", "invalid value: integer `-4`, expected usize"]),
+    );
     let m = c.model("m-config-array", "itm", |d| {
         std::fs::write(d.join("config.json"), "[1, 2]").unwrap()
     });
@@ -404,7 +412,11 @@ fn model_cases(c: &mut Corpus) {
     let m = c.model("m-preproc-type", "itm", |d| {
         edit_json(&d.join("preprocessor_config.json"), |v| v["size"] = "big".into())
     });
-    c.case("preprocessor mistyped size", sc(&m), err(&["preprocessor_config.json", "expected struct ImageSize"]));
+    c.case(
+        "preprocessor mistyped size",
+        sc(&m),
+        err(&["preprocessor_config.json", "expected struct ImageSize"]),
+    );
     let m = c.model("m-preproc-mean", "itm", |d| {
         edit_json(&d.join("preprocessor_config.json"), |v| {
             v["image_mean"] = serde_json::json!([0.5, 0.5])

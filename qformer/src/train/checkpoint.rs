@@ -160,7 +160,8 @@ pub struct RunDir {
 impl RunDir {
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        fs::create_dir_all(root.join("checkpoints")).map_err(|e| Error::io(&root, e))?;
+        let checkpoints = root.join("checkpoints");
+        fs::create_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
         Ok(Self { root })
     }
     pub fn config_path(&self) -> PathBuf {
