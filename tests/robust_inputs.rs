@@ -753,9 +753,10 @@ fn retrieval_cases(c: &mut Corpus) {
             &"--images",
             &images,
             &"--json",
-            &"--k-test",
-            &"2",
         ]);
+        if !extra.contains(&"--k-test") {
+            a.extend(args(&[&"--k-test", &"2"]));
+        }
         a.extend(extra.iter().map(OsString::from));
         a
     };

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
-const ITERATIONS: usize = 500;
+const ITERATIONS: usize = 300;
 
 /// Writes each input to one temp file and runs `read` on it; the error must name the file.
 fn file_check<'a, T>(
@@ -82,7 +82,7 @@ fn edit_random_node(node: &mut Value, replacements: &[Value], rng: &mut ChaCha8R
 
 fn json_seeds(doc: &Value, seed: u64) -> Vec<Vec<u8>> {
     let mut out = vec![serde_json::to_vec_pretty(doc).unwrap()];
-    out.extend(json_mutants(doc, 150, seed));
+    out.extend(json_mutants(doc, 100, seed));
     out
 }
 

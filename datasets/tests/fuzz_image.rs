@@ -74,8 +74,8 @@ fn mutated_webps() {
 #[test]
 fn cmyk_jpeg_decodes_like_pil() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/robust");
-    let img = datasets::image::decode_file(&dir.join("cmyk16x16.jpg"), DecodeLimits::default())
-        .unwrap();
+    let img =
+        datasets::image::decode_file(&dir.join("cmyk16x16.jpg"), DecodeLimits::default()).unwrap();
     let want: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("cmyk16x16.pil.json")).unwrap()).unwrap();
     assert_eq!((img.width, img.height), (16, 16));
