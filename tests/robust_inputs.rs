@@ -1187,3 +1187,74 @@ fn deep_palette_and_alpha_images_decode_like_their_rgb8_twins() {
     }
     assert_ne!(itc[0], itc[4], "the two pictures must differ for the comparison to mean anything");
 }
+
+/// Unreadable images inside a training set are skipped with a warning naming them and counted
+/// in metrics.jsonl (`skipped_samples`); a set with nothing readable stops with a clear error.
+#[test]
+fn unreadable_training_images_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = blip2(args(&[&"synth", &"--out", &data, &"--images", &"48", &"--image-size", &"32"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ann: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("annotations/karpathy_train.json")).unwrap(),
+    )
+    .unwrap();
+    let mut train: Vec<String> =
+        ann.as_array().unwrap().iter().map(|r| r["image"].as_str().unwrap().to_string()).collect();
+    train.sort();
+    train.dedup();
+    let pretrain = |run: &Path| {
+        blip2(args(&[
+            &"pretrain",
+            &"--config",
+            &"tiny",
+            &"--out",
+            &run,
+            &"--set",
+            &model_config_arg(),
+            &"--set",
+            &format!("data.root={}", data.display()),
+            &"--set",
+            &"steps.max_steps=3",
+            &"--set",
+            &"schedule.warmup_steps=0",
+            &"--set",
+            &"validation.every_steps=100",
+        ]))
+    };
+    // Every other training image broken: truncated PNG or zero bytes.
+    for (i, name) in train.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        let p = data.join(name);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, if i % 4 == 0 { &bytes[..bytes.len() / 2] } else { &[][..] }).unwrap();
+    }
+    let run = dir.path().join("run");
+    let out = pretrain(&run);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("warning: skipping sample") && err.contains("cannot decode image"),
+        "{err}"
+    );
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().last().unwrap(),
+    )
+    .unwrap();
+    let warned = err.matches("warning: skipping sample").count() as u64;
+    assert!(warned > 0);
+    // Warnings may also come from batches prefetched past the last step.
+    let counted = last["skipped_samples"].as_u64().unwrap();
+    assert!(counted > 0 && counted <= warned, "{counted} counted, {warned} warned: {last}");
+
+    // Nothing readable at all.
+    for name in &train {
+        std::fs::write(data.join(name), b"").unwrap();
+    }
+    let out = pretrain(&dir.path().join("run2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(line.contains("no batch of at least 2 readable samples"), "{line}");
+}

@@ -201,9 +201,13 @@ pub fn run(args: PretrainArgs) -> Result<()> {
             }
         };
         state.skipped_samples += batch.skipped.len() as u64;
-        if batch.batch_size < 2 {
-            // ITM needs a negative from another sample: a batch emptied by unreadable samples
-            // is passed over (its cursor kept, so a resume does not read it again).
+        let t0 = Instant::now();
+        let lr = schedule.lr(state.schedule_pos());
+        let micro = to_micro(&batch, cfg.batch.micro_batches, cache.as_ref(), &dev)?;
+        if micro.is_empty() || micro.iter().any(|(_, ids, _)| ids.dim(0).map_or(true, |n| n < 2)) {
+            // ITM needs a negative from another sample of the same micro-batch: a batch thinned
+            // out by unreadable samples is passed over (its cursor kept, so a resume does not
+            // read it again).
             bar.println(format!(
                 "batch with {} usable samples passed over ({} skipped)",
                 batch.batch_size,
@@ -213,9 +217,6 @@ pub fn run(args: PretrainArgs) -> Result<()> {
             state.loader = serde_json::to_value(cursor)?;
             continue;
         }
-        let t0 = Instant::now();
-        let lr = schedule.lr(state.schedule_pos());
-        let micro = to_micro(&batch, cfg.batch.micro_batches, cache.as_ref(), &dev)?;
         let views: Vec<PretrainBatch> = micro
             .iter()
             .map(|(px, ids, mask)| PretrainBatch {
