@@ -41,6 +41,12 @@ struct Output<'a> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    // HF refuses these too: a penalty of 0 divides by zero, a negative one flips logit signs.
+    anyhow::ensure!(
+        args.repetition_penalty.is_finite() && args.repetition_penalty > 0.0,
+        "--repetition-penalty must be a positive number (got {})",
+        args.repetition_penalty
+    );
     let gen = Blip2Generator::load(&args.model, &Device::Cpu)?;
     let cfg = qformer::llm::GenerationConfig {
         max_new_tokens: args.max_new_tokens,

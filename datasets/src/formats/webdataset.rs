@@ -63,13 +63,16 @@ pub fn for_each_shard_sample(path: &Path, mut f: impl FnMut(ShardSample)) -> Res
         let Some((key, ext)) = split_key(&name) else {
             continue;
         };
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes).map_err(|e| tar_err(format!("member {name}: {e}")))?;
+        // A new key completes the previous sample: deliver it before reading on, so a shard cut
+        // inside this member still yields it.
         if pending.as_ref().is_some_and(|p| p.key != key) {
             if let Some(p) = pending.take() {
                 f(p.finish());
             }
         }
+        // The header's size may be corrupt: never reserve more than the reader will confirm.
+        let mut bytes = Vec::with_capacity(entry.size().min(1 << 20) as usize);
+        entry.read_to_end(&mut bytes).map_err(|e| tar_err(format!("member {name}: {e}")))?;
         pending
             .get_or_insert_with(|| Pending { key: key.to_string(), ..Default::default() })
             .members

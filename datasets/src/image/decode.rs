@@ -35,8 +35,27 @@ pub fn decode_bytes(bytes: &[u8], what: &str, limits: DecodeLimits) -> Result<Rg
 }
 
 fn decode_with_name(bytes: &[u8], what: &str, limits: DecodeLimits) -> Result<RgbImage8> {
-    decode_reader(Cursor::new(bytes), limits)
-        .map_err(|message| DataError::Image { what: what.to_string(), message })
+    let image_err = |message| DataError::Image { what: what.to_string(), message };
+    if jpeg_is_truncated(bytes) {
+        return Err(image_err(
+            "truncated JPEG: no end-of-image marker after the last scan".to_string(),
+        ));
+    }
+    decode_reader(Cursor::new(bytes), limits).map_err(image_err)
+}
+
+/// The JPEG decoder fills a cut-off scan with grey without complaint; PIL refuses such a file
+/// ("image file is truncated"). Entropy-coded data never holds `FF D9` (a data `FF` is
+/// stuffed with `00`), so a complete file has that marker after its last start-of-scan.
+fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xff, 0xd8]) {
+        return false;
+    }
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xff, marker]);
+    match last(0xda) {
+        Some(sos) => last(0xd9).is_none_or(|eoi| eoi < sos),
+        None => false, // no scan at all: the decoder reports that itself
+    }
 }
 
 fn decode_reader<R: BufRead + Seek>(

@@ -50,6 +50,11 @@ fn weights(sim: &[Vec<f32>], image_ids: Option<&[i64]>) -> Vec<Vec<f32>> {
             let max = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let exps: Vec<f64> = vals.iter().map(|v| (v - max).exp()).collect();
             let sum: f64 = exps.iter().sum();
+            if !sum.is_finite() {
+                // Non-finite similarities (a diverged step, which the step guard will skip):
+                // any negative will do, uniformly, rather than failing the run here.
+                return (0..row.len()).map(|j| if positive(j) { 0.0 } else { 1.0 }).collect();
+            }
             exps.iter()
                 .enumerate()
                 .map(|(j, e)| match image_ids {

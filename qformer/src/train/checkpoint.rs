@@ -87,6 +87,9 @@ pub struct TrainState {
     pub epoch: u64,
     pub step_in_epoch: u64,
     pub samples_seen: u64,
+    /// Samples the data pipeline dropped so far (unreadable image, ...); absent in older files.
+    #[serde(default)]
+    pub skipped_samples: u64,
     pub rng: TrainRng,
     /// The data loader's cursor, opaque here (the datasets crate owns its meaning).
     pub loader: serde_json::Value,
@@ -102,6 +105,7 @@ impl TrainState {
             epoch: 0,
             step_in_epoch: 0,
             samples_seen: 0,
+            skipped_samples: 0,
             rng,
             loader: serde_json::Value::Null,
             best: None,
@@ -156,7 +160,8 @@ pub struct RunDir {
 impl RunDir {
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        fs::create_dir_all(root.join("checkpoints")).map_err(|e| Error::io(&root, e))?;
+        let checkpoints = root.join("checkpoints");
+        fs::create_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
         Ok(Self { root })
     }
     pub fn config_path(&self) -> PathBuf {

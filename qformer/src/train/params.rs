@@ -268,6 +268,20 @@ impl ParamStore {
                 report: report.to_string(),
             });
         }
+        // Our checkpoints keep the parameters' dtype: another one means a foreign file, and a
+        // silent conversion would lose precision.
+        if let Some(name) =
+            report.loaded.iter().find(|n| file[*n].dtype() != self.params[*n].var.dtype())
+        {
+            return Err(Error::Checkpoint {
+                source_name: path.display().to_string(),
+                report: format!(
+                    "tensor {name} has dtype {:?} where the model has {:?}",
+                    file[name].dtype(),
+                    self.params[name].var.dtype()
+                ),
+            });
+        }
         for name in &report.loaded {
             let p = &self.params[name];
             let t = file[name].to_dtype(p.var.dtype())?.to_device(p.var.device())?;

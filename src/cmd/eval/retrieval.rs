@@ -223,8 +223,14 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
     if args.k_test == 0 {
         anyhow::bail!("--k-test must be at least 1");
     }
+    if args.batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1");
+    }
     let device = parse_device(&args.device)?;
     let split = read_karpathy_eval(&args.annotations)?;
+    if split.images.is_empty() {
+        anyhow::bail!("{}: no images to retrieve", args.annotations.display());
+    }
     let model = load_model(&args, &device)?;
 
     let tok_path = args.model.join("tokenizer.json");

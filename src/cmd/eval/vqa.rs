@@ -68,7 +68,7 @@ impl AnswerGenerator for Answerer<'_> {
         images: &[PathBuf],
         prompts: &[String],
     ) -> std::result::Result<Vec<String>, String> {
-        let ids = self.gen.generate(images, prompts, &self.cfg).map_err(|e| format!("{e:#}"))?;
+        let ids = self.gen.generate(images, prompts, &self.cfg).map_err(|e| crate::one_line(&e))?;
         ids.iter().map(|r| self.gen.decode(r).map_err(|e| format!("{e:#}"))).collect()
     }
 }

@@ -25,14 +25,24 @@ pub fn loader(
         (Some(root), _) => root.clone(),
         (None, Some(n)) => {
             let dir = run_root.join("synth");
-            if !dir.join("annotations/karpathy_train.json").exists() {
+            if !dir.is_dir() {
+                // Written aside and renamed: a run killed mid-write must not resume on half a world.
+                let tmp = run_root.join("synth.tmp");
+                if tmp.exists() {
+                    std::fs::remove_dir_all(&tmp)
+                        .with_context(|| format!("removing the partial {}", tmp.display()))?;
+                }
                 let sc = SynthConfig {
                     images: n as usize,
                     seed: cfg.seed,
                     image_size: cfg.data.image_size,
                     ..Default::default()
                 };
-                write_world(&dir, &sc).with_context(|| format!("writing the synthetic world to {}", dir.display()))?;
+                write_world(&tmp, &sc).with_context(|| {
+                    format!("writing the synthetic world to {}", tmp.display())
+                })?;
+                std::fs::rename(&tmp, &dir)
+                    .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
             }
             dir
         }

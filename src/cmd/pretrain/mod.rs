@@ -208,15 +208,37 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         let batch = match epoch.next() {
             Some(b) => b?,
             None => {
+                if state.step_in_epoch == 0 {
+                    bail!(
+                        "a whole epoch gave no batch of at least 2 readable samples \
+                         ({} samples skipped so far; see the warnings above)",
+                        state.skipped_samples
+                    );
+                }
                 state.next_epoch();
                 cursor = LoaderState { seed: cfg.seed, epoch: state.epoch, position: 0 };
                 epoch = loader.epoch(cursor);
                 continue;
             }
         };
+        state.skipped_samples += batch.skipped.len() as u64;
         let t0 = Instant::now();
         let lr = schedule.lr(state.schedule_pos());
         let micro = to_micro(&batch, cfg.batch.micro_batches, cache.as_ref(), &dev)?;
+        let too_few = |n: usize| stage_two.is_none() && n < 2;
+        if micro.is_empty() || micro.iter().any(|(_, ids, _)| ids.dim(0).map_or(true, too_few)) {
+            // Stage one's ITM needs a negative from another sample of the same micro-batch: a batch thinned
+            // out by unreadable samples is passed over (its cursor kept, so a resume does not
+            // read it again).
+            bar.println(format!(
+                "batch with {} usable samples passed over ({} skipped)",
+                batch.batch_size,
+                batch.skipped.len()
+            ));
+            cursor = batch.state_after;
+            state.loader = serde_json::to_value(cursor)?;
+            continue;
+        }
         let image = |px| match cache {
             Some(_) => ImageInput::VisionFeatures(px),
             None => ImageInput::Pixels(px),
@@ -280,6 +302,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         rec.grad_norm = Some(out.grad_norm);
         rec.samples_per_sec = Some(sps);
         rec.skipped_steps = state.guard.skipped_total;
+        rec.skipped_samples = state.skipped_samples;
         match &out.verdict {
             StepVerdict::Skip { reason } => bar.println(format!("step {step} skipped: {reason}")),
             StepVerdict::Apply { spike: true } => {
