@@ -73,6 +73,13 @@ pub struct QuickstartArgs {
     pub stage1_steps: Option<u64>,
     #[arg(long)]
     pub stage2_steps: Option<u64>,
+    /// Peak learning rates of the three training runs.
+    #[arg(long)]
+    pub lm_lr: Option<f64>,
+    #[arg(long)]
+    pub stage1_lr: Option<f64>,
+    #[arg(long)]
+    pub stage2_lr: Option<f64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// CPU threads for tensor ops. 1 by default: at these sizes candle's spinning thread pool
@@ -129,15 +136,18 @@ impl Plan {
             ),
         };
         let mul = if args.scale == Scale::Long { 2 } else { 1 };
-        let steps =
-            |o: Option<u64>, p: PhaseOptim| PhaseOptim { steps: o.unwrap_or(p.steps * mul), ..p };
+        let steps = |o: Option<u64>, lr: Option<f64>, p: PhaseOptim| PhaseOptim {
+            steps: o.unwrap_or(p.steps * mul),
+            lr: lr.unwrap_or(p.lr),
+            ..p
+        };
         Plan {
             images: args.images.unwrap_or(images),
             seed: args.seed,
             sizes,
-            lm: steps(args.lm_steps, lm),
-            stage1: steps(args.stage1_steps, s1),
-            stage2: steps(args.stage2_steps, s2),
+            lm: steps(args.lm_steps, args.lm_lr, lm),
+            stage1: steps(args.stage1_steps, args.stage1_lr, s1),
+            stage2: steps(args.stage2_steps, args.stage2_lr, s2),
             k_test,
         }
     }
@@ -220,13 +230,30 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
     all_images.extend(world.test.images.iter().map(|i| i.image.clone()));
     all_images.sort();
     all_images.dedup();
-    let features = FeatureStore::compute(
-        &models.qformer,
-        &world.root,
-        &all_images,
-        plan.sizes.image_size,
-        &dev,
+    // The image processor normalizes with the training images' own statistics (written as the
+    // model's preprocessor_config.json).
+    let test_names: std::collections::HashSet<&str> =
+        world.test.images.iter().map(|i| i.image.as_str()).collect();
+    let train_images: Vec<String> =
+        all_images.iter().filter(|n| !test_names.contains(n.as_str())).cloned().collect();
+    let (mean, std) = FeatureStore::pixel_statistics(&world.root, &train_images)?;
+    let processor = datasets::image::ImageProcessorConfig {
+        image_mean: mean.to_vec(),
+        image_std: std.to_vec(),
+        ..datasets::image::ImageProcessorConfig::square(plan.sizes.image_size)
+    };
+    std::fs::write(
+        model_dir.join("preprocessor_config.json"),
+        serde_json::to_string_pretty(&processor)?,
     )?;
+    let features = FeatureStore::compute(&models.qformer, &world.root, &all_images, &processor, &dev)?;
+    {
+        // How much the frozen features vary between images (vs within one): a diagnostic.
+        let f = &features.features;
+        let across = f.mean(1)?.var_keepdim(0)?.mean_all()?.to_scalar::<f32>()?;
+        let total = f.flatten_to(1)?.var_keepdim(0)?.mean_all()?.to_scalar::<f32>()?;
+        println!("frozen features {:?}: variance across images {across:.4}, per position {total:.4}", f.dims());
+    }
     t.add("2a. frozen ViT features (random ViT, once)", clock);
 
     let clock = Instant::now();

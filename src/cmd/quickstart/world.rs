@@ -74,28 +74,58 @@ pub struct FeatureStore {
 }
 
 impl FeatureStore {
-    /// Decodes and preprocesses (eval transform) every image, then runs the ViT in batches.
+    /// Per-channel pixel mean and std (in [0, 1] units) of `names`, to normalize with the
+    /// world's own statistics: CLIP's ImageNet values leave the flat background at +1.6 in every
+    /// channel, a shared component that dominates every patch embedding of a random ViT and
+    /// kept the contrastive loss at chance for hundreds of steps.
+    pub fn pixel_statistics(root: &Path, names: &[String]) -> Result<([f64; 3], [f64; 3])> {
+        let sums = names
+            .par_iter()
+            .map(|n| -> Result<[f64; 6]> {
+                let img = decode_file(&root.join(n), DecodeLimits::default())?;
+                let mut acc = [0f64; 6];
+                for px in img.data.chunks_exact(3) {
+                    for c in 0..3 {
+                        let x = px[c] as f64 / 255.0;
+                        acc[c] += x;
+                        acc[3 + c] += x * x;
+                    }
+                }
+                let n = (img.width * img.height) as f64;
+                Ok(acc.map(|v| v / n))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let k = sums.len().max(1) as f64;
+        let mut mean = [0f64; 3];
+        let mut std = [0f64; 3];
+        for c in 0..3 {
+            mean[c] = sums.iter().map(|a| a[c]).sum::<f64>() / k;
+            let sq = sums.iter().map(|a| a[3 + c]).sum::<f64>() / k;
+            std[c] = (sq - mean[c] * mean[c]).max(1e-6).sqrt();
+        }
+        Ok((mean, std))
+    }
+
+    /// Decodes and preprocesses (eval transform, `cfg`) every image, then runs the ViT in batches.
     pub fn compute(
         model: &Blip2Qformer,
         root: &Path,
         names: &[String],
-        image_size: usize,
+        cfg: &ImageProcessorConfig,
         device: &Device,
     ) -> Result<Self> {
-        let cfg = ImageProcessorConfig::square(image_size);
-        let per_image = 3 * image_size * image_size;
+        let image_size = cfg.size.height;
         let mut rows = Vec::new();
         for chunk in names.chunks(256) {
             let pixels: Vec<f32> = chunk
                 .par_iter()
                 .map(|n| -> Result<Vec<f32>> {
                     let img = decode_file(&root.join(n), DecodeLimits::default())?;
-                    Ok(eval_transform(&img, &cfg).data)
+                    Ok(eval_transform(&img, cfg).data)
                 })
                 .collect::<Result<Vec<_>>>()?
                 .concat();
             let px = Tensor::from_vec(pixels, (chunk.len(), 3, image_size, image_size), device)?;
-            debug_assert_eq!(px.elem_count(), chunk.len() * per_image);
             rows.push(model.vision_features(&px)?);
         }
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
