@@ -27,6 +27,7 @@ fn every_workload_reports_its_json_fields() {
         let ms = v["ms"].as_f64().unwrap();
         assert_eq!(ms, sorted[1], "{workload}: ms is the median of {runs:?}");
         assert!(ms > 0.0 && v["min_ms"].as_f64().unwrap() == sorted[0]);
+        assert!(v["cpu_ms"].as_f64().unwrap() >= 0.0);
         // A Rust process running a model holds at least a few MB, and far less than 1 GB here.
         let rss = v["peak_rss_mb"].as_f64().unwrap();
         assert!(rss > 1.0 && rss < 1024.0, "{workload}: peak RSS {rss} MB");

@@ -62,10 +62,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         case.run().context("warm-up call")?;
     }
     let mut runs_ms = Vec::with_capacity(args.iters);
+    let mut cpu_ms = Vec::with_capacity(args.iters);
     for _ in 0..args.iters {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), process_cpu_ms()?);
         case.run().context("timed call")?;
         runs_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        cpu_ms.push(process_cpu_ms()? - c);
     }
     let ms = median(&runs_ms);
     let min_ms = runs_ms.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -75,6 +77,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "ms": ms,
         "min_ms": min_ms,
         "runs_ms": runs_ms,
+        // CPU time of all threads per call (10 ms ticks): on a shared machine it moves less
+        // than wall time when other processes take cores (spin-waits still count).
+        "cpu_ms": median(&cpu_ms),
         "iters": args.iters,
         "warmup": args.warmup,
         "threads": threads,
@@ -142,6 +147,22 @@ fn median(xs: &[f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// User + system CPU time of the whole process so far (/proc/self/stat, clock ticks of 10 ms).
+fn process_cpu_ms() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc/self/stat: no ')'")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("/proc/self/stat: unreadable field {}", i + 3))
+    };
+    // Field 3 (state) is fields[0], so field 14 is fields[11].
+    Ok((ticks(11)? + ticks(12)?) * 10.0)
 }
 
 /// Peak resident set (`VmHWM` of /proc/self/status) in MB (MiB, like the anchors' ru_maxrss/1024).
