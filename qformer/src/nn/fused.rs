@@ -206,6 +206,8 @@ mod tests {
         let xv = Var::from_tensor(&x).unwrap();
         let slow = candle_core::Module::forward(&composite, xv.as_tensor()).unwrap();
         let d = (fused - slow).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+        // Outputs reach |9| and the row sums ~8e4, so f32 summation order alone moves ~1e-5.
+        let d = d.to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "fused LayerNorm differs by {d}");
     }
 }
