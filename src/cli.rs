@@ -36,4 +36,6 @@ pub enum Command {
     Quickstart(crate::cmd::quickstart::QuickstartArgs),
     /// Redraw RUN_DIR/curves.png from RUN_DIR/metrics.jsonl.
     Plot(crate::cmd::plot::PlotArgs),
+    /// Time a BLIP-2-sized workload with random weights (median ms, peak RSS) for PyTorch comparisons.
+    Bench(crate::cmd::bench::BenchArgs),
 }

@@ -27,7 +27,22 @@ pub(crate) fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// `mi_option_purge_delay`: its index in `mi_option_e` of mimalloc v3's `mimalloc.h` (the
+/// version libmimalloc-sys builds by default).
+const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
+
+// In the mimalloc C library that the `mimalloc` crate links (libmimalloc-sys only binds it
+// behind a feature that needs another crate).
+extern "C" {
+    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
+}
+
 fn main() -> ExitCode {
+    // Never hand freed pages back to the OS: by default mimalloc purges them after a delay, and
+    // the next forward pass faults them back in zeroed: 35k page faults and ~16% of the CPU time
+    // of a B=8 Q-Former forward (perf stat). Peak RSS is unchanged; memory is reused, not grown.
+    // SAFETY: sets a plain integer option; mimalloc reads it at every purge decision.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = cli::Cli::parse();
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,38 +1,50 @@
-//! ITM re-ranking throughput (pairs/s) at the real BLIP-2 Q-Former size with random weights: hidden 768,
-//! 12 layers, 32 queries, vision width 1408 with 257 tokens, texts of 35 tokens (no padding to trim).
+//! ITM throughput (pairs/s) at the real BLIP-2 Q-Former size with random weights: hidden 768,
+//! 12 layers, 32 queries, vision width 1408 with 257 tokens.
+//! - `itm_pairs/64_pairs`: workload 3 of issue #10 (64 pairs of 32-token texts, one image each);
+//! - `itm_rerank`: the retrieval re-ranking loop over galleries (texts of 35 tokens).
 //!
 //!     cargo bench -p eval --bench itm_rerank
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use eval::retrieval::rerank::itm_logits_of_pairs;
 use eval::retrieval::{ImageGallery, TextGallery};
+use qformer::bench_models::{
+    seeded_tensor, stage_one_model, text_ids, BenchCase, ItmCase, Scale, DEFAULT_SEED,
+};
 use qformer::masks::PaddingMask;
-use qformer::model::{Blip2Qformer, ModelParts};
-use qformer::Blip2Config;
 
 const PAIRS: usize = 32;
 
-fn bench_itm(c: &mut Criterion) {
+fn bench_itm_pairs(c: &mut Criterion) {
+    let mut case = ItmCase::new(Scale::Real, DEFAULT_SEED).expect("random model");
+    let mut group = c.benchmark_group("itm_pairs");
+    group.sample_size(10).throughput(Throughput::Elements(64));
+    group.bench_function("64_pairs", |b| b.iter(|| case.run().unwrap()));
+    group.finish();
+}
+
+fn bench_itm_rerank(c: &mut Criterion) {
     let dev = Device::Cpu;
-    let mut cfg = Blip2Config::default();
-    cfg.qformer_config.use_qformer_text_input = true;
-    cfg.qformer_config.hidden_dropout_prob = 0.0;
-    cfg.qformer_config.attention_probs_dropout_prob = 0.0;
-    let parts = ModelParts { vision: false, text: true, stage_one_heads: true, lm_head: false };
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let model = Blip2Qformer::new(&cfg, parts, 1e-6, vb.clone(), vb).expect("random model");
+    let seed = DEFAULT_SEED;
+    let (_vars, model) = stage_one_model(Scale::Real, seed, false, false, &dev).unwrap();
+    let cfg = model.config().clone();
 
     let (n_img, n_txt, tokens, len) = (8, 8, 257, 35);
     let dv = cfg.vision_config.hidden_size;
     let images = ImageGallery {
-        image_feats: Tensor::randn(0f32, 1.0, (n_img, cfg.num_query_tokens, 256), &dev).unwrap(),
-        image_embeds: Tensor::randn(0f32, 1.0, (n_img, tokens, dv), &dev).unwrap(),
+        image_feats: seeded_tensor(
+            seed,
+            "feats",
+            (n_img, cfg.num_query_tokens, 256),
+            0.0,
+            1.0,
+            &dev,
+        )
+        .unwrap(),
+        image_embeds: seeded_tensor(seed, "embeds", (n_img, tokens, dv), 0.0, 1.0, &dev).unwrap(),
     };
-    let ids: Vec<u32> = (0..n_txt * len).map(|i| (1000 + 37 * i % 20000) as u32).collect();
-    let ids = Tensor::from_vec(ids, (n_txt, len), &dev).unwrap();
+    let ids: Tensor = text_ids(Scale::Real, seed, n_txt, len, &dev).unwrap();
     let texts = TextGallery::encode(&model, ids, PaddingMask::all_keep(n_txt, len), n_txt).unwrap();
     let pairs: Vec<(usize, usize)> = (0..PAIRS).map(|p| (p % n_img, (p / n_img) % n_txt)).collect();
 
@@ -45,5 +57,5 @@ fn bench_itm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_itm);
+criterion_group!(benches, bench_itm_pairs, bench_itm_rerank);
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! BLIP-2 vision encoder, Q-Former, stage-one objectives, LLM bridges and training (candle).
 
+pub mod bench_models;
 pub mod config;
 pub mod error;
 pub mod llm;

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 
+pub mod bench;
 pub mod cache_features;
 pub mod caption;
 pub mod embed;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(args) => pretrain::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Quickstart(args) => quickstart::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::CacheFeatures(args) => cache_features::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Caption(args) => caption::run(args),

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::QFormerConfig;
 use crate::masks::AdditiveMask;
-use crate::nn::{dropout, softmax, LayerNorm};
+use crate::nn::{apply_linear, dropout, gelu, softmax, LayerNorm};
 
 /// Self-attention keys and values of the query positions, one `(K, V)` per layer, each
 /// `[B, heads, Q, head_dim]`. The ITC image pass produces it; the ITG text pass attends to it
@@ -173,14 +173,16 @@ impl Attention {
         rng: &mut ChaCha8Rng,
     ) -> Result<AttentionOutput> {
         let (b, t, h) = x.dims3()?;
-        let q = self.split_heads(&self.query.forward(x)?)?;
-        let key = self.split_heads(&self.key.forward(kv_input)?)?;
-        let value = self.split_heads(&self.value.forward(kv_input)?)?;
+        // Scaling q (T x hd) instead of the scores (T x S) saves a pass over the larger tensor.
+        let q =
+            self.split_heads(&(apply_linear(&self.query, x)? / (self.head_dim as f64).sqrt())?)?;
+        let key = self.split_heads(&apply_linear(&self.key, kv_input)?)?;
+        let value = self.split_heads(&apply_linear(&self.value, kv_input)?)?;
         let (k_all, v_all) = match past {
             Some((pk, pv)) => (Tensor::cat(&[pk, &key], 2)?, Tensor::cat(&[pv, &value], 2)?),
             None => (key.clone(), value.clone()),
         };
-        let scores = (q.matmul(&k_all.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = q.matmul(&k_all.t()?)?;
         let scores = match mask {
             Some(m) => {
                 let (mt, mk) = (m.dim(2)?, m.dim(3)?);
@@ -197,7 +199,8 @@ impl Attention {
         };
         let probs = dropout(&softmax(&scores)?, self.attention_dropout, train, rng)?;
         let ctx = probs.matmul(&v_all)?.transpose(1, 2)?.reshape((b, t, h))?;
-        let projected = dropout(&self.dense.forward(&ctx)?, self.hidden_dropout, train, rng)?;
+        let projected =
+            dropout(&apply_linear(&self.dense, &ctx)?, self.hidden_dropout, train, rng)?;
         let hidden = self.layer_norm.forward(&(projected + x)?)?;
         Ok(AttentionOutput { hidden, key, value })
     }
@@ -226,8 +229,8 @@ impl FeedForward {
 
     // x: [B, T, H] -> [B, T, H]
     fn forward(&self, x: &Tensor, train: bool, rng: &mut ChaCha8Rng) -> Result<Tensor> {
-        let inner = self.intermediate.forward(x)?.gelu_erf()?;
-        let out = dropout(&self.output.forward(&inner)?, self.hidden_dropout, train, rng)?;
+        let inner = gelu(&apply_linear(&self.intermediate, x)?)?;
+        let out = dropout(&apply_linear(&self.output, &inner)?, self.hidden_dropout, train, rng)?;
         self.layer_norm.forward(&(out + x)?)
     }
 }
@@ -287,7 +290,8 @@ impl QFormerLayer {
         let a = att.hidden;
         let t = a.dim(1)?;
         let out = if num_q > 0 {
-            let mut aq = a.narrow(1, 0, num_q)?;
+            // Contiguous halves, so their projections fold into single GEMMs.
+            let mut aq = if t > num_q { a.narrow(1, 0, num_q)?.contiguous()? } else { a.clone() };
             if let Some(cross) = &self.crossattention {
                 let image = image_embeds.ok_or_else(|| {
                     candle_core::Error::Msg(format!(
@@ -300,8 +304,8 @@ impl QFormerLayer {
             }
             let query_part = self.query_ffn.forward(&aq, train, rng)?;
             if t > num_q {
-                let text_part =
-                    self.text_ffn()?.forward(&a.narrow(1, num_q, t - num_q)?, train, rng)?;
+                let text = a.narrow(1, num_q, t - num_q)?.contiguous()?;
+                let text_part = self.text_ffn()?.forward(&text, train, rng)?;
                 Tensor::cat(&[&query_part, &text_part], 1)?
             } else {
                 query_part

@@ -114,8 +114,9 @@ impl VisionLayer {
     // x: [B, T, Dv] -> [B, T, Dv]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        let mlp =
-            self.fc2.forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?.gelu_erf()?)?;
+        let mlp = self
+            .fc2
+            .forward(&crate::nn::gelu(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?)?;
         x + mlp
     }
 }

@@ -38,6 +38,9 @@ impl LayerNorm {
 impl Module for LayerNorm {
     // x: [..., H] -> [..., H]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if super::fused::fusable(&[x, &self.weight, &self.bias]) {
+            return super::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
         let in_dtype = x.dtype();
         // Statistics in f32 at least, like PyTorch's CPU kernel for half inputs.
         let x = if in_dtype == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };

@@ -1,0 +1,155 @@
+//! Workload 2: one stage-one training step on cached image features (ITC + ITM + ITG forward,
+//! backward, AdamW), through the same `train::stage_one_step` that `blip2 pretrain` runs.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+
+use super::seeded::{seeded_tensor, SeededVarMap};
+use super::sizes::{stage_one_config, stage_one_model, text_ids};
+use super::{BenchCase, Scale};
+use crate::masks::PaddingMask;
+use crate::model::{Blip2Qformer, ImageInput};
+use crate::objectives::{stage_one_losses, NegativeMode, ObjectiveConfig, PretrainBatch};
+use crate::train::{
+    clip_grad_norm, rng, stage_one_step, AdamW, AdamWConfig, DecayRule, ParamStore, StepGuard,
+    StepVerdict, TrainState,
+};
+use crate::Result;
+
+/// LAVIS `Blip2Qformer.forward` + `loss.backward()` + `AdamW.step()` at B=8, L=32 on random
+/// `[8, 257, 1408]` features (through the trainable `ln_vision`), hardest negatives (the anchor
+/// patches `torch.multinomial` to argmax), LAVIS decay groups, lr 1e-4, wd 0.05, no clipping.
+pub struct Stage1StepCase {
+    pub model: Blip2Qformer,
+    pub params: ParamStore,
+    pub opt: AdamW,
+    pub state: TrainState,
+    pub objectives: ObjectiveConfig,
+    /// `[B, N, Dv]` vision features before `ln_vision`
+    pub features: Tensor,
+    /// `[B, L]`
+    pub input_ids: Tensor,
+    pub padding: PaddingMask,
+    batch: usize,
+    _vars: SeededVarMap,
+}
+
+/// Wall time of the parts of one step, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepPhases {
+    /// The three losses (image pass, text pass, ITC, ITM pass, ITG pass).
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    /// Global gradient norm (measured every step, even without clipping).
+    pub grad_norm_ms: f64,
+    pub optimizer_ms: f64,
+}
+
+impl Stage1StepCase {
+    pub fn new(scale: Scale, seed: u64) -> Result<Self> {
+        let dev = Device::Cpu;
+        let cfg = stage_one_config(scale);
+        let (b, len) = (scale.pick(8, 3), scale.pick(32, 6));
+        let (vars, model) = stage_one_model(scale, seed, true, true, &dev)?;
+        let params = ParamStore::from_varmap(vars.varmap(), DecayRule::LavisBase);
+        let opt = AdamW::new(AdamWConfig::default());
+        let state = TrainState::new(rng::seeded(seed), StepGuard::new(3, 5.0));
+        let objectives = ObjectiveConfig {
+            negatives: NegativeMode::Hardest,
+            bos_token_id: (cfg.qformer_config.vocab_size - 1) as u32,
+            pad_token_id: 0,
+            ..Default::default()
+        };
+        let dv = cfg.vision_config.hidden_size;
+        let features =
+            seeded_tensor(seed, "image_features", (b, scale.vision_tokens(), dv), 0.0, 1.0, &dev)?;
+        let input_ids = text_ids(scale, seed, b, len, &dev)?;
+        let padding = PaddingMask::all_keep(b, len);
+        Ok(Self {
+            model,
+            params,
+            opt,
+            state,
+            objectives,
+            features,
+            input_ids,
+            padding,
+            batch: b,
+            _vars: vars,
+        })
+    }
+
+    /// One step through `stage_one_step`; returns the total loss before the update.
+    pub fn step(&mut self) -> Result<f64> {
+        let batch = batch(&self.features, &self.input_ids, &self.padding);
+        let lr = self.opt.config().lr;
+        let out = stage_one_step(
+            &self.model,
+            &self.params,
+            &mut self.opt,
+            &mut self.state,
+            &self.objectives,
+            &[batch],
+            lr,
+            None,
+            self.batch as u64,
+        )?;
+        if !matches!(out.verdict, StepVerdict::Apply { .. }) {
+            return Err(crate::Error::Msg(format!(
+                "stage1-step: step skipped ({:?})",
+                out.verdict
+            )));
+        }
+        Ok(out.loss)
+    }
+
+    /// One step taken apart into the phases `stage_one_step` runs, each timed (profiling; the
+    /// update is the same as `step`'s).
+    pub fn step_phases(&mut self) -> Result<StepPhases> {
+        let t0 = Instant::now();
+        let batch = batch(&self.features, &self.input_ids, &self.padding);
+        let losses =
+            stage_one_losses(&self.model, &batch, &self.objectives, true, &mut self.state.rng)?;
+        let loss = losses.total.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let mut grads = losses.total.backward()?;
+        drop(losses);
+        let t2 = Instant::now();
+        clip_grad_norm(&self.params, &mut grads, None)?;
+        let t3 = Instant::now();
+        self.opt.step(&self.params, &grads)?;
+        drop(grads);
+        let t4 = Instant::now();
+        self.state.advance(self.batch as u64);
+        if !loss.is_finite() {
+            return Err(crate::Error::Msg(format!("stage1-step: loss {loss}")));
+        }
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        Ok(StepPhases {
+            forward_ms: ms(t0, t1),
+            backward_ms: ms(t1, t2),
+            grad_norm_ms: ms(t2, t3),
+            optimizer_ms: ms(t3, t4),
+        })
+    }
+}
+
+fn batch<'a>(
+    features: &'a Tensor,
+    input_ids: &'a Tensor,
+    padding: &'a PaddingMask,
+) -> PretrainBatch<'a> {
+    PretrainBatch {
+        image: ImageInput::VisionFeatures(features),
+        input_ids,
+        attention_mask: padding,
+        image_ids: None,
+    }
+}
+
+impl BenchCase for Stage1StepCase {
+    fn run(&mut self) -> Result<()> {
+        self.step().map(|_| ())
+    }
+}

@@ -1,0 +1,66 @@
+//! `blip2 bench`: every workload runs end to end at the hidden tiny size and reports the JSON
+//! fields `tools/side_by_side.sh` reads; bad arguments fail with one clean line.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn every_workload_reports_its_json_fields() {
+    for (workload, rate) in [
+        ("qformer-forward", None),
+        ("stage1-step", None),
+        ("itm", Some(("pairs_per_s", 3.0))),
+        ("vit-forward", None),
+        ("opt-generate", Some(("tokens_per_s", 5.0))),
+    ] {
+        let out = blip2(["bench", workload, "--tiny", "--json", "--iters", "3", "--threads", "1"]);
+        let v = stdout_json(&out);
+        assert_eq!(v["workload"], workload);
+        assert_eq!(v["iters"], 3);
+        assert_eq!(v["threads"], 1);
+        let runs: Vec<f64> =
+            v["runs_ms"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(runs.len(), 3);
+        let mut sorted = runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let ms = v["ms"].as_f64().unwrap();
+        assert_eq!(ms, sorted[1], "{workload}: ms is the median of {runs:?}");
+        assert!(ms > 0.0 && v["min_ms"].as_f64().unwrap() == sorted[0]);
+        assert!(v["cpu_ms"].as_f64().unwrap() >= 0.0);
+        // A Rust process running a model holds at least a few MB, and far less than 1 GB here.
+        let rss = v["peak_rss_mb"].as_f64().unwrap();
+        assert!(rss > 1.0 && rss < 1024.0, "{workload}: peak RSS {rss} MB");
+        match rate {
+            Some((key, per_call)) => {
+                let r = v[key].as_f64().unwrap_or_else(|| panic!("{workload}: no {key} in {v}"));
+                assert!((r - per_call / (ms / 1e3)).abs() < 1e-6 * r, "{workload}: {key} {r}");
+            }
+            None => assert!(v.get("pairs_per_s").is_none() && v.get("tokens_per_s").is_none()),
+        }
+    }
+}
+
+#[test]
+fn stage_one_phases_are_reported() {
+    let out = blip2(["bench", "stage1-step", "--tiny", "--json", "--iters", "1", "--phases"]);
+    let v = stdout_json(&out);
+    for phase in ["forward", "backward", "grad_norm", "optimizer"] {
+        assert!(v["phases_ms"][phase].as_f64().unwrap() > 0.0, "{phase} in {v}");
+    }
+}
+
+#[test]
+fn bad_arguments_fail_with_one_line() {
+    for (args, culprit) in [
+        (vec!["bench", "resnet"], "resnet"),
+        (vec!["bench", "itm", "--tiny", "--iters", "0"], "--iters"),
+    ] {
+        let out = blip2(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(culprit), "{err}");
+    }
+}
