@@ -25,8 +25,8 @@ fn ok(out: &Output) {
     );
 }
 
-fn write_config(dir: &Path) -> PathBuf {
-    let opt = fixture("opt");
+fn write_config(dir: &Path, llm: &str) -> PathBuf {
+    let opt = fixture(llm);
     let cfg = format!(
         r#"stage = "stage2"
 seed = 3
@@ -73,7 +73,7 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn stage_two_trains_the_query_path_and_projection_only_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path());
+    let cfg = write_config(dir.path(), "opt");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let out = pretrain(&["--config", cfg.to_str().unwrap(), "--out", a.to_str().unwrap()]);
     ok(&out);
@@ -125,7 +125,7 @@ fn stage_two_trains_the_query_path_and_projection_only_and_resumes_exactly() {
 #[test]
 fn stage_two_without_an_llm_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path());
+    let cfg = write_config(dir.path(), "opt");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let text: String =
         text.lines().filter(|l| !l.starts_with("llm =")).collect::<Vec<_>>().join("\n");
@@ -137,4 +137,22 @@ fn stage_two_without_an_llm_is_refused_by_name() {
     assert!(err.contains("model.llm"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!run.join("metrics.jsonl").exists());
+}
+
+#[test]
+fn stage_two_trains_through_a_frozen_flan_t5_with_the_prefix_lm_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "t5");
+    let run = dir.path().join("t5");
+    let out = pretrain(&["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("frozen FLAN-T5"));
+    let lm: Vec<f64> = metrics(&run).iter().map(|r| r["losses"]["lm"].as_f64().unwrap()).collect();
+    assert_eq!(lm.len(), 4);
+    assert!(lm.iter().all(|l| l.is_finite() && *l > 0.0), "{lm:?}");
+    assert_ne!(lm[0], lm[3]);
+    let bytes = std::fs::read(run.join("checkpoints/step-000004/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(st.names().iter().any(|n| *n == "language_projection.weight"));
+    assert!(st.names().iter().all(|n| !n.starts_with("language_model.")));
 }

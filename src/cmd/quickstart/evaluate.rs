@@ -60,7 +60,8 @@ pub fn retrieval(
         let n_txt = texts.len();
         let sims_t2i: Vec<Vec<f32>> =
             (0..n_txt).map(|t| sims_i2t.iter().map(|row| row[t]).collect()).collect();
-        let itc = retrieval_metrics(&sims_i2t, &sims_t2i, &world.test.img2txt, &world.test.txt2img)?;
+        let itc =
+            retrieval_metrics(&sims_i2t, &sims_t2i, &world.test.img2txt, &world.test.txt2img)?;
         return Ok(RetrievalReport { itc, rerank: None, images: images.len(), texts: n_txt });
     };
     let scores = compute_scores(model, &images, &texts, k_test, 256, &mut |_, _| {})?;

@@ -125,13 +125,38 @@ impl Plan {
             Scale::Default | Scale::Long => (
                 5000,
                 Sizes {
-                    image_size: 48, patch_size: 8, vit_hidden: 64, vit_layers: 2,
-                    qformer_hidden: 64, qformer_layers: 2, queries: 8, embed_dim: 32,
-                    opt_hidden: 96, opt_layers: 2,
+                    image_size: 48,
+                    patch_size: 8,
+                    vit_hidden: 64,
+                    vit_layers: 2,
+                    qformer_hidden: 64,
+                    qformer_layers: 2,
+                    queries: 8,
+                    embed_dim: 32,
+                    opt_hidden: 96,
+                    opt_layers: 2,
                 },
-                PhaseOptim { steps: 1000, batch: 32, lr: 2e-3, warmup_steps: 30, weight_decay: 0.01 },
-                PhaseOptim { steps: 600, batch: 32, lr: 2e-3, warmup_steps: 30, weight_decay: 0.05 },
-                PhaseOptim { steps: 300, batch: 32, lr: 1e-3, warmup_steps: 15, weight_decay: 0.05 },
+                PhaseOptim {
+                    steps: 1000,
+                    batch: 32,
+                    lr: 2e-3,
+                    warmup_steps: 30,
+                    weight_decay: 0.01,
+                },
+                PhaseOptim {
+                    steps: 1200,
+                    batch: 32,
+                    lr: 2e-3,
+                    warmup_steps: 30,
+                    weight_decay: 0.05,
+                },
+                PhaseOptim {
+                    steps: 600,
+                    batch: 32,
+                    lr: 1e-3,
+                    warmup_steps: 15,
+                    weight_decay: 0.05,
+                },
                 8,
             ),
         };
@@ -246,13 +271,17 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         model_dir.join("preprocessor_config.json"),
         serde_json::to_string_pretty(&processor)?,
     )?;
-    let features = FeatureStore::compute(&models.qformer, &world.root, &all_images, &processor, &dev)?;
+    let features =
+        FeatureStore::compute(&models.qformer, &world.root, &all_images, &processor, &dev)?;
     {
         // How much the frozen features vary between images (vs within one): a diagnostic.
         let f = &features.features;
         let across = f.mean(1)?.var_keepdim(0)?.mean_all()?.to_scalar::<f32>()?;
         let total = f.flatten_to(1)?.var_keepdim(0)?.mean_all()?.to_scalar::<f32>()?;
-        println!("frozen features {:?}: variance across images {across:.4}, per position {total:.4}", f.dims());
+        println!(
+            "frozen features {:?}: variance across images {across:.4}, per position {total:.4}",
+            f.dims()
+        );
     }
     t.add("2a. frozen ViT features (random ViT, once)", clock);
 
