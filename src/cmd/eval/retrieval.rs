@@ -234,7 +234,9 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
     let model = load_model(&args, &device)?;
 
     let tok_path = args.model.join("tokenizer.json");
-    let tokenizer = TextTokenizer::from_file(&tok_path, TEXT_MAX_LENGTH)?;
+    // LAVIS's 35 tokens, capped by the model's position table (small Q-Formers have fewer).
+    let max_len = TEXT_MAX_LENGTH.min(model.config().qformer_config.max_position_embeddings);
+    let tokenizer = TextTokenizer::from_file(&tok_path, max_len)?;
     let captions: Vec<String> =
         split.texts.iter().map(|c| pre_caption(c, CAPTION_MAX_WORDS)).collect();
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
