@@ -129,6 +129,23 @@ impl ParamStore {
         store
     }
 
+    /// The vars of `varmaps` whose names pass `keep`, all trainable: a stage's trainable subset
+    /// (stage two keeps the query path and the projection) built from the maps that hold them.
+    pub fn from_varmaps_where(
+        varmaps: &[&VarMap],
+        rule: DecayRule,
+        keep: impl Fn(&str) -> bool,
+    ) -> Self {
+        let mut store = Self::new();
+        for vm in varmaps {
+            let data = vm.data().lock().expect("VarMap mutex poisoned");
+            for (name, var) in data.iter().filter(|(n, _)| keep(n)) {
+                store.insert(name, var.clone(), true, rule);
+            }
+        }
+        store
+    }
+
     pub fn insert(&mut self, name: &str, var: Var, trainable: bool, rule: DecayRule) {
         let decay = rule.decays(name, var.dims());
         self.params.insert(name.to_string(), Param { var, trainable, decay });

@@ -18,6 +18,7 @@ use qformer::objectives::{is_stage_two_trainable, StageTwoText};
 use qformer::train::{rng, DecayRule, ParamStore, RunConfig};
 use qformer::weights::TensorSet;
 
+use qformer::train::init::named_vars;
 use qformer::train::init_fresh;
 
 pub struct StageTwo {
@@ -60,10 +61,7 @@ impl StageTwo {
             llm_cfg.llm_hidden_size(),
             VarBuilder::from_varmap(&projection_vars, DType::F32, device).pp("language_projection"),
         )?;
-        let named: Vec<(String, candle_core::Var)> = {
-            let data = projection_vars.data().lock().expect("VarMap lock");
-            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
+        let named = named_vars(&projection_vars)?;
         let continued =
             named.iter().all(|(n, var)| set.get(n).is_some_and(|t| t.dims() == var.dims()));
         if continued {
@@ -98,18 +96,11 @@ impl StageTwo {
 
     /// The trainable parameters: the Q-Former's query path (from `qformer_vars`) and the projection.
     pub fn params(&self, qformer_vars: &VarMap, rule: DecayRule) -> ParamStore {
-        let mut store = ParamStore::new();
-        for vm in [qformer_vars, &self.projection_vars] {
-            let data = vm.data().lock().expect("VarMap lock");
-            let mut named: Vec<_> = data.iter().collect();
-            named.sort_by(|a, b| a.0.cmp(b.0));
-            for (name, var) in named {
-                if is_stage_two_trainable(name) {
-                    store.insert(name, var.clone(), true, rule);
-                }
-            }
-        }
-        store
+        ParamStore::from_varmaps_where(
+            &[qformer_vars, &self.projection_vars],
+            rule,
+            is_stage_two_trainable,
+        )
     }
 
     fn ids(&self, text: &str, special: bool) -> Result<Vec<u32>> {

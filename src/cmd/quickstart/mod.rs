@@ -40,7 +40,8 @@ use qformer::train::{rng, DecayRule, MicroLoss, ParamStore, TrainRng};
 
 use crate::common::device::parse_device;
 use evaluate::Context as VqaContext;
-use models::{named, Models, Sizes};
+use models::{Models, Sizes};
+use qformer::train::init::named_vars;
 use report::{Results, Timings};
 use trainer::{PhaseOptim, PhaseTrainer};
 use world::{FeatureStore, World};
@@ -287,7 +288,10 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
 
     let clock = Instant::now();
     let corpus = lm::LmCorpus::from_world(&world, &otok, vocab_id(&otok, vocab::NEWLINE)?)?;
-    let lm_params = params_where(&[&models.llm_vars], |n| n.starts_with("language_model."));
+    let lm_params =
+        ParamStore::from_varmaps_where(&[&models.llm_vars], DecayRule::LavisBase, |n| {
+            n.starts_with("language_model.")
+        });
     let mut lm_run = PhaseTrainer::new(&out.join("runs/lm"), "lm", lm_params, plan.lm, plan.seed)?;
     while !lm_run.done() {
         let opt = models.opt();
@@ -349,9 +353,11 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
 
     // 5. Stage two.
     let clock = Instant::now();
-    let s2_params = params_where(&[&models.qformer_vars, &models.llm_vars], |n| {
-        is_stage_two_trainable(n) || n.starts_with("language_projection.")
-    });
+    let s2_params = ParamStore::from_varmaps_where(
+        &[&models.qformer_vars, &models.llm_vars],
+        DecayRule::LavisBase,
+        |n| is_stage_two_trainable(n) || n.starts_with("language_projection."),
+    );
     let mut s2 =
         PhaseTrainer::new(&out.join("runs/stage2"), "stage2", s2_params, plan.stage2, plan.seed)?;
     let mut sampler =
@@ -459,22 +465,9 @@ fn vocab_id(tok: &tokenizers::Tokenizer, s: &str) -> Result<u32> {
     tok.token_to_id(s).with_context(|| format!("{s:?} is not in the tokenizer"))
 }
 
-/// The variables of `maps` whose names pass `keep`, all trainable (LAVIS decay rule).
-fn params_where(maps: &[&candle_nn::VarMap], keep: impl Fn(&str) -> bool) -> ParamStore {
-    let mut store = ParamStore::new();
-    for vm in maps {
-        for (name, var) in named(vm) {
-            if keep(&name) {
-                store.insert(&name, var, true, DecayRule::LavisBase);
-            }
-        }
-    }
-    store
-}
-
 /// After its pretraining the OPT becomes constants: no gradient is computed for it again.
 fn freeze_language_model(models: &mut Models) -> Result<()> {
-    let tensors: HashMap<String, Tensor> = named(&models.llm_vars)
+    let tensors: HashMap<String, Tensor> = named_vars(&models.llm_vars)?
         .into_iter()
         .filter(|(n, _)| n.starts_with("language_model."))
         .map(|(n, v)| (n.trim_start_matches("language_model.").to_string(), v.as_tensor().detach()))

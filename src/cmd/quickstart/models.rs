@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 
@@ -15,6 +15,7 @@ use qformer::model::{Blip2Qformer, ModelParts};
 use qformer::train::rng;
 use qformer::Blip2Config;
 
+use qformer::train::init::named_vars;
 use qformer::train::init_fresh;
 
 /// Widths and depths of the three models.
@@ -98,9 +99,9 @@ impl Models {
         )?;
         let llm =
             Blip2Llm::load(VarBuilder::from_varmap(&llm_vars, DType::F32, device), &llm_config)?;
-        init_fresh(&named(&vision_vars), &mut rng::substream(seed, "init/vision"))?;
-        init_fresh(&named(&qformer_vars), &mut rng::substream(seed, "init/qformer"))?;
-        init_fresh(&named(&llm_vars), &mut rng::substream(seed, "init/llm"))?;
+        init_fresh(&named_vars(&vision_vars)?, &mut rng::substream(seed, "init/vision"))?;
+        init_fresh(&named_vars(&qformer_vars)?, &mut rng::substream(seed, "init/qformer"))?;
+        init_fresh(&named_vars(&llm_vars)?, &mut rng::substream(seed, "init/llm"))?;
         Ok(Self { qformer, vision_vars, qformer_vars, llm, llm_vars })
     }
 
@@ -116,18 +117,11 @@ impl Models {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut all = std::collections::HashMap::new();
         for vm in [&self.vision_vars, &self.qformer_vars, &self.llm_vars] {
-            for (name, var) in named(vm) {
+            for (name, var) in named_vars(vm)? {
                 all.insert(name, var.as_tensor().clone());
             }
         }
         candle_core::safetensors::save(&all, path)
             .with_context(|| format!("writing {}", path.display()))
     }
-}
-
-pub fn named(vm: &VarMap) -> Vec<(String, Var)> {
-    let data = vm.data().lock().expect("VarMap lock");
-    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
