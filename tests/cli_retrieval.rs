@@ -102,3 +102,72 @@ fn bad_annotation_path_is_a_clear_error() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("/nonexistent/ann.json"), "{err}");
 }
+
+/// `--lavis-checkpoint` puts the LAVIS stage-one weights (ln_vision eps 1e-5) over the directory's
+/// ViT. Its ITC matrix must equal `blip2 score --lavis-checkpoint` on the same images and cleaned
+/// captions (that path is pinned to LAVIS's own forward in cli_score.rs), and differ from the HF
+/// directory's (eps 1e-6), so the checkpoint was really used.
+#[test]
+fn lavis_checkpoint_matches_score_with_the_same_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pth = fixture("itm/lavis_stage1.pth");
+    let scores = tmp.path().join("scores.json");
+    let res = Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(["eval", "retrieval", "--json", "--k-test", "2"])
+        .arg("--model")
+        .arg(fixture("itm"))
+        .arg("--lavis-checkpoint")
+        .arg(&pth)
+        .arg("--annotations")
+        .arg(fixture("retrieval/karpathy_test.json"))
+        .arg("--images")
+        .arg(fixture("images"))
+        .arg("--out")
+        .arg(tmp.path().join("report.json"))
+        .arg("--scores")
+        .arg(&scores)
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let got: Value = serde_json::from_str(&std::fs::read_to_string(&scores).unwrap()).unwrap();
+
+    // The annotation captions after LAVIS caption cleaning, in annotation order.
+    let texts = [
+        "a red circle on the left of the picture",
+        "a blue square next to a green triangle",
+        "a yellow square",
+        "there are 3 triangles in the image",
+        "a photo of two cats laying on a pink blanket",
+    ];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blip2"));
+    cmd.args(["score", "--json"]).arg("--model").arg(fixture("itm"));
+    cmd.arg("--lavis-checkpoint").arg(&pth);
+    for i in 0..4 {
+        cmd.arg("--image").arg(fixture(&format!("images/img{i}.png")));
+    }
+    for t in texts {
+        cmd.arg("--text").arg(t);
+    }
+    let res = cmd.output().unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let score: Value = serde_json::from_slice(&res.stdout).unwrap();
+    // The two paths are the same arithmetic (equal to the last digit here); the HF directory alone
+    // differs from them by 3.9e-7, so this tolerance also tells the two apart.
+    assert_close("sims_i2t vs score --lavis-checkpoint", &got["sims_i2t"], &score["itc"], 1e-7);
+
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("retrieval/expected.json")).unwrap())
+            .unwrap();
+    let max_diff = got["sims_i2t"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(expected["sims_i2t"].as_array().unwrap())
+        .flat_map(|(a, b)| {
+            a.as_array().unwrap().iter().zip(b.as_array().unwrap()).map(|(x, y)| {
+                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs()
+            })
+        })
+        .fold(0.0f64, f64::max);
+    assert!(max_diff > 1e-7, "the LAVIS checkpoint left the HF numbers unchanged");
+}
