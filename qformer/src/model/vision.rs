@@ -2,12 +2,17 @@
 //!
 //! Reference: transformers 4.57 `models/blip_2/modeling_blip_2.py` (`Blip2VisionEmbeddings`,
 //! `Blip2Attention`, `Blip2MLP`, `Blip2EncoderLayer`); LAVIS `eva_vit.py`.
-//! The ViT is frozen in BLIP-2, so it uses candle's fused (backward-less) inference ops.
+//! The ViT is frozen in BLIP-2: its LayerNorm and softmax take the fused (backward-less) kernels
+//! whenever nothing tracks a gradient, and [`VisionTransformer::forward`] detaches its output.
+//! [`VisionTransformer::forward_trainable`] keeps the graph, for pretraining a small image encoder
+//! (the quickstart's contrastive ViT phase): then the same layers use their composite ops.
 //! `post_layernorm` (= LAVIS `ln_vision`) IS trained and therefore lives in [`super::blip2`]
 //! as a differentiable [`crate::nn::LayerNorm`].
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use crate::nn::LayerNorm;
 
 use crate::config::VisionConfig;
 
@@ -84,7 +89,7 @@ impl VisionAttention {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = crate::nn::softmax(&scores)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
         self.projection.forward(&ctx)
     }
@@ -103,9 +108,9 @@ impl VisionLayer {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            layer_norm1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            layer_norm1: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             self_attn: VisionAttention::new(cfg, vb.pp("self_attn"))?,
-            layer_norm2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            layer_norm2: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
             fc1: crate::nn::linear(h, cfg.intermediate_size, true, vb.pp("mlp.fc1"))?,
             fc2: crate::nn::linear(cfg.intermediate_size, h, true, vb.pp("mlp.fc2"))?,
         })
@@ -145,12 +150,19 @@ impl VisionTransformer {
 
     // pixels: [B, C, H, W] -> [B, N, Dv]
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = self.forward_trainable(pixels)?;
+        // Frozen (detached, so nothing backpropagates into it); handed on in f32 because the
+        // Q-Former side runs in f32 (HF `_keep_in_fp32_modules`, LAVIS fp32 ln_vision).
+        x.detach().to_dtype(DType::F32)?.contiguous()
+    }
+
+    /// The last block's hidden state with its graph kept (gradients reach every ViT weight).
+    // pixels: [B, C, H, W] -> [B, N, Dv]
+    pub fn forward_trainable(&self, pixels: &Tensor) -> Result<Tensor> {
         let mut x = self.embeddings.forward(pixels)?;
         for layer in &self.layers {
             x = layer.forward(&x)?;
         }
-        // Frozen (detached, so nothing backpropagates into it); handed on in f32 because the
-        // Q-Former side runs in f32 (HF `_keep_in_fp32_modules`, LAVIS fp32 ln_vision).
-        x.detach().to_dtype(DType::F32)?.contiguous()
+        Ok(x)
     }
 }
