@@ -13,6 +13,7 @@ fn every_workload_reports_its_json_fields() {
         ("itm", Some(("pairs_per_s", 3.0))),
         ("vit-forward", None),
         ("opt-generate", Some(("tokens_per_s", 5.0))),
+        ("matmul", None),
     ] {
         let out = blip2(["bench", workload, "--tiny", "--json", "--iters", "3", "--threads", "1"]);
         let v = stdout_json(&out);
@@ -37,6 +38,14 @@ fn every_workload_reports_its_json_fields() {
                 assert!((r - per_call / (ms / 1e3)).abs() < 1e-6 * r, "{workload}: {key} {r}");
             }
             None => assert!(v.get("pairs_per_s").is_none() && v.get("tokens_per_s").is_none()),
+        }
+        // Tiny sizes carry no anchor FLOP count; only matmul knows its own (2 * 16^3).
+        if workload == "matmul" {
+            assert_eq!(v["gflop_per_call"].as_f64(), Some(2.0 * 16f64.powi(3) / 1e9));
+            let g = v["gflop_per_s"].as_f64().unwrap();
+            assert!((g - 2.0 * 16f64.powi(3) / 1e9 / (ms / 1e3)).abs() < 1e-9 * g.max(1.0));
+        } else {
+            assert!(v.get("gflop_per_s").is_none(), "{workload}: {v}");
         }
     }
 }

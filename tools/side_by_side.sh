@@ -2,7 +2,7 @@
 # Developer tool (not CI): time each issue-#10 workload in Rust (`blip2 bench`) and in PyTorch
 # (shared/tools/torch_anchor.py), interleaved on the same machine, and print the ratios.
 #
-#   tools/side_by_side.sh [WORKLOAD ...]        # default: all five
+#   tools/side_by_side.sh [WORKLOAD ...]        # default: all five, then matmul (the GEMM ceiling)
 #
 # Environment:
 #   BLIP2         the blip2 binary (default target/release/blip2; build it with
@@ -35,7 +35,7 @@ if [[ -z "${SCRATCH:-}" ]]; then
 fi
 
 workloads=("$@")
-[[ ${#workloads[@]} -gt 0 ]] || workloads=(qformer-forward stage1-step itm vit-forward opt-generate)
+[[ ${#workloads[@]} -gt 0 ]] || workloads=(qformer-forward stage1-step itm vit-forward opt-generate matmul)
 
 # workload -> torch_anchor item, the key in its JSON, and whether it is a rate or a time.
 torch_item() {
@@ -45,6 +45,7 @@ torch_item() {
         itm) echo "itm itm_pairs_per_s pairs_per_s" ;;
         vit-forward) echo "vit vision_vit_g_forward_ms ms" ;;
         opt-generate) echo "opt opt_generate_tokens_per_s tokens_per_s" ;;
+        matmul) echo "matmul matmul.matmul_1024x1024x1024.median_ms ms" ;;
         *) echo "unknown workload $1" >&2; exit 1 ;;
     esac
 }
@@ -79,13 +80,17 @@ rust, torch = json.loads(rust), json.loads(torch)
 t = torch["items"][item]
 if "error" in t:
     sys.exit(f"torch item {item} failed: {t['error']}")
-tv, rv = t[key], rust[metric]
+tv = t
+for k in key.split("."):  # matmul's figure is nested one level down
+    tv = tv[k]
+rv = rust[metric]
 ratio = tv / rv if metric == "ms" else rv / tv
 unit = "ms" if metric == "ms" else metric.replace("_per_s", "/s")
 model_rss = t["peak_rss_mb"] - t["baseline_rss_mb"]
 print(f"{w:16s} rust {rv:10.1f} {unit:9s} torch {tv:10.1f} {unit:9s} ratio {ratio:5.2f}x   "
       f"peak RSS rust {rust['peak_rss_mb']:6.0f} MB, torch {t['peak_rss_mb']:6.0f} MB "
-      f"(model share {model_rss:.0f})   torch other cores {t['contention']['other_cores_during']:.2f}")
+      f"(model share {model_rss:.0f})   torch other cores {t['contention']['other_cores_during']:.2f}"
+      + (f"   rust {rust['gflop_per_s']:.0f} GFLOP/s" if "gflop_per_s" in rust else ""))
 PY
 )")
         echo "${results[-1]}" >&2

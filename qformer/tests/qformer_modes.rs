@@ -41,6 +41,7 @@ fn single_pass_modes_equal_separate_passes() {
             self_mask: &mask,
             image_embeds: Some(&image.image_embeds),
             past_query_kv: None,
+            image_rows: None,
         };
         m.qformer().forward_eval(&inp).unwrap()
     };
@@ -64,6 +65,7 @@ fn single_pass_modes_equal_separate_passes() {
         self_mask: &mask,
         image_embeds: None,
         past_query_kv: Some(&image.query_kv),
+        image_rows: None,
     };
     let cached = m.qformer().forward_eval(&inp).unwrap();
     assert_eq!(cached.num_queries, 0);
@@ -96,6 +98,7 @@ fn mismatched_mask_is_refused() {
         self_mask: &mask,
         image_embeds: None,
         past_query_kv: None,
+        image_rows: None,
     };
     let err = m.qformer().forward_eval(&inp).unwrap_err().to_string();
     assert!(err.contains("self-attention mask"), "{err}");

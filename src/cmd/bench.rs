@@ -7,11 +7,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use qformer::bench_models::{Scale, Stage1StepCase, Workload, DEFAULT_SEED};
+use qformer::bench_models::{anchor_gflop, Scale, Stage1StepCase, Workload, DEFAULT_SEED};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// qformer-forward, stage1-step, itm, vit-forward or opt-generate.
+    /// qformer-forward, stage1-step, itm, vit-forward, opt-generate, or matmul (the GEMM ceiling).
     pub workload: String,
     /// Timed calls (the median is reported).
     #[arg(long, default_value_t = 5)]
@@ -89,6 +89,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some((unit, per_call)) = case.throughput() {
         out[format!("{unit}_per_s")] = json!(per_call / (ms / 1e3));
     }
+    let flop = if args.tiny { case.flop() } else { case.flop().or(anchor_gflop(workload).map(|g| g * 1e9)) };
+    if let Some(flop) = flop {
+        out["gflop_per_call"] = json!(flop / 1e9);
+        out["gflop_per_s"] = json!(flop / 1e9 / (ms / 1e3));
+    }
     drop(case);
     if args.phases && workload == Workload::Stage1Step {
         out["phases_ms"] = stage_one_phases(scale, args.seed, args.iters)?;
@@ -99,7 +104,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         println!("{out}");
     } else {
-        let rate = case_rate(&out);
+        let mut rate = case_rate(&out);
+        if let Some(g) = out["gflop_per_s"].as_f64() {
+            rate.push_str(&format!(", {g:.1} GFLOP/s"));
+        }
         println!(
             "{}: median {ms:.1} ms over {} calls (min {min_ms:.1}){rate}, {threads} threads, peak RSS {:.0} MB",
             workload.name(),

@@ -82,15 +82,37 @@ pub fn itm_logits_of_pairs(
     let mut rng = ChaCha8Rng::seed_from_u64(0); // unused: no dropout at evaluation
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch_size.max(1)) {
-        let img_idx: Vec<u32> = chunk.iter().map(|&(i, _)| i as u32).collect();
+        // Pairs come sorted by image, so a chunk holds few distinct images: each one's
+        // cross-attention K/V is projected once and shared by its texts.
+        let mut distinct: Vec<u32> = Vec::new();
+        let rows: Vec<u32> = chunk
+            .iter()
+            .map(|&(i, _)| {
+                let i = i as u32;
+                let r = distinct.iter().position(|&d| d == i).unwrap_or_else(|| {
+                    distinct.push(i);
+                    distinct.len() - 1
+                });
+                r as u32
+            })
+            .collect();
         let txt_idx: Vec<usize> = chunk.iter().map(|&(_, t)| t).collect();
         let len = txt_idx.iter().map(|&t| texts.lengths[t]).max().unwrap_or(1).max(1);
-        let image_embeds = images.image_embeds.index_select(&Tensor::new(img_idx, &device)?, 0)?;
+        let image_embeds =
+            images.image_embeds.index_select(&Tensor::new(distinct, &device)?, 0)?;
+        let image_rows = Tensor::new(rows, &device)?;
         let txt_u32: Vec<u32> = txt_idx.iter().map(|&t| t as u32).collect();
         let input_ids =
             texts.input_ids.index_select(&Tensor::new(txt_u32, &device)?, 0)?.narrow(1, 0, len)?;
         let padding = trimmed_padding(&texts.padding, &txt_idx, len)?;
-        let logits = model.itm_logits_t(&image_embeds, &input_ids, &padding, false, &mut rng)?;
+        let logits = model.itm_logits_shared(
+            &image_embeds,
+            Some(&image_rows),
+            &input_ids,
+            &padding,
+            false,
+            &mut rng,
+        )?;
         out.extend(logits.i((.., 1))?.to_vec1::<f32>()?);
         progress(chunk.len());
     }

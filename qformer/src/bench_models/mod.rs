@@ -7,6 +7,7 @@
 //! can run a workload end to end in milliseconds.
 
 mod itm;
+mod matmul;
 mod opt_generate;
 mod qformer_forward;
 pub mod seeded;
@@ -15,6 +16,7 @@ mod stage1_step;
 mod vit_forward;
 
 pub use itm::ItmCase;
+pub use matmul::MatmulCase;
 pub use opt_generate::OptGenerateCase;
 pub use qformer_forward::QformerForwardCase;
 pub use seeded::{seeded_tensor, seeded_values, SeededVarMap};
@@ -36,6 +38,26 @@ pub trait BenchCase {
     fn throughput(&self) -> Option<(&'static str, f64)> {
         None
     }
+
+    /// Matmul-class FLOPs of one call (GEMMs, batched GEMMs, convolutions; element-wise ops,
+    /// softmax and norms not counted), to read the time as GFLOP/s against the `matmul` ceiling.
+    fn flop(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// Matmul-class GFLOP per call of the real-size workloads, as `torch.utils.flop_counter`
+/// counted them on the identical PyTorch workloads (`shared/research/perf-anchors.md`; the
+/// stage-one step is its forward 641.4 + backward 1282.8).
+pub fn anchor_gflop(workload: Workload) -> Option<f64> {
+    match workload {
+        Workload::QformerForward => Some(102.0),
+        Workload::Stage1Step => Some(641.4 + 1282.8),
+        Workload::Itm => Some(1171.0),
+        Workload::VitForward => Some(506.2),
+        Workload::OptGenerate => Some(14.6),
+        Workload::Matmul => None,
+    }
 }
 
 /// The workloads of issue #10, by their CLI names.
@@ -51,15 +73,18 @@ pub enum Workload {
     VitForward,
     /// OPT-125m-shaped greedy generation: 32 query embeddings + 8 prompt tokens, 20 new tokens.
     OptGenerate,
+    /// `[1024, 1024] @ [1024, 1024]`: the matmul ceiling the others are read against.
+    Matmul,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::QformerForward,
         Workload::Stage1Step,
         Workload::Itm,
         Workload::VitForward,
         Workload::OptGenerate,
+        Workload::Matmul,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +94,7 @@ impl Workload {
             Workload::Itm => "itm",
             Workload::VitForward => "vit-forward",
             Workload::OptGenerate => "opt-generate",
+            Workload::Matmul => "matmul",
         }
     }
 
@@ -84,6 +110,7 @@ impl Workload {
             Workload::Itm => Box::new(ItmCase::new(scale, seed)?),
             Workload::VitForward => Box::new(VitForwardCase::new(scale, seed)?),
             Workload::OptGenerate => Box::new(OptGenerateCase::new(scale, seed)?),
+            Workload::Matmul => Box::new(MatmulCase::new(scale, seed)?),
         })
     }
 }

@@ -45,6 +45,7 @@ impl QformerForwardCase {
             self_mask: &self.mask,
             image_embeds: Some(&self.image),
             past_query_kv: None,
+            image_rows: None,
         };
         Ok(self.qformer.forward_eval(&inp)?.query_output()?)
     }

@@ -225,6 +225,7 @@ impl Blip2Qformer {
             self_mask: &mask,
             image_embeds: Some(image_embeds),
             past_query_kv: None,
+            image_rows: None,
         };
         self.qformer.forward(&inp, train, rng)
     }
@@ -271,6 +272,7 @@ impl Blip2Qformer {
             self_mask: &mask,
             image_embeds: None,
             past_query_kv: None,
+            image_rows: None,
         };
         let out = self.qformer.forward(&inp, train, rng)?;
         let text_output = out.text_output()?;
@@ -292,6 +294,21 @@ impl Blip2Qformer {
         train: bool,
         rng: &mut ChaCha8Rng,
     ) -> Result<Tensor> {
+        self.itm_logits_shared(image_embeds, None, input_ids, padding, train, rng)
+    }
+
+    /// ITM where batch row b reads image `image_rows[b]` of `image_embeds`: each distinct image's
+    /// cross-attention keys/values are projected once however many texts it meets.
+    // image_embeds: [U, N, Dv], image_rows: [B] u32 (None: U = B), input_ids: [B, L] -> [B, 2]
+    pub fn itm_logits_shared(
+        &self,
+        image_embeds: &Tensor,
+        image_rows: Option<&Tensor>,
+        input_ids: &Tensor,
+        padding: &PaddingMask,
+        train: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor> {
         let heads = self.require_heads()?;
         let b = input_ids.dim(0)?;
         let queries = self.expanded_queries(b)?;
@@ -308,6 +325,7 @@ impl Blip2Qformer {
             self_mask: &mask,
             image_embeds: Some(image_embeds),
             past_query_kv: None,
+            image_rows,
         };
         let out = self.qformer.forward(&inp, train, rng)?;
         heads.itm_logits(&out.query_output()?)
@@ -359,6 +377,7 @@ impl Blip2Qformer {
             self_mask: &mask,
             image_embeds: None,
             past_query_kv: Some(query_kv),
+            image_rows: None,
         };
         let out = self.qformer.forward(&inp, train, rng)?;
         lm.forward(&out.text_output()?)

@@ -53,7 +53,12 @@ pub struct QFormerInput<'a> {
     /// `[past queries; this pass's positions]`.
     pub self_mask: &'a AdditiveMask,
     /// `[B, N, Dv]` vision features after `ln_vision`; needed when queries are present.
+    /// With `image_rows`, `[U, N, Dv]`: the distinct images of the batch.
     pub image_embeds: Option<&'a Tensor>,
+    /// `[B]` u32: the `image_embeds` row each batch row reads. Batch rows that share an image
+    /// then share its cross-attention keys/values, projected once (ITM over hard negatives or
+    /// re-ranking, where one image meets many texts). `None`: row b reads image b.
+    pub image_rows: Option<&'a Tensor>,
     /// Cached query K/V from an earlier image pass (ITG); then `query_embeds` must be `None`.
     pub past_query_kv: Option<&'a QueryKv>,
 }
@@ -162,11 +167,14 @@ impl Attention {
         x.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
-    // x: [B, T, H], kv_input: [B, S, Dkv], mask: [B, 1, T, P+S] -> hidden [B, T, H]
+    // x: [B, T, H], kv_input: [B, S, Dkv] (or [U, S, Dkv] with kv_rows: [B]),
+    // mask: [B, 1, T, P+S] -> hidden [B, T, H]
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         kv_input: &Tensor,
+        kv_rows: Option<&Tensor>,
         mask: Option<&Tensor>,
         past: Option<&(Tensor, Tensor)>,
         train: bool,
@@ -176,8 +184,14 @@ impl Attention {
         // Scaling q (T x hd) instead of the scores (T x S) saves a pass over the larger tensor.
         let q =
             self.split_heads(&(apply_linear(&self.query, x)? / (self.head_dim as f64).sqrt())?)?;
-        let key = self.split_heads(&apply_linear(&self.key, kv_input)?)?;
-        let value = self.split_heads(&apply_linear(&self.value, kv_input)?)?;
+        let mut key = self.split_heads(&apply_linear(&self.key, kv_input)?)?;
+        let mut value = self.split_heads(&apply_linear(&self.value, kv_input)?)?;
+        if let Some(rows) = kv_rows {
+            // Project each distinct source once, then hand every row its copy (index_select
+            // scatter-adds the gradient back to the shared projection).
+            key = key.index_select(rows, 0)?;
+            value = value.index_select(rows, 0)?;
+        }
         let (k_all, v_all) = match past {
             Some((pk, pv)) => (Tensor::cat(&[pk, &key], 2)?, Tensor::cat(&[pv, &value], 2)?),
             None => (key.clone(), value.clone()),
@@ -282,11 +296,12 @@ impl QFormerLayer {
         num_q: usize,
         mask: &Tensor,
         image_embeds: Option<&Tensor>,
+        image_rows: Option<&Tensor>,
         past: Option<&(Tensor, Tensor)>,
         train: bool,
         rng: &mut ChaCha8Rng,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let att = self.attention.forward(h, h, Some(mask), past, train, rng)?;
+        let att = self.attention.forward(h, h, None, Some(mask), past, train, rng)?;
         let a = att.hidden;
         let t = a.dim(1)?;
         let out = if num_q > 0 {
@@ -300,7 +315,7 @@ impl QFormerLayer {
                     ))
                 })?;
                 // The image mask is all ones in BLIP-2, so no additive mask.
-                aq = cross.forward(&aq, image, None, None, train, rng)?.hidden;
+                aq = cross.forward(&aq, image, image_rows, None, None, train, rng)?.hidden;
             }
             let query_part = self.query_ffn.forward(&aq, train, rng)?;
             if t > num_q {
@@ -423,7 +438,7 @@ impl QFormer {
         for (i, layer) in self.layers.iter().enumerate() {
             let past = inp.past_query_kv.map(|p| &p.layers[i]);
             let (out, k, v) =
-                layer.forward(&h, num_q, m.tensor(), inp.image_embeds, past, train, rng)?;
+                layer.forward(&h, num_q, m.tensor(), inp.image_embeds, inp.image_rows, past, train, rng)?;
             if num_q > 0 {
                 query_kv.push((k.narrow(2, 0, num_q)?, v.narrow(2, 0, num_q)?));
             }

@@ -90,10 +90,17 @@ pub fn stage_one_losses(
     let image_rows = Tensor::new(negatives.image_rows().as_slice(), dev)?;
     let text_rows = Tensor::new(negatives.text_rows().as_slice(), dev)?;
     let text_rows_idx: Vec<usize> = negatives.text_rows().iter().map(|&i| i as usize).collect();
-    let itm_images = image_embeds.index_select(&image_rows, 0)?;
     let itm_ids = batch.input_ids.index_select(&text_rows, 0)?;
     let itm_mask = batch.attention_mask.select_rows(&text_rows_idx);
-    let itm_logits = model.itm_logits_t(&itm_images, &itm_ids, &itm_mask, train, rng)?;
+    // The 3B rows read the B images: each image's cross-attention K/V is projected once.
+    let itm_logits = model.itm_logits_shared(
+        &image_embeds,
+        Some(&image_rows),
+        &itm_ids,
+        &itm_mask,
+        train,
+        rng,
+    )?;
     let itm = itm_loss(&itm_logits, &negatives)?;
 
     let lm_in = lm_inputs(batch.input_ids, cfg.bos_token_id, cfg.pad_token_id)?;

@@ -31,6 +31,8 @@ pub struct Sizes {
     pub embed_dim: usize,
     pub opt_hidden: usize,
     pub opt_layers: usize,
+    /// Q-Former hidden and attention dropout (BERT's 0.1 in BLIP-2).
+    pub qformer_dropout: f64,
 }
 
 /// `config.json` of the whole BLIP-2 model (HF layout, so `blip2 generate` etc. can read it).
@@ -52,7 +54,8 @@ pub fn write_config(path: &Path, s: &Sizes, qformer_vocab: usize, opt_vocab: usi
             "vocab_size": qformer_vocab, "hidden_size": s.qformer_hidden,
             "num_hidden_layers": s.qformer_layers, "num_attention_heads": 4,
             "intermediate_size": 4 * s.qformer_hidden, "hidden_act": "gelu",
-            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+            "hidden_dropout_prob": s.qformer_dropout,
+            "attention_probs_dropout_prob": s.qformer_dropout,
             "max_position_embeddings": 64, "layer_norm_eps": 1e-12, "pad_token_id": 0,
             "position_embedding_type": "absolute", "cross_attention_frequency": 1,
             "encoder_hidden_size": s.vit_hidden, "model_type": "blip_2_qformer",
