@@ -89,7 +89,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some((unit, per_call)) = case.throughput() {
         out[format!("{unit}_per_s")] = json!(per_call / (ms / 1e3));
     }
-    let flop = if args.tiny { case.flop() } else { case.flop().or(anchor_gflop(workload).map(|g| g * 1e9)) };
+    let flop = if args.tiny {
+        case.flop()
+    } else {
+        case.flop().or(anchor_gflop(workload).map(|g| g * 1e9))
+    };
     if let Some(flop) = flop {
         out["gflop_per_call"] = json!(flop / 1e9);
         out["gflop_per_s"] = json!(flop / 1e9 / (ms / 1e3));

@@ -25,6 +25,12 @@ impl Timings {
         println!("[{s:7.1} s] {name}");
         self.phases.push((name.to_string(), s));
     }
+
+    /// A phase timed elsewhere (one that ran on its own thread).
+    pub fn push(&mut self, name: &str, seconds: f64) {
+        println!("[{seconds:7.1} s] {name}");
+        self.phases.push((name.to_string(), seconds));
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -191,6 +197,13 @@ impl Results {
             let _ = writeln!(s, "| {name} | {secs:.1} |");
         }
         let _ = writeln!(s, "| **total** | {:.1} |", self.timings.total);
+        if self.timings.phases.iter().any(|(n, _)| n.contains("beside")) {
+            let _ = writeln!(
+                s,
+                "\nThe LM trains on the second core while stage one runs, so the total is less \
+                 than the sum."
+            );
+        }
         s
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use qformer::train::checkpoint::RunDir;
 use qformer::train::config::GuardConfig;
@@ -14,6 +14,12 @@ use qformer::train::{
     optimizer_step, plot, rng, AdamW, AdamWConfig, LrSchedule, MetricsLog, MetricsRecord,
     MicroLoss, ParamStore, SchedulePos, StepGuard, StepSettings, TrainRng, TrainState,
 };
+
+/// One set of bars for the whole run: the LM and stage one train side by side, each with its own.
+fn bars() -> &'static MultiProgress {
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
 
 /// Optimizer settings of one phase.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -76,11 +82,11 @@ impl PhaseTrainer {
             rng::substream(seed, &format!("train/{title}")),
             StepGuard::from_config(&GuardConfig::default()),
         );
-        let bar = ProgressBar::new(cfg.steps);
+        let bar = bars().add(ProgressBar::new(cfg.steps));
         bar.set_style(ProgressStyle::with_template(&format!(
             "{title:>8} {{bar:30}} {{pos}}/{{len}} {{msg}}"
         ))?);
-        println!("{title}: {}", params.summary());
+        bars().println(format!("{title}: {}", params.summary()))?;
         Ok(Self {
             run,
             title: title.to_string(),
