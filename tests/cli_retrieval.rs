@@ -164,9 +164,11 @@ fn lavis_checkpoint_matches_score_with_the_same_checkpoint() {
         .iter()
         .zip(expected["sims_i2t"].as_array().unwrap())
         .flat_map(|(a, b)| {
-            a.as_array().unwrap().iter().zip(b.as_array().unwrap()).map(|(x, y)| {
-                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs()
-            })
+            a.as_array()
+                .unwrap()
+                .iter()
+                .zip(b.as_array().unwrap())
+                .map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs())
         })
         .fold(0.0f64, f64::max);
     assert!(max_diff > 1e-7, "the LAVIS checkpoint left the HF numbers unchanged");

@@ -98,8 +98,7 @@ pub fn itm_logits_of_pairs(
             .collect();
         let txt_idx: Vec<usize> = chunk.iter().map(|&(_, t)| t).collect();
         let len = txt_idx.iter().map(|&t| texts.lengths[t]).max().unwrap_or(1).max(1);
-        let image_embeds =
-            images.image_embeds.index_select(&Tensor::new(distinct, &device)?, 0)?;
+        let image_embeds = images.image_embeds.index_select(&Tensor::new(distinct, &device)?, 0)?;
         let image_rows = Tensor::new(rows, &device)?;
         let txt_u32: Vec<u32> = txt_idx.iter().map(|&t| t as u32).collect();
         let input_ids =

@@ -437,8 +437,16 @@ impl QFormer {
         let mut query_kv = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let past = inp.past_query_kv.map(|p| &p.layers[i]);
-            let (out, k, v) =
-                layer.forward(&h, num_q, m.tensor(), inp.image_embeds, inp.image_rows, past, train, rng)?;
+            let (out, k, v) = layer.forward(
+                &h,
+                num_q,
+                m.tensor(),
+                inp.image_embeds,
+                inp.image_rows,
+                past,
+                train,
+                rng,
+            )?;
             if num_q > 0 {
                 query_kv.push((k.narrow(2, 0, num_q)?, v.narrow(2, 0, num_q)?));
             }
