@@ -151,7 +151,9 @@ impl Plan {
                     qformer_dropout: 0.0,
                 },
                 PhaseOptim {
-                    steps: 1000,
+                    // Free: it trains on the second core while stage one runs. 1,000 steps left
+                    // the LM answering from priors (49% VQA reading a true caption, 62% at 4,000).
+                    steps: 4000,
                     batch: 32,
                     lr: 2e-3,
                     warmup_steps: 30,
@@ -165,7 +167,7 @@ impl Plan {
                     weight_decay: 0.05,
                 },
                 PhaseOptim {
-                    steps: 600,
+                    steps: 1200,
                     batch: 32,
                     lr: 1e-3,
                     warmup_steps: 15,
