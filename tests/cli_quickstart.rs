@@ -1,13 +1,15 @@
 //! `blip2 quickstart --scale ci`: the whole pipeline (world, LM pretraining, stage one,
-//! retrieval, stage two, zero-shot VQA, report) at toy sizes, twice with the same seed.
+//! retrieval, stage two, zero-shot VQA, report) at toy sizes, twice with the same seed (LM beside
+//! stage one, then phases one after another).
 
 use std::path::Path;
 use std::process::Command;
 
-fn quickstart(out: &Path) -> serde_json::Value {
+fn quickstart(out: &Path, extra: &[&str]) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_blip2"))
         .args(["quickstart", "--scale", "ci", "--out"])
         .arg(out)
+        .args(extra)
         .output()
         .expect("run blip2");
     assert!(
@@ -32,7 +34,7 @@ fn without_times(mut v: serde_json::Value) -> serde_json::Value {
 fn ci_quickstart_runs_every_phase_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let ra = quickstart(&a);
+    let ra = quickstart(&a, &[]);
     for f in [
         "results.md",
         "runs/lm/curves.png",
@@ -60,8 +62,14 @@ fn ci_quickstart_runs_every_phase_and_is_deterministic() {
         let o = row["overall"].as_f64().unwrap();
         assert!((0.0..=100.0).contains(&o), "{row}");
     }
-    // A second run with the same seed gives the same numbers.
-    let rb = quickstart(&b);
+    assert_eq!(
+        ra["timings"]["overlapped"], true,
+        "one thread per phase runs the LM beside stage one"
+    );
+    // A second run with the same seed gives the same numbers, though with two threads per phase
+    // its phases run one after another instead of the LM beside stage one.
+    let rb = quickstart(&b, &["--threads", "2"]);
+    assert_eq!(rb["timings"]["overlapped"], false);
     assert_eq!(without_times(ra), without_times(rb));
     // And refuses to overwrite a finished run.
     let o = Command::new(env!("CARGO_BIN_EXE_blip2"))

@@ -320,9 +320,10 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
     // LM), so with one thread per phase the LM trains on the second core beside stage one.
     // Each runs to the same numbers alone or side by side: own seeded streams, one thread each.
     let side_by_side = args.threads <= 1;
-    let lm_phase = || on_own_thread(|| pretrain_lm(&models, &corpus, &plan, &out, &dev));
+    let lm_phase =
+        || on_own_thread(side_by_side, || pretrain_lm(&models, &corpus, &plan, &out, &dev));
     let stage_one_phase = || {
-        on_own_thread(|| {
+        on_own_thread(side_by_side, || {
             let clock = Instant::now();
             let untrained = evaluate::retrieval(&models, &features, &world, &qtok, None)?;
             let untrained_s = clock.elapsed().as_secs_f64();
@@ -341,6 +342,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         (lm_phase()?, stage_one_phase()?)
     };
     freeze_language_model(&mut models)?;
+    t.overlapped = side_by_side;
     let beside = if side_by_side { ", beside stage one" } else { "" };
     t.push(&format!("2b. pretrain the OPT on world text{beside}"), lm_summary.seconds);
     t.push("4a. retrieval, untrained Q-Former (ITC)", untrained_s);
@@ -461,10 +463,14 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a one-thread rayon pool of its own: the fused kernels' and AdamW's `par_chunks`
-/// then run in place instead of waking a global-pool worker for every op, and two phases on two
-/// such pools never queue behind each other.
-fn on_own_thread<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+/// With `one_thread`, runs `f` on a one-thread rayon pool of its own: the fused kernels' and
+/// AdamW's `par_chunks` then run in place instead of waking a global-pool worker for every op,
+/// and two phases on two such pools never queue behind each other. Without it, `f` runs here, on
+/// the global pool that `--threads N` sized (a one-thread pool would serialize gemm's N tasks).
+fn on_own_thread<T: Send>(one_thread: bool, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    if !one_thread {
+        return f();
+    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()

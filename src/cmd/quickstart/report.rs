@@ -17,13 +17,13 @@ use super::Plan;
 pub struct Timings {
     pub phases: Vec<(String, f64)>,
     pub total: f64,
+    /// The LM pretraining ran beside stage one (the total is less than the sum).
+    pub overlapped: bool,
 }
 
 impl Timings {
     pub fn add(&mut self, name: &str, since: Instant) {
-        let s = since.elapsed().as_secs_f64();
-        println!("[{s:7.1} s] {name}");
-        self.phases.push((name.to_string(), s));
+        self.push(name, since.elapsed().as_secs_f64());
     }
 
     /// A phase timed elsewhere (one that ran on its own thread).
@@ -197,7 +197,7 @@ impl Results {
             let _ = writeln!(s, "| {name} | {secs:.1} |");
         }
         let _ = writeln!(s, "| **total** | {:.1} |", self.timings.total);
-        if self.timings.phases.iter().any(|(n, _)| n.contains("beside")) {
+        if self.timings.overlapped {
             let _ = writeln!(
                 s,
                 "\nThe LM trains on the second core while stage one runs, so the total is less \
