@@ -742,6 +742,8 @@ fn vqa_cases(c: &mut Corpus) {
 fn retrieval_cases(c: &mut Corpus) {
     let itm = fixture("itm");
     let imgs = fixture("images");
+    // The report goes to the scratch dir: by default it would land beside the fixture model.
+    let report = c.path("ret-report.json");
     let ret = |ann: &Path, images: &Path, extra: &[&str]| {
         let mut a = args(&[
             &"eval",
@@ -753,6 +755,8 @@ fn retrieval_cases(c: &mut Corpus) {
             &"--images",
             &images,
             &"--json",
+            &"--out",
+            &report,
         ]);
         if !extra.contains(&"--k-test") {
             a.extend(args(&[&"--k-test", &"2"]));
