@@ -213,102 +213,10 @@ impl Attention {
         };
         let probs = dropout(&softmax(&scores)?, self.attention_dropout, train, rng)?;
         let ctx = probs.matmul(&v_all)?.transpose(1, 2)?.reshape((b, t, h))?;
-        let hidden = self.output(&ctx, x, train, rng)?;
+        let projected =
+            dropout(&apply_linear(&self.dense, &ctx)?, self.hidden_dropout, train, rng)?;
+        let hidden = self.layer_norm.forward(&(projected + x)?)?;
         Ok(AttentionOutput { hidden, key, value })
-    }
-
-    // ctx: [B, T, H], residual x: [B, T, H] -> LayerNorm(dropout(dense(ctx)) + x)
-    fn output(
-        &self,
-        ctx: &Tensor,
-        x: &Tensor,
-        train: bool,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Tensor> {
-        let projected = dropout(&apply_linear(&self.dense, ctx)?, self.hidden_dropout, train, rng)?;
-        self.layer_norm.forward(&(projected + x)?)
-    }
-
-    /// Multiply-adds of cross-attention from `rows` x `t` queries to `sources` x `s` features of
-    /// width `dkv`: (projecting K/V once per source, folding the K/V weights into the queries).
-    fn cross_costs(
-        &self,
-        rows: usize,
-        t: usize,
-        sources: usize,
-        s: usize,
-        dkv: usize,
-    ) -> (usize, usize) {
-        let h = self.num_heads * self.head_dim;
-        let project = 2 * sources * s * dkv * h + 2 * rows * t * s * h;
-        let fold = 2 * rows * t * h * dkv + 2 * rows * self.num_heads * t * s * dkv;
-        (project, fold)
-    }
-
-    /// Cross-attention with no mask (BLIP-2's image mask is all ones), in whichever association
-    /// costs fewer multiply-adds: the two give the same result up to rounding.
-    // x: [B, T, H], kv_input: [B, S, Dkv] (or [U, S, Dkv] with kv_rows: [B]) -> hidden [B, T, H]
-    fn cross_forward(
-        &self,
-        x: &Tensor,
-        kv_input: &Tensor,
-        kv_rows: Option<&Tensor>,
-        train: bool,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (u, s, dkv) = kv_input.dims3()?;
-        let (project, fold) = self.cross_costs(b, t, u, s, dkv);
-        if fold < project {
-            let kv = match kv_rows {
-                Some(rows) => kv_input.index_select(rows, 0)?,
-                None => kv_input.clone(),
-            };
-            self.cross_forward_folded(x, &kv, train, rng)
-        } else {
-            Ok(self.forward(x, kv_input, kv_rows, None, None, train, rng)?.hidden)
-        }
-    }
-
-    /// Cross-attention without projecting the features: with few queries and wide features,
-    /// `(q W_k^T) X^T` and `(P X) W_v^T` cost less than `q (X W_k^T)^T` and `P (X W_v^T)` (for
-    /// BLIP-2's 32 queries on 257 x 1408 ViT-g features, 347M against 568M multiply-adds per row).
-    /// The biases: `q . b_k` is one constant per query row, and `P 1 b_v` is `b_v` weighted by
-    /// each row's probability mass (1, or less after attention dropout).
-    // x: [B, T, H], kv: [B, S, Dkv] -> hidden [B, T, H]
-    fn cross_forward_folded(
-        &self,
-        x: &Tensor,
-        kv: &Tensor,
-        train: bool,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let (_, s, dkv) = kv.dims3()?;
-        let (nh, hd) = (self.num_heads, self.head_dim);
-        let q = (apply_linear(&self.query, x)? / (hd as f64).sqrt())?;
-        // Per head, the queries against the key weight: [nh, B*T, hd] x [nh, hd, Dkv].
-        let qh = q.reshape((b * t, nh, hd))?.transpose(0, 1)?.contiguous()?;
-        let qk = qh.matmul(&self.key.weight().reshape((nh, hd, dkv))?)?;
-        let qk = qk.reshape((nh, b, t, dkv))?.transpose(0, 1)?.contiguous()?;
-        let mut scores = qk.reshape((b, nh * t, dkv))?.matmul(&kv.t()?)?.reshape((b, nh, t, s))?;
-        if let Some(bk) = self.key.bias() {
-            let qb = q.reshape((b, t, nh, hd))?.broadcast_mul(&bk.reshape((1, 1, nh, hd))?)?;
-            scores = scores.broadcast_add(&qb.sum(3)?.transpose(1, 2)?.unsqueeze(3)?)?;
-        }
-        let probs = dropout(&softmax(&scores)?, self.attention_dropout, train, rng)?;
-        // [B, nh*T, S] x [B, S, Dkv], then per head against the value weight.
-        let px = probs.reshape((b, nh * t, s))?.matmul(kv)?;
-        let px = px.reshape((b, nh, t, dkv))?.transpose(0, 1)?.contiguous()?;
-        let wv = self.value.weight().reshape((nh, hd, dkv))?;
-        let ctx = px.reshape((nh, b * t, dkv))?.matmul(&wv.transpose(1, 2)?)?;
-        let mut ctx = ctx.reshape((nh, b, t, hd))?.permute((1, 2, 0, 3))?;
-        if let Some(bv) = self.value.bias() {
-            let mass = probs.sum_keepdim(3)?.permute((0, 2, 1, 3))?; // [B, T, nh, 1]
-            ctx = ctx.broadcast_add(&mass.broadcast_mul(&bv.reshape((1, 1, nh, hd))?)?)?;
-        }
-        let ctx = ctx.contiguous()?.reshape((b, t, h))?;
-        self.output(&ctx, x, train, rng)
     }
 }
 
@@ -407,7 +315,7 @@ impl QFormerLayer {
                     ))
                 })?;
                 // The image mask is all ones in BLIP-2, so no additive mask.
-                aq = cross.cross_forward(&aq, image, image_rows, train, rng)?;
+                aq = cross.forward(&aq, image, image_rows, None, None, train, rng)?.hidden;
             }
             let query_part = self.query_ffn.forward(&aq, train, rng)?;
             if t > num_q {
@@ -546,100 +454,5 @@ impl QFormer {
         }
         let query_kv = if num_q > 0 { Some(QueryKv { layers: query_kv }) } else { None };
         Ok(QFormerOutput { hidden_states: h, num_queries: num_q, query_kv })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{DType, Device, Var};
-    use candle_nn::{Init, VarMap};
-
-    /// A cross-attention block with random weights and biases (non-zero, so both bias paths of
-    /// the folded association are exercised).
-    fn cross_attention(cfg: &QFormerConfig, kv_dim: usize) -> (VarMap, Attention) {
-        let vars = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
-        let att = Attention::new(cfg, kv_dim, vb).unwrap();
-        for (name, var) in vars.data().lock().unwrap().iter() {
-            let init = if name.ends_with("LayerNorm.weight") {
-                Init::Uniform { lo: 0.5, up: 1.5 }
-            } else {
-                Init::Uniform { lo: -0.3, up: 0.3 }
-            };
-            var.set(&init.var(var.shape(), DType::F32, &Device::Cpu).unwrap()).unwrap();
-        }
-        (vars, att)
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-    }
-
-    /// Both associations give the same hidden states and the same gradient for every weight,
-    /// bias and input, with and without attention dropout (same rng draws), and with rows that
-    /// share sources through `kv_rows`.
-    #[test]
-    fn folded_cross_attention_matches_projected_keys_and_values() {
-        for dropout_p in [0.0, 0.3] {
-            let cfg = QFormerConfig {
-                hidden_size: 24,
-                num_attention_heads: 3,
-                attention_probs_dropout_prob: dropout_p,
-                hidden_dropout_prob: dropout_p,
-                ..Default::default()
-            };
-            let (b, t, u, s, dkv) = (4, 5, 2, 9, 40);
-            let (vars, att) = cross_attention(&cfg, dkv);
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, t, 24), &Device::Cpu).unwrap())
-                .unwrap();
-            let kv = Var::from_tensor(&Tensor::randn(0f32, 1., (u, s, dkv), &Device::Cpu).unwrap())
-                .unwrap();
-            let rows = Tensor::new(&[0u32, 1, 1, 0], &Device::Cpu).unwrap();
-            let weights = Tensor::randn(0f32, 1., (b, t, 24), &Device::Cpu).unwrap();
-            let run = |folded: bool| {
-                let mut rng = ChaCha8Rng::seed_from_u64(7);
-                let out = if folded {
-                    let kv_rows = kv.as_tensor().index_select(&rows, 0).unwrap();
-                    att.cross_forward_folded(&x, &kv_rows, true, &mut rng).unwrap()
-                } else {
-                    att.forward(&x, &kv, Some(&rows), None, None, true, &mut rng).unwrap().hidden
-                };
-                let grads = (&out * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-                let mut named: Vec<(String, Tensor)> = vars
-                    .data()
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(n, v)| (n.clone(), grads.get(v).expect(n).clone()))
-                    .collect();
-                named.push(("x".into(), grads.get(&x).unwrap().clone()));
-                named.push(("kv".into(), grads.get(&kv).unwrap().clone()));
-                named.sort_by(|a, b| a.0.cmp(&b.0));
-                (out, named)
-            };
-            let (projected, g_projected) = run(false);
-            let (folded, g_folded) = run(true);
-            let d = max_diff(&projected, &folded);
-            assert!(d < 1e-5, "dropout {dropout_p}: hidden states differ by {d}");
-            assert_eq!(g_projected.len(), g_folded.len());
-            for ((name, a), (_, b)) in g_projected.iter().zip(&g_folded) {
-                let d = max_diff(a, b);
-                let scale = a.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-                let scale: f32 = scale.to_scalar().unwrap();
-                assert!(d <= 1e-4 * scale.max(1.0), "dropout {dropout_p}: d/d{name} differs by {d}");
-            }
-        }
-    }
-
-    /// The cost rule picks the folded form for BLIP-2's query pass and the projected one for
-    /// stage-one ITM (3B rows reading B images).
-    #[test]
-    fn cross_attention_costs_pick_the_cheaper_association() {
-        let (_, att) = cross_attention(&QFormerConfig::default(), 1408);
-        let (project, fold) = att.cross_costs(8, 32, 8, 257, 1408);
-        assert!(fold < project, "query pass: fold {fold} vs project {project}");
-        let (project, fold) = att.cross_costs(24, 32, 8, 257, 1408);
-        assert!(project < fold, "ITM rows: fold {fold} vs project {project}");
     }
 }
