@@ -1,4 +1,4 @@
-//! `blip2 quickstart --scale ci`: the whole pipeline (world, LM pretraining, stage one,
+//! `blip2 quickstart --scale ci`: the whole pipeline (world, ViT and LM pretraining, stage one,
 //! retrieval, stage two, zero-shot VQA, report) at toy sizes, twice with the same seed (LM beside
 //! stage one, then phases one after another).
 
@@ -24,7 +24,7 @@ fn quickstart(out: &Path, extra: &[&str]) -> serde_json::Value {
 
 fn without_times(mut v: serde_json::Value) -> serde_json::Value {
     v.as_object_mut().unwrap().remove("timings");
-    for run in ["lm", "stage1", "stage2"] {
+    for run in ["vit", "lm", "stage1", "stage2"] {
         v[run].as_object_mut().unwrap().remove("seconds");
     }
     v
@@ -37,6 +37,7 @@ fn ci_quickstart_runs_every_phase_and_is_deterministic() {
     let ra = quickstart(&a, &[]);
     for f in [
         "results.md",
+        "runs/vit/curves.png",
         "runs/lm/curves.png",
         "runs/stage1/curves.png",
         "runs/stage2/curves.png",
@@ -49,12 +50,13 @@ fn ci_quickstart_runs_every_phase_and_is_deterministic() {
         assert!(a.join(f).is_file(), "{f} missing");
     }
     // Every training run learns something even at toy size.
-    for (run, key) in [("lm", "lm"), ("stage1", "total"), ("stage2", "lm")] {
+    for (run, key) in [("vit", "itc"), ("lm", "lm"), ("stage1", "total"), ("stage2", "lm")] {
         let first = ra[run]["first"][key].as_f64().unwrap();
         let last = ra[run]["last"][key].as_f64().unwrap();
         assert!(last < first, "{run}: {key} went {first} -> {last}");
     }
     let md = std::fs::read_to_string(a.join("results.md")).unwrap();
+    assert!(md.contains("pretrained contrastively"), "results.md says what the ViT was");
     for section in ["## Retrieval", "## Zero-shot VQA", "## Captions", "## Time per phase"] {
         assert!(md.contains(section), "{section} missing from results.md");
     }

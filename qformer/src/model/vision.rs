@@ -166,3 +166,48 @@ impl VisionTransformer {
         Ok(x)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Module, Tensor, Var};
+    use candle_nn::{Conv2d, Conv2dConfig};
+
+    /// Contrastive ViT pretraining differentiates through the patch embedding (a convolution
+    /// with stride = kernel): candle's convolution backward must equal the gradient of the same
+    /// map written as patches x weight^T.
+    #[test]
+    fn patch_embedding_weight_gradient_matches_the_unfolded_matmul() {
+        let dev = Device::Cpu;
+        let (b, c, s, p, d) = (2, 3, 16, 8, 5);
+        let vals = |n: usize, k: usize| -> Vec<f32> {
+            (0..n).map(|i| ((i * k % 97) as f32 / 48.0) - 1.0).collect()
+        };
+        let x = Tensor::from_vec(vals(b * c * s * s, 31), (b, c, s, s), &dev).unwrap();
+        let w = Var::from_vec(vals(d * c * p * p, 17), (d, c, p, p), &dev).unwrap();
+        let g = s / p;
+        let coef = Tensor::from_vec(vals(b * d * g * g, 13), (b, d, g, g), &dev).unwrap();
+        let conv = Conv2d::new(
+            w.as_tensor().clone(),
+            None,
+            Conv2dConfig { stride: p, ..Default::default() },
+        );
+        let y = conv.forward(&x).unwrap();
+        let grad = (y * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+        let got = grad.get(w.as_tensor()).unwrap().flatten_all().unwrap();
+
+        // patches[(b, gy, gx), (c, py, px)]; y[b, d, gy, gx] = patches . w[d]
+        let patches = x
+            .reshape((b, c, g, p, g, p))
+            .unwrap()
+            .permute((0, 2, 4, 1, 3, 5))
+            .unwrap()
+            .reshape((b * g * g, c * p * p))
+            .unwrap();
+        let coef_rows = coef.permute((0, 2, 3, 1)).unwrap().reshape((b * g * g, d)).unwrap();
+        let want = coef_rows.t().unwrap().matmul(&patches).unwrap().flatten_all().unwrap();
+        let diff =
+            (got - &want).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let scale = want.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-4 * scale.max(1.0), "max |diff| {diff} (scale {scale})");
+    }
+}

@@ -88,6 +88,8 @@ pub struct Results {
     pub plan: Plan,
     pub world_counts: WorldCounts,
     pub timings: Timings,
+    /// Contrastive ViT pretraining; `None` when the ViT stayed random.
+    pub vit: Option<PhaseSummary>,
     pub lm: PhaseSummary,
     pub stage1: PhaseSummary,
     pub stage2: PhaseSummary,
@@ -125,6 +127,11 @@ impl Results {
             "Synthetic shapes world, seed {}: {} images ({} train captions; test split {} images, {} captions, {} questions). Total time {:.0} s.\n",
             self.plan.seed, self.plan.images, w.train_captions, w.test_images, w.test_texts, w.test_questions, self.timings.total
         );
+        let vit = match &self.vit {
+            Some(v) => format!("pretrained contrastively for {} steps, then frozen", v.steps),
+            None => "random and frozen".to_string(),
+        };
+        let _ = writeln!(s, "Image encoder: tiny BLIP-2 ViT, {vit}.\n");
         let _ = writeln!(
             s,
             "## Retrieval (test split, LAVIS protocol, k_test = {})\n",
@@ -176,11 +183,15 @@ impl Results {
         let _ = writeln!(s, "\n## Training runs (curves in `runs/*/curves.png`)\n");
         let _ = writeln!(s, "| run | steps x batch | loss, first 10% → last 10% of steps | time |");
         let _ = writeln!(s, "|---|---|---|---|");
-        for (name, p, o) in [
+        let vit = self
+            .vit
+            .as_ref()
+            .map(|v| ("ViT, contrastive on world captions (`runs/vit`)", v, &self.plan.vit));
+        for (name, p, o) in vit.into_iter().chain([
             ("OPT on world text (`runs/lm`)", &self.lm, &self.plan.lm),
             ("stage one (`runs/stage1`)", &self.stage1, &self.plan.stage1),
             ("stage two (`runs/stage2`)", &self.stage2, &self.plan.stage2),
-        ] {
+        ]) {
             let _ = writeln!(
                 s,
                 "| {name} | {} x {} | {} | {:.0} s |",
