@@ -8,10 +8,9 @@ mod cli;
 mod cmd;
 mod common;
 
-// glibc malloc maps and unmaps every large tensor buffer, costing up to 2.6x on CPU
-// (see shared/research/candle-feasibility.md §4); mimalloc keeps them.
+/// mimalloc (glibc malloc costs up to 2.6x here), counting live bytes for `blip2 bench`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+pub(crate) static GLOBAL: common::alloc::CountingMiMalloc = common::alloc::CountingMiMalloc::new();
 
 /// The whole context chain on one line: "reading x.json: missing field `y`". A cause whose text
 /// its parent already shows (library errors print their source) is not repeated.

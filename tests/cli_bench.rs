@@ -32,6 +32,9 @@ fn every_workload_reports_its_json_fields() {
         // A Rust process running a model holds at least a few MB, and far less than 1 GB here.
         let rss = v["peak_rss_mb"].as_f64().unwrap();
         assert!(rss > 1.0 && rss < 1024.0, "{workload}: peak RSS {rss} MB");
+        // The live-heap peak is part of the resident peak.
+        let live = v["peak_live_mb"].as_f64().unwrap();
+        assert!(live > 0.0 && live <= rss, "{workload}: peak live {live} MB, RSS {rss} MB");
         match rate {
             Some((key, per_call)) => {
                 let r = v[key].as_f64().unwrap_or_else(|| panic!("{workload}: no {key} in {v}"));
@@ -57,6 +60,13 @@ fn stage_one_phases_are_reported() {
     for phase in ["forward", "backward", "grad_norm", "optimizer"] {
         assert!(v["phases_ms"][phase].as_f64().unwrap() > 0.0, "{phase} in {v}");
     }
+    // Live heap at the end of each phase: the forward graph is alive until the gradients go
+    // (a gradient's own graph holds the activations it was computed from), and nothing of it
+    // is left after the update.
+    let live =
+        |k: &str| v["phases_ms"]["live_mb"][k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert!(live("forward") > live("built"), "{v}");
+    assert!(live("optimizer") < live("backward"), "{v}");
 }
 
 #[test]

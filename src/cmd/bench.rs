@@ -104,6 +104,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     // After everything, so the peak covers the phases run too.
     out["peak_rss_mb"] = json!(peak_rss_mb()?);
+    // The part of that peak that was live heap (tensors, weights): the rest is what the
+    // allocator kept resident beyond it.
+    out["peak_live_mb"] = json!(crate::GLOBAL.peak_bytes() as f64 / (1024.0 * 1024.0));
 
     if args.json {
         println!("{out}");
@@ -125,10 +128,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// Median per phase over `iters` steps taken apart (after one warm-up step).
 fn stage_one_phases(scale: Scale, seed: u64, iters: usize) -> Result<serde_json::Value> {
     let mut case = Stage1StepCase::new(scale, seed).context("building stage1-step for phases")?;
-    case.step_phases().context("warm-up step")?;
+    let mb = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let mut live = serde_json::Map::new();
+    live.insert("built".into(), json!(mb(crate::GLOBAL.live_bytes())));
+    let mut probe = |phase: &'static str| {
+        // Overwritten each step: the last step's values (all steps are alike).
+        live.insert(phase.into(), json!(mb(crate::GLOBAL.live_bytes())));
+    };
+    case.step_phases(&mut probe).context("warm-up step")?;
     let mut phases = Vec::with_capacity(iters);
     for _ in 0..iters {
-        phases.push(case.step_phases().context("timed step")?);
+        phases.push(case.step_phases(&mut probe).context("timed step")?);
     }
     let med = |f: fn(&qformer::bench_models::StepPhases) -> f64| {
         median(&phases.iter().map(f).collect::<Vec<_>>())
@@ -138,6 +148,8 @@ fn stage_one_phases(scale: Scale, seed: u64, iters: usize) -> Result<serde_json:
         "backward": med(|p| p.backward_ms),
         "grad_norm": med(|p| p.grad_norm_ms),
         "optimizer": med(|p| p.optimizer_ms),
+        // Live heap (MB) at the end of each phase of the last step.
+        "live_mb": live,
     }))
 }
 

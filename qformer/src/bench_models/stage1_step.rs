@@ -105,21 +105,27 @@ impl Stage1StepCase {
     }
 
     /// One step taken apart into the phases `stage_one_step` runs, each timed (profiling; the
-    /// update is the same as `step`'s).
-    pub fn step_phases(&mut self) -> Result<StepPhases> {
+    /// update is the same as `step`'s). `probe` is called at the end of each phase with its name
+    /// ("forward", "backward" (graph and gradients both alive), "graph_dropped", "optimizer"):
+    /// the CLI reads the allocator's live bytes there.
+    pub fn step_phases(&mut self, probe: &mut dyn FnMut(&'static str)) -> Result<StepPhases> {
         let t0 = Instant::now();
         let batch = batch(&self.features, &self.input_ids, &self.padding);
         let losses =
             stage_one_losses(&self.model, &batch, &self.objectives, true, &mut self.state.rng)?;
         let loss = losses.total.to_scalar::<f32>()?;
+        probe("forward");
         let t1 = Instant::now();
         let mut grads = losses.total.backward()?;
+        probe("backward");
         drop(losses);
+        probe("graph_dropped");
         let t2 = Instant::now();
         clip_grad_norm(&self.params, &mut grads, None)?;
         let t3 = Instant::now();
         self.opt.step(&self.params, &grads)?;
         drop(grads);
+        probe("optimizer");
         let t4 = Instant::now();
         self.state.advance(self.batch as u64);
         if !loss.is_finite() {
