@@ -1,13 +1,21 @@
-//! Fused, multi-threaded CPU kernels. `layer_norm` records no backward, so callers take it only
-//! when no input tracks a gradient (`!t.track_op()`): then nothing is lost. `gelu` carries its
-//! own fused backward. Results equal the composite ops' to f32 rounding (tests below).
+//! Fused, multi-threaded CPU kernels, each with its own fused backward: LayerNorm, softmax over
+//! the last dim, GELU. Results and gradients equal the composite ops' to f32 rounding (tests
+//! below).
+//!
+//! Why fuse on a training path: candle keeps every node of the forward graph alive until the
+//! gradients are dropped, so a composite LayerNorm holds nine `[rows, H]` tensors and a composite
+//! softmax four `[.., K]` ones per call. At BLIP-2 size those were 2+ GB of a stage-one step's
+//! 5.9 GB of activations. A fused op holds its input and output only, and its backward
+//! recomputes row statistics instead of storing them.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
-/// True when none of `ts` needs a gradient and all are contiguous f32 on the CPU.
+/// True when all of `ts` are contiguous f32 on the CPU (what the kernels here read).
 pub(crate) fn fusable(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| !t.track_op() && cpu_f32(t))
+    ts.iter().all(|t| cpu_f32(t))
 }
 
 /// LayerNorm over the last dim with a two-pass (centered) variance in f32, as the composite
@@ -62,11 +70,201 @@ impl CustomOp3 for LayerNormOp {
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let h = weight.dim(0)?;
+        let rows = x.elem_count() / h.max(1);
+        let grad = grad_res.contiguous()?;
+        let all = x.apply_op3_no_bwd(weight, &grad, &LayerNormGradOp { eps: self.eps })?;
+        let gx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let gw = all.get(rows)?;
+        let gb = all.get(rows + 1)?;
+        Ok((Some(gx), Some(gw), Some(gb)))
+    }
 }
 
 // x: [..., H], weight/bias: [H] -> [..., H]
 pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    x.apply_op3_no_bwd(weight, bias, &LayerNormOp { eps: eps as f32 })
+    let op = LayerNormOp { eps: eps as f32 };
+    if [x, weight, bias].iter().any(|t| t.track_op()) {
+        x.apply_op3(weight, bias, op)
+    } else {
+        x.apply_op3_no_bwd(weight, bias, &op)
+    }
+}
+
+/// Mean and 1/sqrt(var + eps) of one row (two-pass, as the forward).
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let h = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / h;
+    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / h;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Rows per rayon task of the LayerNorm kernels (~64 KB of each input per task). Fixed by `h`
+/// alone, so the weight/bias gradient sums run in the same order on any number of threads.
+fn ln_rows_per_task(h: usize) -> usize {
+    (16384 / h).max(1)
+}
+
+/// LayerNorm backward in one pass over the rows: `[rows + 2, H]` = the input gradient, then
+/// the weight and the bias gradient (summed per task, then over tasks in order).
+struct LayerNormGradOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGradOp {
+    fn name(&self) -> &'static str {
+        "qformer-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let g = f32_slice(s3, l3, self.name())?;
+        let h = w.len();
+        if h == 0 || x.len() % h != 0 || g.len() != x.len() {
+            candle_core::bail!("qformer-layer-norm-grad: {:?} does not end in {h}", l1.shape())
+        }
+        let rows = x.len() / h;
+        let chunk = h * ln_rows_per_task(h);
+        let mut out = vec![0f32; x.len() + 2 * h];
+        let (gx, _) = out.split_at_mut(x.len());
+        let eps = self.eps;
+        let partials: Vec<Vec<f32>> = gx
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+            .map(|(gx, (x, g))| {
+                // [gw | gb] of this task's rows
+                let mut acc = vec![0f32; 2 * h];
+                let mut gy = vec![0f32; h];
+                for ((gx, x), g) in
+                    gx.chunks_exact_mut(h).zip(x.chunks_exact(h)).zip(g.chunks_exact(h))
+                {
+                    let (mean, inv) = row_stats(x, eps);
+                    let (mut sum_gy, mut sum_gy_xhat) = (0f32, 0f32);
+                    for i in 0..h {
+                        let xhat = (x[i] - mean) * inv;
+                        gy[i] = g[i] * w[i];
+                        sum_gy += gy[i];
+                        sum_gy_xhat += gy[i] * xhat;
+                        acc[i] += g[i] * xhat;
+                        acc[h + i] += g[i];
+                    }
+                    let (m1, m2) = (sum_gy / h as f32, sum_gy_xhat / h as f32);
+                    for i in 0..h {
+                        let xhat = (x[i] - mean) * inv;
+                        gx[i] = inv * (gy[i] - m1 - xhat * m2);
+                    }
+                }
+                acc
+            })
+            .collect();
+        let tail = &mut out[rows * h..];
+        for p in &partials {
+            for (t, v) in tail.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, h))))
+    }
+}
+
+/// Softmax over the last dim (max-subtracted, like candle's), rows in parallel. Its backward
+/// needs only the output: `dx = y (g - sum(g y))`.
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "qformer-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let k = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; x.len()];
+        let chunk = k * (ELEMS_PER_TASK / k).max(1);
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| {
+            for (o, x) in o.chunks_exact_mut(k).zip(x.chunks_exact(k)) {
+                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0f32;
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v - max).exp();
+                    sum += *o;
+                }
+                for o in o.iter_mut() {
+                    *o /= sum;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad_res.contiguous()?;
+        Ok(Some(res.apply_op2_no_bwd(&grad, &SoftmaxGradOp)?))
+    }
+}
+
+/// `y (g - sum(g y))` per row of the last dim.
+struct SoftmaxGradOp;
+
+impl CustomOp2 for SoftmaxGradOp {
+    fn name(&self) -> &'static str {
+        "qformer-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, self.name())?;
+        let g = f32_slice(s2, l2, self.name())?;
+        if y.len() != g.len() {
+            candle_core::bail!("qformer-softmax-grad: {:?} vs {:?}", l1.shape(), l2.shape())
+        }
+        let k = l1.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; y.len()];
+        let chunk = k * (ELEMS_PER_TASK / k).max(1);
+        out.par_chunks_mut(chunk).zip(y.par_chunks(chunk).zip(g.par_chunks(chunk))).for_each(
+            |(o, (y, g))| {
+                for ((o, y), g) in
+                    o.chunks_exact_mut(k).zip(y.chunks_exact(k)).zip(g.chunks_exact(k))
+                {
+                    let dot: f32 = y.iter().zip(g).map(|(&y, &g)| y * g).sum();
+                    for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                        *o = y * (g - dot);
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dim with a fused backward, on contiguous f32 CPU tensors; `None`
+/// elsewhere (the caller takes candle's ops).
+// x: [..., K] -> [..., K]
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Option<Result<Tensor>> {
+    cpu_f32(x).then(|| x.apply_op1(SoftmaxOp))
 }
 
 /// Contiguous f32 on the CPU (what the hand-written kernels read).
@@ -202,12 +400,106 @@ mod tests {
             Tensor::from_vec(values(h).iter().map(|v| v * 0.1).collect(), h, &Device::Cpu).unwrap();
         let fused = layer_norm(&x, &w, &b, 1e-12).unwrap();
         let composite = crate::nn::LayerNorm::from_tensors(w.clone(), b.clone(), 1e-12);
-        // A Var input forces the composite path.
-        let xv = Var::from_tensor(&x).unwrap();
-        let slow = candle_core::Module::forward(&composite, xv.as_tensor()).unwrap();
+        let slow = composite.forward_composite(&x).unwrap();
         let d = (fused - slow).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
         // Outputs reach |9| and the row sums ~8e4, so f32 summation order alone moves ~1e-5.
         let d = d.to_scalar::<f32>().unwrap();
         assert!(d < 1e-4, "fused LayerNorm differs by {d}");
+    }
+
+    /// max |a - b| over all elements.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn layer_norm_gradients_match_the_composite_ones() {
+        // Enough rows for several rayon tasks and a ragged last one.
+        let (rows, h) = (3 * ln_rows_per_task(64) + 5, 64);
+        let x = Var::from_vec(
+            values(rows * h).iter().map(|v| v * 2.0 + 3.0).collect(),
+            (rows, h),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w = Var::from_vec(values(h), h, &Device::Cpu).unwrap();
+        let b =
+            Var::from_vec(values(h).iter().map(|v| v * 0.1).collect(), h, &Device::Cpu).unwrap();
+        let coef = Tensor::from_vec(
+            values(rows * h).iter().rev().cloned().collect(),
+            (rows, h),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ln =
+            crate::nn::LayerNorm::from_tensors(w.as_tensor().clone(), b.as_tensor().clone(), 1e-6);
+        let fused = candle_core::Module::forward(&ln, x.as_tensor()).unwrap();
+        let slow = ln.forward_composite(x.as_tensor()).unwrap();
+        assert!(max_diff(&fused, &slow) < 1e-5);
+        let gf = (fused * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (slow * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let (a, b) = (gf.get(v.as_tensor()).unwrap(), gs.get(v.as_tensor()).unwrap());
+            assert_eq!(a.dims(), b.dims(), "{name}");
+            let scale =
+                b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let d = max_diff(a, b);
+            assert!(d < 1e-5 * scale.max(1.0), "{name} gradient differs by {d} (scale {scale})");
+        }
+        // A 3-D input reshapes its gradient back.
+        let x3 = Var::from_vec(values(2 * 3 * h), (2, 3, h), &Device::Cpu).unwrap();
+        let g = candle_core::Module::forward(&ln, x3.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(g.get(x3.as_tensor()).unwrap().dims(), &[2, 3, h]);
+    }
+
+    #[test]
+    fn layer_norm_weight_gradient_is_the_same_on_one_or_two_threads() {
+        let (rows, h) = (4 * ln_rows_per_task(32) + 3, 32);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let x = Var::from_vec(values(rows * h), (rows, h), &Device::Cpu).unwrap();
+                let w = Var::from_vec(values(h), h, &Device::Cpu).unwrap();
+                let b = Tensor::zeros(h, DType::F32, &Device::Cpu).unwrap();
+                let y = layer_norm(x.as_tensor(), w.as_tensor(), &b, 1e-6).unwrap();
+                let g = (y.sqr().unwrap()).sum_all().unwrap().backward().unwrap();
+                g.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap()
+            })
+        };
+        assert_eq!(run(1), run(2));
+    }
+
+    #[test]
+    fn softmax_values_and_gradients_match_candles() {
+        for (rows, k) in [(7, 5), (3 * (ELEMS_PER_TASK / 257) + 2, 257)] {
+            let x = Var::from_vec(
+                values(rows * k).iter().map(|v| v * 4.0).collect(),
+                (rows, k),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let coef = Tensor::from_vec(
+                values(rows * k).iter().rev().cloned().collect(),
+                (rows, k),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let ours = softmax_last_dim(x.as_tensor()).unwrap().unwrap();
+            let theirs = candle_nn::ops::softmax(x.as_tensor(), candle_core::D::Minus1).unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-6, "values ({rows}x{k})");
+            let go = (ours * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+            let gt = (theirs * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+            let d = max_diff(go.get(x.as_tensor()).unwrap(), gt.get(x.as_tensor()).unwrap());
+            assert!(d < 1e-6, "gradient differs by {d} ({rows}x{k})");
+        }
+        // A transposed input is not the kernel's: the caller falls back to candle's ops.
+        let m = Tensor::from_vec(values(12), (3, 4), &Device::Cpu).unwrap().t().unwrap();
+        assert!(softmax_last_dim(&m).is_none());
     }
 }

@@ -41,6 +41,15 @@ impl Module for LayerNorm {
         if super::fused::fusable(&[x, &self.weight, &self.bias]) {
             return super::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
+        self.forward_composite(x)
+    }
+}
+
+impl LayerNorm {
+    /// The same LayerNorm from candle's differentiable ops (non-f32, non-contiguous or non-CPU
+    /// inputs; and the reference the fused kernel is tested against).
+    // x: [..., H] -> [..., H]
+    pub(crate) fn forward_composite(&self, x: &Tensor) -> Result<Tensor> {
         let in_dtype = x.dtype();
         // Statistics in f32 at least, like PyTorch's CPU kernel for half inputs.
         let x = if in_dtype == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };

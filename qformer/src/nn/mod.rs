@@ -18,9 +18,13 @@ pub use rms_norm::RmsNorm;
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
-/// Differentiable softmax over the last dimension (composite ops, all with a backward); the
-/// fused kernel when `x` tracks no gradient.
+/// Differentiable softmax over the last dimension: the fused kernel with its fused backward on
+/// contiguous f32 CPU tensors, candle's fused one elsewhere when nothing tracks a gradient, and
+/// candle's composite ops (all with a backward) otherwise.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = fused::softmax_last_dim(x) {
+        return y;
+    }
     if !x.track_op() && x.is_contiguous() {
         return candle_nn::ops::softmax_last_dim(x);
     }
