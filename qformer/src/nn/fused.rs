@@ -54,20 +54,16 @@ impl CustomOp3 for LayerNormOp {
         }
         let mut out = vec![0f32; x.len()];
         let eps = self.eps;
-        // ~64 KB of rows per task: enough work to amortize rayon, enough tasks to balance.
-        let rows_per_task = (16384 / h).max(1);
-        out.par_chunks_mut(h * rows_per_task).zip(x.par_chunks(h * rows_per_task)).for_each(
-            |(out, x)| {
-                for (o, row) in out.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
-                    let mean = row.iter().sum::<f32>() / h as f32;
-                    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
-                    let inv = 1.0 / (var + eps).sqrt();
-                    for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
-                        *o = (v - mean) * inv * w + b;
-                    }
+        let chunk = h * ln_rows_per_task(h);
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
+            for (o, row) in out.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+                // The same statistics the backward recomputes.
+                let (mean, inv) = row_stats(row, eps);
+                for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                    *o = (v - mean) * inv * w + b;
                 }
-            },
-        );
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -108,8 +104,8 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// Rows per rayon task of the LayerNorm kernels (~64 KB of each input per task). Fixed by `h`
-/// alone, so the weight/bias gradient sums run in the same order on any number of threads.
+/// Rows per rayon task of the LayerNorm kernels (~64 KB of each input per task: enough work to
+/// amortize rayon, enough tasks to balance). Fixed by `h` alone, so the weight/bias gradient sums run in the same order on any number of threads.
 fn ln_rows_per_task(h: usize) -> usize {
     (16384 / h).max(1)
 }

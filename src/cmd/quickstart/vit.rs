@@ -107,7 +107,7 @@ impl ImageHead {
     }
 }
 
-/// The training images as one pixel tensor and their captions as Q-Former token ids.
+/// The training images as one pixel tensor (row i = image i) and each image's captions.
 pub struct ImageCaptions {
     pixels: Tensor,
     captions: Vec<Vec<String>>,
