@@ -4,7 +4,7 @@
 
 mod llm_common;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use llm_common::*;
 use qformer::llm::{prefix_lm_split, Blip2Llm, LanguageProjection};
@@ -20,8 +20,8 @@ fn trainable_projection(fx: &mut Fixture, varmap: &mut VarMap) {
             "t5"
         });
     let weights =
-        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let vb = VarBuilder::from_varmap(&*varmap, DType::F64, &Device::Cpu);
+        candle_core::safetensors::load(dir.join("model.safetensors"), &test_device()).unwrap();
+    let vb = VarBuilder::from_varmap(&*varmap, DType::F64, &test_device());
     fx.model.projection = LanguageProjection::new(
         fx.config.qformer_hidden_size,
         fx.config.llm_hidden_size(),
@@ -38,7 +38,7 @@ fn trainable_projection(fx: &mut Fixture, varmap: &mut VarMap) {
 fn check_directional(loss: impl Fn(&Tensor) -> Tensor, q: &Var, grad: &Tensor) {
     let n = q.elem_count();
     let dir: Vec<f64> = (0..n).map(|i| ((i * 7919 % 113) as f64 / 56.0) - 1.0).collect();
-    let dir = Tensor::from_vec(dir, q.shape(), &Device::Cpu).unwrap();
+    let dir = Tensor::from_vec(dir, q.shape(), &test_device()).unwrap();
     let h = 1e-5;
     let plus = loss(&(q.as_tensor() + (&dir * h).unwrap()).unwrap()).to_scalar::<f64>().unwrap();
     let minus = loss(&(q.as_tensor() - (&dir * h).unwrap()).unwrap()).to_scalar::<f64>().unwrap();
@@ -142,7 +142,7 @@ fn prefix_lm_split_draws_every_point_between_one_and_the_midpoint() {
 
 #[test]
 fn all_ignored_labels_and_bad_configs_are_errors() {
-    let logits = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
+    let logits = Tensor::zeros((2, 5), DType::F32, &test_device()).unwrap();
     assert!(qformer::llm::cross_entropy_ignore(&logits, &[-100, -100]).is_err());
     let err = qformer::llm::cross_entropy_ignore(&logits, &[7, -100]).unwrap_err().to_string();
     assert!(err.contains("label 7"), "{err}");

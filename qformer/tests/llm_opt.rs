@@ -3,7 +3,7 @@
 
 mod llm_common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use llm_common::*;
 use qformer::llm::{generate_with_history, LanguageModel};
 
@@ -12,7 +12,7 @@ const TOL: f32 = 1e-4;
 fn opt_case_inputs(fx: &Fixture, case: &serde_json::Value) -> (Tensor, Tensor, Vec<u32>) {
     let i = case["image"].as_u64().unwrap() as usize;
     let prompt = ids(&case["prompt_ids"]);
-    let dev = Device::Cpu;
+    let dev = test_device();
     let t = Tensor::from_vec(prompt.clone(), (1, prompt.len()), &dev).unwrap();
     let (embeds, mask) = fx
         .model

@@ -3,7 +3,7 @@
 
 mod llm_common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use llm_common::*;
 use qformer::llm::{generate, LanguageModel};
 
@@ -12,7 +12,7 @@ const TOL: f32 = 1e-4;
 fn t5_case_inputs(fx: &Fixture, case: &serde_json::Value) -> (Tensor, Tensor) {
     let i = case["image"].as_u64().unwrap() as usize;
     let prompt = ids(&case["prompt_ids"]);
-    let t = Tensor::from_vec(prompt.clone(), (1, prompt.len()), &Device::Cpu).unwrap();
+    let t = Tensor::from_vec(prompt.clone(), (1, prompt.len()), &test_device()).unwrap();
     fx.model.inputs_embeds(&fx.query_output(i, DType::F32), &t, &t.ones_like().unwrap()).unwrap()
 }
 
@@ -29,7 +29,7 @@ fn t5_decoder_logits_match_hf_for_every_image_and_prompt() {
         );
         assert!(d < TOL, "inputs_embeds {i}/{j}: max diff {d}");
         let dec = ids(&case["decoder_input_ids"]);
-        let dec = Tensor::from_vec(dec.clone(), (1, dec.len()), &Device::Cpu).unwrap();
+        let dec = Tensor::from_vec(dec.clone(), (1, dec.len()), &test_device()).unwrap();
         let logits = t5.forward(&embeds, &mask, &dec, None).unwrap().squeeze(0).unwrap();
         let d = max_abs_diff(&logits, &fx.expected_tensors[&format!("decoder_logits_{i}_{j}")]);
         assert!(d < TOL, "decoder logits image {i} prompt {j}: max diff {d}");
@@ -46,7 +46,7 @@ fn t5_cached_decoding_matches_full_decoder_pass() {
     let enc = t5.encode(&embeds, &mask).unwrap();
     let mut cache = None;
     for (t, &tok) in dec.iter().enumerate() {
-        let x = Tensor::from_vec(vec![tok], (1, 1), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(vec![tok], (1, 1), &test_device()).unwrap();
         let (logits, c) = t5.decode(&x, None, &enc, &mask, cache).unwrap();
         cache = Some(c);
         let want = fx.expected_tensors["decoder_logits_0_0"].get(t).unwrap();

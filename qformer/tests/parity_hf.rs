@@ -5,8 +5,8 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
-use common::{assert_close, fixture, get, load_tensors};
+use candle_core::Tensor;
+use common::{assert_close, fixture, get, load_tensors, test_device};
 use qformer::masks::PaddingMask;
 use qformer::model::{itc_similarity, ImageInput};
 use qformer::weights::{load_hf_dir, LoadOptions};
@@ -14,7 +14,7 @@ use qformer::weights::{load_hf_dir, LoadOptions};
 const ATOL: f32 = 1e-4;
 
 fn opts(trainable: bool) -> LoadOptions {
-    LoadOptions { trainable, ..Default::default() }
+    LoadOptions { trainable, device: test_device(), ..Default::default() }
 }
 
 fn check_itm(trainable: bool) {
@@ -113,7 +113,7 @@ fn check_generation_checkpoint(name: &str) {
     assert!(msg.contains("language_projection.weight"), "{msg}");
     assert!(msg.contains("unexpected"), "{msg}");
 
-    let o = LoadOptions { allow_known_unused: true, ..Default::default() };
+    let o = LoadOptions { allow_known_unused: true, device: test_device(), ..Default::default() };
     let loaded = load_hf_dir(fixture(name), &o).unwrap();
     assert!(loaded.report.known_unused.iter().any(|(n, _)| n == "language_projection.weight"));
     assert!(loaded.report.known_unused.iter().any(|(n, _)| n.starts_with("language_model.")));
@@ -134,7 +134,7 @@ fn check_generation_checkpoint(name: &str) {
         ATOL,
     );
     // No text FFN in these checkpoints: a text pass is refused, not silently wrong.
-    let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[[1u32, 2, 3]], &test_device()).unwrap();
     assert!(m
         .itm_logits(ImageInput::Pixels(get(&e, "pixel_values")), &ids, &PaddingMask::all_keep(1, 3))
         .is_err());

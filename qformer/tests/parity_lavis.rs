@@ -4,8 +4,8 @@
 
 mod common;
 
-use candle_core::{Device, IndexOp, Tensor};
-use common::{assert_close, fixture, get, load_tensors};
+use candle_core::{IndexOp, Tensor};
+use common::{assert_close, fixture, get, load_tensors, test_device};
 use qformer::masks::PaddingMask;
 use qformer::model::{itc_similarity, ImageInput};
 use qformer::weights::{
@@ -17,14 +17,14 @@ use rand_chacha::ChaCha8Rng;
 const ATOL: f32 = 1e-4;
 
 fn lavis_model(ln_vision_eps: Option<f64>, trainable: bool) -> LoadedModel {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let (cfg, hf) = TensorSet::from_hf_dir(fixture("itm"), &dev).unwrap();
     let lavis = read_lavis_pth(fixture("itm/lavis_stage1.pth"), &dev).unwrap();
     assert_eq!(lavis.ln_vision_eps(), Some(LAVIS_LN_VISION_EPS));
     let set = lavis.merge(hf.vision_encoder_only()).unwrap();
     let parts = detect_parts(&cfg, &set);
     assert!(parts.lm_head && parts.stage_one_heads && parts.text);
-    let opts = LoadOptions { trainable, ln_vision_eps, ..Default::default() };
+    let opts = LoadOptions { trainable, ln_vision_eps, device: dev, ..Default::default() };
     load(&cfg, &set, parts, &opts).unwrap()
 }
 
@@ -84,7 +84,7 @@ fn lavis_pth_reproduces_lavis_forward() {
     let mut img_rows: Vec<u32> = (0..b as u32).collect();
     img_rows.extend(neg_img.iter().map(|&i| i as u32));
     img_rows.extend(0..b as u32);
-    let img_rows = Tensor::new(img_rows.as_slice(), &Device::Cpu).unwrap();
+    let img_rows = Tensor::new(img_rows.as_slice(), &test_device()).unwrap();
     let itm_images = image.image_embeds.index_select(&img_rows, 0).unwrap();
     let itm_mask = get(&e, "itm_attention_mask_all");
     let q = m.num_queries();
@@ -150,7 +150,7 @@ fn lavis_pth_with_hf_eps_matches_hf_retrieval_numbers() {
     let n = ids.dim(0).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for i in 0..image.image_embeds.dim(0).unwrap() {
-        let idx = Tensor::new(vec![i as u32; n].as_slice(), &Device::Cpu).unwrap();
+        let idx = Tensor::new(vec![i as u32; n].as_slice(), &test_device()).unwrap();
         let img = image.image_embeds.index_select(&idx, 0).unwrap();
         let logits = m.itm_logits_t(&img, ids, &padding, false, &mut rng).unwrap();
         assert_close(&format!("vs HF itm_logits image {i}"), &logits, &want.get(i).unwrap(), ATOL);
@@ -173,14 +173,15 @@ fn lavis_eps_differs_measurably_from_hf_eps() {
 #[test]
 fn hf_dir_plus_lm_head_file_runs_itg() {
     // The HF retrieval checkpoint lacks the ITG head; it comes from a LAVIS-named safetensors file.
-    let dev = Device::Cpu;
+    let dev = test_device();
     let (cfg, hf) = TensorSet::from_hf_dir(fixture("itm"), &dev).unwrap();
     let head =
         qformer::weights::read_lavis_safetensors(fixture("itm/lm_head.safetensors"), &dev).unwrap();
     let set = hf.merge(head).unwrap();
     let parts = detect_parts(&cfg, &set);
     assert!(parts.lm_head);
-    let loaded = load(&cfg, &set, parts, &LoadOptions::default()).unwrap();
+    let loaded =
+        load(&cfg, &set, parts, &LoadOptions { device: dev, ..Default::default() }).unwrap();
     let m = &loaded.model;
     assert_eq!(m.ln_vision().eps(), 1e-6, "HF source keeps the config eps");
     let e = load_tensors("itm/expected_losses.safetensors");

@@ -4,8 +4,8 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
-use common::{assert_close, get, lavis_stage1_model, load_tensors};
+use candle_core::Tensor;
+use common::{assert_close, get, lavis_stage1_model, load_tensors, test_device};
 use qformer::masks::PaddingMask;
 use qformer::model::ImageInput;
 use qformer::objectives::cross_entropy::cross_entropy_per_row;
@@ -50,7 +50,7 @@ fn stage_one_losses_match_lavis() {
     // Negatives exactly, weights closely.
     assert_eq!(out.negatives.image_for_text, to_usize(get(&e, "neg_image_idx_for_text")));
     assert_eq!(out.negatives.text_for_image, to_usize(get(&e, "neg_text_idx_for_image")));
-    let w = |v: &Vec<Vec<f32>>| Tensor::new(v.clone(), &Device::Cpu).unwrap();
+    let w = |v: &Vec<Vec<f32>>| Tensor::new(v.clone(), &test_device()).unwrap();
     assert_close("weights_t2i", &w(&out.negatives.weights_t2i), get(&e, "weights_t2i"), ATOL);
     assert_close("weights_i2t", &w(&out.negatives.weights_i2t), get(&e, "weights_i2t"), ATOL);
     assert_eq!(out.negatives.labels(), get(&e, "itm_labels").to_vec1::<i64>().unwrap());
@@ -161,11 +161,12 @@ fn gradients_reach_every_trainable_part_and_itg_reaches_cross_attention() {
 
 #[test]
 fn itc_with_distinct_image_ids_equals_diagonal_targets() {
-    let img = Tensor::randn(0f32, 1., (3, 2, 4), &Device::Cpu).unwrap();
+    let img = Tensor::randn(0f32, 1., (3, 2, 4), &test_device()).unwrap();
     let img = qformer::model::l2_normalize(&img).unwrap();
-    let txt = qformer::model::l2_normalize(&Tensor::randn(0f32, 1., (3, 4), &Device::Cpu).unwrap())
-        .unwrap();
-    let temp = Tensor::new(0.07f32, &Device::Cpu).unwrap();
+    let txt =
+        qformer::model::l2_normalize(&Tensor::randn(0f32, 1., (3, 4), &test_device()).unwrap())
+            .unwrap();
+    let temp = Tensor::new(0.07f32, &test_device()).unwrap();
     let a =
         itc_loss(&img, &txt, &temp, ItcTargets::Diagonal).unwrap().loss.to_scalar::<f32>().unwrap();
     let b = itc_loss(&img, &txt, &temp, ItcTargets::ImageIds(&[5, 9, 2]))

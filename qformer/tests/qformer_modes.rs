@@ -4,21 +4,20 @@
 
 mod common;
 
-use candle_core::Device;
-use common::{fixture, get, load_tensors, max_abs_diff};
+use common::{fixture, get, load_tensors, max_abs_diff, test_device};
 use qformer::masks::{AdditiveMask, MaskMode, PaddingMask};
 use qformer::model::{Blip2Qformer, ImageInput, QFormerInput};
 use qformer::weights::{detect_parts, load, read_lavis_pth, LoadOptions, TensorSet};
 
 fn model() -> Blip2Qformer {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let (cfg, hf) = TensorSet::from_hf_dir(fixture("itm"), &dev).unwrap();
     let set = read_lavis_pth(fixture("itm/lavis_stage1.pth"), &dev)
         .unwrap()
         .merge(hf.vision_encoder_only())
         .unwrap();
     let parts = detect_parts(&cfg, &set);
-    load(&cfg, &set, parts, &LoadOptions::default()).unwrap().model
+    load(&cfg, &set, parts, &LoadOptions { device: dev, ..Default::default() }).unwrap().model
 }
 
 #[test]
@@ -34,7 +33,7 @@ fn single_pass_modes_equal_separate_passes() {
     let queries = m.expanded_queries(b).unwrap();
 
     let joint = |mode: MaskMode| {
-        let mask = AdditiveMask::new(mode, q, Some(&padding), b, &Device::Cpu).unwrap();
+        let mask = AdditiveMask::new(mode, q, Some(&padding), b, &test_device()).unwrap();
         let inp = QFormerInput {
             query_embeds: Some(&queries),
             input_ids: Some(ids),
@@ -55,7 +54,7 @@ fn single_pass_modes_equal_separate_passes() {
     // text rows equal the decoder pass over the cached query K/V.
     let causal = joint(MaskMode::MultimodalCausal);
     assert!(max_abs_diff(&causal.query_output().unwrap(), &image.query_output) < 1e-5);
-    let mask = AdditiveMask::new(MaskMode::MultimodalCausal, q, Some(&padding), b, &Device::Cpu)
+    let mask = AdditiveMask::new(MaskMode::MultimodalCausal, q, Some(&padding), b, &test_device())
         .unwrap()
         .text_rows()
         .unwrap();
@@ -89,7 +88,7 @@ fn mismatched_mask_is_refused() {
         m.num_queries(),
         Some(&padding),
         b,
-        &Device::Cpu,
+        &test_device(),
     )
     .unwrap();
     let inp = QFormerInput {

@@ -11,7 +11,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use common::{get, lavis_stage1_model, load_tensors};
 use qformer::masks::PaddingMask;
 use qformer::model::ImageInput;
@@ -25,7 +25,7 @@ const BOS: u32 = 183; // [DEC] in the fixture tokenizer
 
 #[test]
 fn every_trainable_tensor_matches_finite_differences() {
-    let dev = Device::Cpu;
+    let dev = common::test_device();
     let loaded = lavis_stage1_model(None);
     let varmap = loaded.varmap.as_ref().unwrap();
     let e = load_tensors("itm/expected_losses.safetensors");

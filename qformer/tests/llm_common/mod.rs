@@ -9,6 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use qformer::llm::{Blip2Llm, Blip2LlmConfig, GenerationConfig};
 
+#[path = "../common/device.rs"]
+mod device;
+pub use device::test_device;
+
 pub fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf-tiny").join(name)
 }
@@ -24,7 +28,7 @@ pub struct Fixture {
 
 pub fn load(name: &str, dtype: DType) -> Fixture {
     let dir = fixture_dir(name);
-    let dev = Device::Cpu;
+    let dev = test_device();
     let config = Blip2LlmConfig::from_json_file(&dir.join("config.json")).expect("config");
     let weights =
         candle_core::safetensors::load(dir.join("model.safetensors"), &dev).expect("weights");
@@ -62,7 +66,7 @@ impl Fixture {
         let idx = Tensor::from_vec(
             images.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             images.len(),
-            &Device::Cpu,
+            self.bridge_tensors["query_output"].device(),
         )
         .unwrap();
         self.bridge_tensors["query_output"].index_select(&idx, 0).unwrap()
@@ -77,9 +81,11 @@ pub fn id_rows(v: &serde_json::Value) -> Vec<Vec<u32>> {
     v.as_array().expect("rows").iter().map(ids).collect()
 }
 
+/// Compared on the CPU, whatever device made them.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+    let on_cpu = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+    (on_cpu(a) - on_cpu(b))
         .unwrap()
         .abs()
         .unwrap()

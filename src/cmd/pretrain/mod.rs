@@ -21,6 +21,7 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::common::device::parse_device;
 use datasets::text::TextTokenizer;
 use datasets::{ImageTextBatch, LoaderState};
 use qformer::masks::PaddingMask;
@@ -67,17 +68,6 @@ fn resolve_config(args: &PretrainArgs) -> Result<(RunConfig, PathBuf)> {
     let root =
         args.resume.clone().or_else(|| args.out.clone()).unwrap_or_else(|| cfg.run_dir.clone());
     Ok((cfg, root))
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::new_cuda(0)?),
-        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Ok(Device::new_cuda(n)?),
-            None => bail!("device: `{s}` is not cpu, cuda or cuda:N"),
-        },
-    }
 }
 
 /// The loader's batch as `micro` tensor batches: (pixels or cached features, ids, mask) each.
