@@ -1,7 +1,9 @@
 //! BLIP-2 stage two: `language_projection` + frozen LLM, input assembly and the LM losses.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::nn::Linear;
 use rand::Rng;
 
 use super::config::{Blip2LlmConfig, TextConfig};

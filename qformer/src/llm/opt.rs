@@ -1,7 +1,9 @@
 //! OPT decoder (HF `OPTForCausalLM`) taking input embeddings, differentiable end to end.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::nn::Linear;
 
 use super::config::{Activation, OptConfig};
 use super::kv_cache::{append, KvCache};

@@ -2,7 +2,9 @@
 //! embeddings, differentiable end to end.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::nn::Linear;
 
 use super::config::{Activation, T5Config};
 use super::kv_cache::{append, KvCache};

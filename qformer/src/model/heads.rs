@@ -6,7 +6,9 @@
 //! `text_projection`, `itm_head`, no `temp`).
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::nn::Linear;
 
 use crate::config::Blip2Config;
 use crate::nn::{apply_linear, gelu, LayerNorm};

@@ -7,7 +7,9 @@
 //! differentiable (qformer::nn softmax/LayerNorm, candle Linear/Embedding, gelu_erf).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::nn::Linear;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

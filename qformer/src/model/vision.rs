@@ -10,7 +10,9 @@
 //! as a differentiable [`crate::nn::LayerNorm`].
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::nn::Linear;
 
 use crate::nn::LayerNorm;
 

@@ -8,15 +8,17 @@
 mod dropout;
 mod fused;
 mod layer_norm;
+mod linear;
 mod rms_norm;
 
 pub use dropout::dropout;
 pub use fused::gelu;
 pub use layer_norm::LayerNorm;
+pub use linear::Linear;
 pub use rms_norm::RmsNorm;
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Differentiable softmax over the last dimension: the fused kernel with its fused backward on
 /// contiguous f32 CPU tensors, candle's fused one elsewhere when nothing tracks a gradient, and
@@ -52,8 +54,8 @@ pub fn apply_linear(linear: &Linear, x: &Tensor) -> Result<Tensor> {
 /// `nn.Linear(in, out, bias)` with PyTorch's weight layout `[out, in]`.
 pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     if bias {
-        candle_nn::linear(in_dim, out_dim, vb)
+        candle_nn::linear(in_dim, out_dim, vb).map(Linear::from)
     } else {
-        candle_nn::linear_no_bias(in_dim, out_dim, vb)
+        candle_nn::linear_no_bias(in_dim, out_dim, vb).map(Linear::from)
     }
 }

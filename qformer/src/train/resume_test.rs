@@ -3,7 +3,9 @@
 //! training step in use: schedule, accumulation, clipping, guard, AdamW with decay groups.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::nn::Linear;
 use rand::Rng;
 
 use super::checkpoint::{Checkpointer, Retention, RunDir, TrainState};
@@ -26,8 +28,8 @@ impl Mlp {
     fn new(varmap: &VarMap) -> Mlp {
         let vb = VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
         Mlp {
-            fc1: candle_nn::linear(5, 16, vb.pp("fc1")).unwrap(),
-            fc2: candle_nn::linear(16, 3, vb.pp("fc2")).unwrap(),
+            fc1: crate::nn::linear(5, 16, true, vb.pp("fc1")).unwrap(),
+            fc2: crate::nn::linear(16, 3, true, vb.pp("fc2")).unwrap(),
         }
     }
 

@@ -16,7 +16,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
+
+use qformer::nn::Linear;
 use rand::seq::IndexedRandom;
 use rayon::prelude::*;
 
