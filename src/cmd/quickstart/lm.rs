@@ -28,6 +28,11 @@ use qformer::train::{MicroLoss, TrainRng};
 
 use super::world::World;
 
+/// Share of documents whose first description is partial (see [`LmCorpus::sample`]).
+pub const PARTIAL_PROB: f64 = 0.5;
+/// Probability that a token of a partial description is left out.
+pub const PARTIAL_TOKEN_DROP: f64 = 0.4;
+
 /// Token ids of one scene's texts.
 pub struct SceneText {
     pub captions: Vec<Vec<u32>>,
@@ -69,10 +74,21 @@ impl LmCorpus {
     }
 
     /// One random document: `</s> caption </s> (paraphrase | question answer) \n`.
+    ///
+    /// In half the documents the first description is partial: each of its tokens is dropped
+    /// with probability [`PARTIAL_TOKEN_DROP`]. The soft visual prompt that stage two puts in
+    /// that slot carries only part of a scene (colors before shapes and counts), and an LM that
+    /// only ever saw whole descriptions there stopped following the question behind such a
+    /// prefix: it answered "how many" with a color and "is there" with a shape.
     pub fn sample(&self, rng: &mut TrainRng) -> Vec<u32> {
         let scene = &self.scenes[rng.random_range(0..self.scenes.len())];
         let mut doc = vec![self.bos];
-        doc.extend(scene.captions.choose(rng).expect("every scene has captions"));
+        let first = scene.captions.choose(rng).expect("every scene has captions");
+        if rng.random_bool(PARTIAL_PROB) {
+            doc.extend(first.iter().filter(|_| !rng.random_bool(PARTIAL_TOKEN_DROP)));
+        } else {
+            doc.extend(first);
+        }
         doc.push(self.bos);
         if scene.qa.is_empty() || rng.random_bool(0.3) {
             doc.extend(scene.captions.choose(rng).expect("every scene has captions"));
@@ -108,5 +124,42 @@ impl LmCorpus {
         let (logits, _) = opt.forward_embeds(&embeds, &mask.to_dtype(DType::U32)?, None)?;
         let loss = causal_lm_loss(&logits, &labels)?;
         Ok(MicroLoss { total: loss.clone(), parts: vec![("lm".into(), loss)] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_subsequence(part: &[u32], whole: &[u32]) -> bool {
+        let mut it = whole.iter();
+        part.iter().all(|t| it.any(|w| w == t))
+    }
+
+    #[test]
+    fn half_the_first_descriptions_are_partial_subsequences() {
+        let caption: Vec<u32> = (10..20).collect();
+        let corpus = LmCorpus {
+            scenes: vec![SceneText { captions: vec![caption.clone()], qa: vec![] }],
+            bos: 2,
+            newline: 3,
+            pad: 1,
+        };
+        let mut rng = qformer::train::rng::seeded(0);
+        let n = 4000;
+        let mut partial = 0;
+        for _ in 0..n {
+            let doc = corpus.sample(&mut rng);
+            assert_eq!(doc[0], 2);
+            let second = 1 + doc[1..].iter().position(|&t| t == 2).expect("two </s>");
+            let first = &doc[1..second];
+            assert!(is_subsequence(first, &caption), "{first:?}");
+            assert_eq!(&doc[second + 1..], [caption.as_slice(), &[3]].concat().as_slice());
+            partial += usize::from(first.len() < caption.len());
+        }
+        // A partial description keeps all ten tokens with probability 0.6^10 (0.6 %).
+        let want = PARTIAL_PROB * (1.0 - (1.0 - PARTIAL_TOKEN_DROP).powi(10));
+        let got = partial as f64 / n as f64;
+        assert!((got - want).abs() < 0.03, "partial share {got}, expected {want}");
     }
 }
