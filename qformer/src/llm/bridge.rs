@@ -2,15 +2,13 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-
-use crate::nn::Linear;
 use rand::Rng;
 
 use super::config::{Blip2LlmConfig, TextConfig};
 use super::loss::{causal_lm_loss, prefix_lm_split, seq2seq_loss, IGNORE_INDEX};
 use super::opt::OptForCausalLm;
 use super::t5::T5ForConditionalGeneration;
-use crate::nn::linear;
+use crate::nn::{linear, Linear};
 
 /// `language_projection` (LAVIS `opt_proj` / `t5_proj`): Q-Former width -> LLM width.
 #[derive(Debug, Clone)]

@@ -3,12 +3,10 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use crate::nn::Linear;
-
 use super::config::{Activation, OptConfig};
 use super::kv_cache::{append, KvCache};
 use super::mask::{causal_padding_mask, mask_rows};
-use crate::nn::{linear, softmax, LayerNorm};
+use crate::nn::{linear, softmax, LayerNorm, Linear};
 
 /// HF `OPTLearnedPositionalEmbedding` shifts positions by 2 (a fairseq leftover).
 const POSITION_OFFSET: i64 = 2;

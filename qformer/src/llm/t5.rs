@@ -4,12 +4,10 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use crate::nn::Linear;
-
 use super::config::{Activation, T5Config};
 use super::kv_cache::{append, KvCache};
 use super::mask::{causal_padding_mask, mask_rows, padding_mask};
-use crate::nn::{linear, softmax, RmsNorm};
+use crate::nn::{linear, softmax, Linear, RmsNorm};
 
 /// HF `T5Attention._relative_position_bucket`, in f32 like torch so bucket edges agree.
 pub fn relative_position_bucket(

@@ -8,10 +8,8 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::nn::Linear;
-
 use crate::config::Blip2Config;
-use crate::nn::{apply_linear, gelu, LayerNorm};
+use crate::nn::{apply_linear, gelu, LayerNorm, Linear};
 
 /// LAVIS's initial temperature; also used when a checkpoint (HF retrieval) has none.
 pub const DEFAULT_TEMP: f64 = 0.07;

@@ -8,14 +8,12 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
-
-use crate::nn::Linear;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::QFormerConfig;
 use crate::masks::AdditiveMask;
-use crate::nn::{apply_linear, dropout, gelu, softmax, LayerNorm};
+use crate::nn::{apply_linear, dropout, gelu, softmax, LayerNorm, Linear};
 
 /// Self-attention keys and values of the query positions, one `(K, V)` per layer, each
 /// `[B, heads, Q, head_dim]`. The ITC image pass produces it; the ITG text pass attends to it

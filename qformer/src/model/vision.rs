@@ -12,9 +12,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-use crate::nn::Linear;
-
-use crate::nn::LayerNorm;
+use crate::nn::{LayerNorm, Linear};
 
 use crate::config::VisionConfig;
 
