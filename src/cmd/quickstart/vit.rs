@@ -17,15 +17,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-
-use qformer::nn::Linear;
 use rand::seq::IndexedRandom;
 use rayon::prelude::*;
 
 use datasets::image::{decode_file, eval_transform, DecodeLimits, ImageProcessorConfig};
 use datasets::text::{Padding, TextTokenizer};
 use qformer::model::{l2_normalize, VisionTransformer};
-use qformer::nn::{apply_linear, gelu, softmax, LayerNorm};
+use qformer::nn::{apply_linear, gelu, softmax, LayerNorm, Linear};
 use qformer::objectives::{itc_loss_with, ItcGradient, ItcTargets};
 use qformer::train::init::{init_fresh, named_vars};
 use qformer::train::{rng, DecayRule, MicroLoss, ParamStore, TrainRng};
