@@ -4,9 +4,9 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use rand::Rng;
 
 use crate::nn::Linear;
-use rand::Rng;
 
 use super::checkpoint::{Checkpointer, Retention, RunDir, TrainState};
 use super::grad::{accumulate_grads, clip_grad_norm, MicroLoss, StepGuard, StepVerdict};

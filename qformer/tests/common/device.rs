@@ -4,8 +4,14 @@ use candle_core::Device;
 
 /// `BLIP2_TEST_DEVICE`: `cpu` (the default, and what CI uses), `cuda` or `cuda:N`. A CUDA
 /// device that cannot be opened (no GPU, or a build without `--features cuda`) fails the test
-/// instead of quietly falling back to the CPU.
+/// instead of quietly falling back to the CPU. Opened once per test binary, so every fixture,
+/// model and input shares the one device.
 pub fn test_device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE.get_or_init(open_test_device).clone()
+}
+
+fn open_test_device() -> Device {
     let spec = std::env::var("BLIP2_TEST_DEVICE").unwrap_or_default();
     match spec.as_str() {
         "" | "cpu" => Device::Cpu,

@@ -21,7 +21,6 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::common::device::parse_device;
 use datasets::text::TextTokenizer;
 use datasets::{ImageTextBatch, LoaderState};
 use qformer::masks::PaddingMask;
@@ -33,6 +32,8 @@ use qformer::train::{
     plot, rng, stage_one_step, stage_two_step, AdamW, Checkpointer, MetricsLog, MetricsRecord,
     ParamStore, Retention, RunConfig, StepGuard, StepVerdict, TrainState,
 };
+
+use crate::common::device::parse_device;
 
 #[derive(Debug, Args)]
 pub struct PretrainArgs {

@@ -79,7 +79,8 @@ impl LmCorpus {
     /// with probability [`PARTIAL_TOKEN_DROP`]. The soft visual prompt that stage two puts in
     /// that slot carries only part of a scene (colors before shapes and counts), and an LM that
     /// only ever saw whole descriptions there stopped following the question behind such a
-    /// prefix: it answered "how many" with a color and "is there" with a shape.
+    /// prefix: at seed 0 it answered 15 % of "how many" questions with something other than a
+    /// number ("yes", a color) and 14 % of yes/no questions with neither ("2").
     pub fn sample(&self, rng: &mut TrainRng) -> Vec<u32> {
         let scene = &self.scenes[rng.random_range(0..self.scenes.len())];
         let mut doc = vec![self.bos];
