@@ -39,9 +39,9 @@ export CUDA_HOME=$root PATH=$root/bin:$PATH CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/tgt-cuda}
 cd "$repo"
 cargo build --release --features cuda
-# Each suite carries all of candle's kernels (about 6 MB packed): these six cover forward parity,
-# stage-one losses, the LAVIS training trajectory and the LLM bridges.
-suites=(parity_hf parity_lavis parity_objectives train_trajectory llm_opt llm_t5)
+# Each suite carries all of candle's kernels (about 6 MB packed): these seven cover forward parity,
+# stage-one losses, the LAVIS training trajectory and the LLM bridges with their gradients.
+suites=(${SUITES-parity_hf parity_lavis parity_objectives train_trajectory llm_opt llm_t5 llm_grad})
 args=()
 for s in "${suites[@]}"; do args+=(--test "$s"); done
 cargo test --release --features cuda -p qformer --no-run "${args[@]}" 2>&1 | tee "$work/tests.log"

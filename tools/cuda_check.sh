@@ -40,7 +40,7 @@ cat "$out/info.log"
 
 export BLIP2_TEST_DEVICE=cuda
 # SUITES="" runs the CLI checks alone.
-for s in ${SUITES-parity_hf parity_lavis parity_objectives train_trajectory llm_opt llm_t5}; do
+for s in ${SUITES-parity_hf parity_lavis parity_objectives train_trajectory llm_opt llm_t5 llm_grad}; do
   step "$s" "$bin/$s" --test-threads 1 --nocapture
 done
 unset BLIP2_TEST_DEVICE

@@ -195,7 +195,7 @@ impl OptForCausalLm {
 
     /// Tied LM head. h: [B, T, E] -> [B, T, V]
     pub fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
-        h.broadcast_matmul(&self.embed_tokens.embeddings().t()?)
+        crate::nn::Linear::new(self.embed_tokens.embeddings().clone(), None).forward(h)
     }
 
     // inputs_embeds: [B, T, E], attention_mask: [B, S] -> ([B, T, E], cache)

@@ -377,7 +377,7 @@ impl T5ForConditionalGeneration {
             None => {
                 // Tied head: HF rescales by d_model^-0.5 (mesh-tensorflow convention).
                 x = (x * (self.cfg.d_model as f64).powf(-0.5))?;
-                x.broadcast_matmul(&self.shared.embeddings().t()?)?
+                crate::nn::Linear::new(self.shared.embeddings().clone(), None).forward(&x)?
             }
         };
         Ok((logits, cache))

@@ -9,7 +9,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::config::Blip2Config;
-use crate::nn::{apply_linear, gelu, LayerNorm, Linear};
+use crate::nn::{gelu, LayerNorm, Linear};
 
 /// LAVIS's initial temperature; also used when a checkpoint (HF retrieval) has none.
 pub const DEFAULT_TEMP: f64 = 0.07;
@@ -82,9 +82,8 @@ impl LmHead {
 
     // hidden: [B, L, H] -> [B, L, vocab]
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        let x = self.layer_norm.forward(&gelu(&apply_linear(&self.dense, hidden)?)?)?;
-        let (b, l, h) = x.dims3()?;
-        let logits = x.reshape((b * l, h))?.matmul(&self.decoder_weight.t()?)?;
-        logits.broadcast_add(&self.bias)?.reshape((b, l, ()))
+        let x = self.layer_norm.forward(&gelu(&self.dense.forward(hidden)?)?)?;
+        // Tied to the word embeddings: the same product as a linear layer's.
+        Linear::new(self.decoder_weight.clone(), Some(self.bias.clone())).forward(&x)
     }
 }

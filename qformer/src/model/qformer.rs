@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::QFormerConfig;
 use crate::masks::AdditiveMask;
-use crate::nn::{apply_linear, dropout, gelu, softmax, LayerNorm, Linear};
+use crate::nn::{dropout, gelu, softmax, LayerNorm, Linear};
 
 /// Self-attention keys and values of the query positions, one `(K, V)` per layer, each
 /// `[B, heads, Q, head_dim]`. The ITC image pass produces it; the ITG text pass attends to it
@@ -182,10 +182,9 @@ impl Attention {
     ) -> Result<AttentionOutput> {
         let (b, t, h) = x.dims3()?;
         // Scaling q (T x hd) instead of the scores (T x S) saves a pass over the larger tensor.
-        let q =
-            self.split_heads(&(apply_linear(&self.query, x)? / (self.head_dim as f64).sqrt())?)?;
-        let mut key = self.split_heads(&apply_linear(&self.key, kv_input)?)?;
-        let mut value = self.split_heads(&apply_linear(&self.value, kv_input)?)?;
+        let q = self.split_heads(&(self.query.forward(x)? / (self.head_dim as f64).sqrt())?)?;
+        let mut key = self.split_heads(&self.key.forward(kv_input)?)?;
+        let mut value = self.split_heads(&self.value.forward(kv_input)?)?;
         if let Some(rows) = kv_rows {
             // Project each distinct source once, then hand every row its copy (index_select
             // scatter-adds the gradient back to the shared projection).
@@ -213,8 +212,7 @@ impl Attention {
         };
         let probs = dropout(&softmax(&scores)?, self.attention_dropout, train, rng)?;
         let ctx = probs.matmul(&v_all)?.transpose(1, 2)?.reshape((b, t, h))?;
-        let projected =
-            dropout(&apply_linear(&self.dense, &ctx)?, self.hidden_dropout, train, rng)?;
+        let projected = dropout(&self.dense.forward(&ctx)?, self.hidden_dropout, train, rng)?;
         let hidden = self.layer_norm.forward(&(projected + x)?)?;
         Ok(AttentionOutput { hidden, key, value })
     }
@@ -243,8 +241,8 @@ impl FeedForward {
 
     // x: [B, T, H] -> [B, T, H]
     fn forward(&self, x: &Tensor, train: bool, rng: &mut ChaCha8Rng) -> Result<Tensor> {
-        let inner = gelu(&apply_linear(&self.intermediate, x)?)?;
-        let out = dropout(&apply_linear(&self.output, &inner)?, self.hidden_dropout, train, rng)?;
+        let inner = gelu(&self.intermediate.forward(x)?)?;
+        let out = dropout(&self.output.forward(&inner)?, self.hidden_dropout, train, rng)?;
         self.layer_norm.forward(&(out + x)?)
     }
 }

@@ -1,11 +1,18 @@
-//! `nn.Linear` (PyTorch's weight layout `[out, in]`): candle's, with the input made contiguous
-//! off the CPU.
-//!
-//! candle's CPU matmul takes operands of any strides, so the CPU path stays copy-free; its CUDA
-//! matmul refuses a row-strided operand, such as the `[CLS]` rows sliced out of `[B, L, H]` that
-//! the projection heads read ("matmul is only supported for contiguous tensors").
+//! `nn.Linear` (PyTorch's weight layout `[out, in]`) holding candle's weights, with its own
+//! forward:
+//! - the leading dims of the input are folded into rows: the forward is the same one GEMM
+//!   either way, but candle differentiates a 3-D input through a weight broadcast to the batch
+//!   (one small `[in, T] x [T, out]` GEMM per batch row plus a sum), where the 2-D form gives
+//!   the weight gradient as a single `[in, B·T] x [B·T, out]` GEMM;
+//! - the product is [`matmul_t`]: no gradient for a constant input (frozen image features) or
+//!   a constant weight (a frozen LLM);
+//! - off the CPU the input is made contiguous: candle's CUDA matmul refuses a row-strided
+//!   operand, such as the `[CLS]` rows sliced out of `[B, L, H]` that the projection heads read
+//!   ("matmul is only supported for contiguous tensors"). The CPU path stays copy-free.
 
 use candle_core::{Module, Result, Tensor};
+
+use super::matmul_t::matmul_t;
 
 #[derive(Clone, Debug)]
 pub struct Linear(candle_nn::Linear);
@@ -33,11 +40,21 @@ impl From<candle_nn::Linear> for Linear {
 impl Module for Linear {
     // x: [..., in] -> [..., out]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() {
-            self.0.forward(x)
-        } else {
-            self.0.forward(&x.contiguous()?)
+        let dims = x.dims();
+        let in_dim =
+            *dims.last().ok_or_else(|| candle_core::Error::Msg("linear: a scalar input".into()))?;
+        let rows = x.elem_count() / in_dim.max(1);
+        let x2 = if dims.len() == 2 { x.clone() } else { x.reshape((rows, in_dim))? };
+        let mut y = matmul_t(&x2, self.weight())?;
+        if let Some(b) = self.bias() {
+            y = y.broadcast_add(b)?;
         }
+        if dims.len() == 2 {
+            return Ok(y);
+        }
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = y.dim(1)?;
+        y.reshape(out_dims)
     }
 }
 

@@ -9,12 +9,14 @@ mod dropout;
 mod fused;
 mod layer_norm;
 mod linear;
+mod matmul_t;
 mod rms_norm;
 
 pub use dropout::dropout;
 pub use fused::gelu;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
+pub use matmul_t::matmul_t;
 pub use rms_norm::RmsNorm;
 
 use candle_core::{Result, Tensor, D};
@@ -31,24 +33,6 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
         return candle_nn::ops::softmax_last_dim(x);
     }
     candle_nn::ops::softmax(x, D::Minus1)
-}
-
-/// `linear.forward(x)` with the leading dims of `x` folded into rows first. The forward is the
-/// same one GEMM either way, but candle differentiates a 3-D input through a weight broadcast to
-/// the batch: one small `[in, T] x [T, out]` GEMM per batch row plus a sum, where the 2-D form
-/// gives the weight gradient as a single `[in, B·T] x [B·T, out]` GEMM.
-// x: [..., in] -> [..., out]
-pub fn apply_linear(linear: &Linear, x: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
-    if dims.len() <= 2 {
-        return candle_core::Module::forward(linear, x);
-    }
-    let in_dim = dims[dims.len() - 1];
-    let rows = x.elem_count() / in_dim.max(1);
-    let y = candle_core::Module::forward(linear, &x.reshape((rows, in_dim))?)?;
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("rank > 2") = y.dim(1)?;
-    y.reshape(out_dims)
 }
 
 /// `nn.Linear(in, out, bias)` with PyTorch's weight layout `[out, in]`.

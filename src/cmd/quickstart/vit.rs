@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use datasets::image::{decode_file, eval_transform, DecodeLimits, ImageProcessorConfig};
 use datasets::text::{Padding, TextTokenizer};
 use qformer::model::{l2_normalize, VisionTransformer};
-use qformer::nn::{apply_linear, gelu, softmax, LayerNorm, Linear};
+use qformer::nn::{gelu, softmax, LayerNorm, Linear};
 use qformer::objectives::{itc_loss_with, ItcGradient, ItcTargets};
 use qformer::train::init::{init_fresh, named_vars};
 use qformer::train::{rng, DecayRule, MicroLoss, ParamStore, TrainRng};
@@ -77,18 +77,16 @@ impl CaptionTower {
             .reshape((b, l, d))?
             .broadcast_add(&self.position.narrow(0, 0, l)?)?;
         let h = self.ln1.forward(&x)?;
-        let qkv = apply_linear(&self.qkv, &h)?
-            .reshape((b, l, 3, TEXT_HEADS, hd))?
-            .permute((2, 0, 3, 1, 4))?;
+        let qkv =
+            self.qkv.forward(&h)?.reshape((b, l, 3, TEXT_HEADS, hd))?.permute((2, 0, 3, 1, 4))?;
         let (q, k, v) =
             (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
         // Padding keys get -1e4 ([CLS] is never padding, so no row is fully masked).
         let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.reshape((b, 1, 1, l))?;
         let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.broadcast_add(&bias)?;
         let ctx = softmax(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
-        let x = (x + apply_linear(&self.out, &ctx)?)?;
-        let mlp =
-            apply_linear(&self.fc2, &gelu(&apply_linear(&self.fc1, &self.ln2.forward(&x)?)?)?)?;
+        let x = (x + self.out.forward(&ctx)?)?;
+        let mlp = self.fc2.forward(&gelu(&self.fc1.forward(&self.ln2.forward(&x)?)?)?)?;
         let x = (x + mlp)?;
         self.proj.forward(&self.ln_final.forward(&x.i((.., 0))?)?)
     }
