@@ -61,11 +61,11 @@ fn score_with_lavis_checkpoint_matches_lavis_forward() {
     for b in 0..4 {
         pairs.push((b, b));
     }
-    for b in 0..4 {
-        pairs.push((neg_img[b] as usize, b));
+    for (b, &i) in neg_img.iter().enumerate() {
+        pairs.push((i as usize, b));
     }
-    for b in 0..4 {
-        pairs.push((b, neg_txt[b] as usize));
+    for (b, &t) in neg_txt.iter().enumerate() {
+        pairs.push((b, t as usize));
     }
     let got_rows: Vec<Vec<f64>> = pairs.iter().map(|&(i, t)| vec![itm[i][t]]).collect();
     let want_rows: Vec<Vec<f64>> = logits.iter().map(|l| vec![softmax1(l)]).collect();

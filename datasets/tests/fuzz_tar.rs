@@ -4,11 +4,11 @@
 
 mod fuzz;
 
-use datasets::formats::{for_each_shard_sample, write_shard};
+use datasets::formats::{for_each_shard_sample, write_shard, ShardMembers};
 
 fn shard_bytes(dir: &std::path::Path) -> Vec<u8> {
     let path = dir.join("seed.tar");
-    let samples: Vec<(String, Vec<(String, Vec<u8>)>)> = (0..3)
+    let samples: Vec<ShardMembers> = (0..3)
         .map(|i| {
             (
                 format!("{i:09}"),

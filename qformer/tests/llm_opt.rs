@@ -115,9 +115,14 @@ fn opt_greedy_and_beam_ids_match_hf() {
         let (embeds, mask, history) = opt_case_inputs(&fx, case);
         for (key, beams) in [("greedy_ids", 1), ("beam3_ids", 3)] {
             let cfg = qformer::llm::GenerationConfig { num_beams: beams, ..base.clone() };
-            let got =
-                generate_with_history(&fx.model, &embeds, &mask, Some(&[history.clone()]), &cfg)
-                    .unwrap();
+            let got = generate_with_history(
+                &fx.model,
+                &embeds,
+                &mask,
+                Some(std::slice::from_ref(&history)),
+                &cfg,
+            )
+            .unwrap();
             let want = trim_after_eos(&ids(&case[key]), &cfg.eos_token_ids, 0);
             assert_eq!(got[0], want, "{key} image {i} prompt {j}");
         }

@@ -23,4 +23,4 @@ pub use vqa::{
     read_lavis_vqa, read_vqa_official, LavisVqaRow, VqaAnnotation, VqaAnswer, VqaQuestion,
     VqaQuestionRow,
 };
-pub use webdataset::{for_each_shard_sample, write_shard, ShardSample};
+pub use webdataset::{for_each_shard_sample, write_shard, ShardMembers, ShardSample};

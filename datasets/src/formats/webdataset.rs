@@ -84,8 +84,11 @@ pub fn for_each_shard_sample(path: &Path, mut f: impl FnMut(ShardSample)) -> Res
     Ok(())
 }
 
+/// One sample of a shard to write: its key and its `(extension, bytes)` members.
+pub type ShardMembers = (String, Vec<(String, Vec<u8>)>);
+
 /// Write a webdataset shard (used by the synthetic world and tests): members in key order.
-pub fn write_shard(path: &Path, samples: &[(String, Vec<(String, Vec<u8>)>)]) -> Result<()> {
+pub fn write_shard(path: &Path, samples: &[ShardMembers]) -> Result<()> {
     let file = std::fs::File::create(path).map_err(|e| DataError::io(path, e))?;
     let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
     for (key, members) in samples {

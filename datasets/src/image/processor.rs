@@ -70,7 +70,7 @@ impl ImageProcessorConfig {
         if self.image_mean.len() != 3 {
             return Err(DataError::field(path, "image_mean", "expected 3 values"));
         }
-        if self.image_std.len() != 3 || self.image_std.iter().any(|&s| s == 0.0) {
+        if self.image_std.len() != 3 || self.image_std.contains(&0.0) {
             return Err(DataError::field(path, "image_std", "expected 3 non-zero values"));
         }
         if self.resample != 3 {

@@ -189,7 +189,7 @@ pub fn write_world(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
     let train: Vec<(&SynthSample, &Vec<u8>)> =
         samples.iter().zip(&jpegs).filter_map(|(s, j)| j.as_ref().map(|j| (s, j))).collect();
     for (shard, chunk) in train.chunks(config.shard_size.max(1)).enumerate() {
-        let members: Vec<(String, Vec<(String, Vec<u8>)>)> = chunk
+        let members: Vec<crate::formats::ShardMembers> = chunk
             .iter()
             .enumerate()
             .map(|(i, (s, jpg))| {

@@ -65,16 +65,17 @@ impl Scale {
 /// Stage-one config: Q-Former with text input, vocabulary 30523 (bert-base-uncased + [DEC], as
 /// LAVIS resizes it), 32 queries, 256-wide ITC space; dropout 0.
 pub fn stage_one_config(scale: Scale) -> Blip2Config {
-    let mut cfg = Blip2Config::default();
-    cfg.qformer_config = QFormerConfig {
-        use_qformer_text_input: true,
-        vocab_size: scale.pick(30523, 120),
-        ..scale.qformer()
-    };
-    cfg.vision_config = scale.vision();
-    cfg.num_query_tokens = scale.pick(32, 4);
-    cfg.image_text_hidden_size = scale.pick(256, 16);
-    cfg
+    Blip2Config {
+        qformer_config: QFormerConfig {
+            use_qformer_text_input: true,
+            vocab_size: scale.pick(30523, 120),
+            ..scale.qformer()
+        },
+        vision_config: scale.vision(),
+        num_query_tokens: scale.pick(32, 4),
+        image_text_hidden_size: scale.pick(256, 16),
+        ..Blip2Config::default()
+    }
 }
 
 /// A random stage-one model without the ViT (it is fed cached features); with the ITG LM head

@@ -115,7 +115,9 @@ impl OptConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(Error::Config(format!(
                 "OPT hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

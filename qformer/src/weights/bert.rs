@@ -235,6 +235,8 @@ impl BertCheckpoint {
             }
             // The text FFN is looked up twice (text and query copy): report it once.
             let first = !seen.contains(&bert_name);
+            // Not collapsible: a misshaped tensor seen again must match no other arm.
+            #[allow(clippy::collapsible_match)]
             match self.tensors.get(&bert_name) {
                 None if first => missing.push(bert_name.clone()),
                 None => {}
