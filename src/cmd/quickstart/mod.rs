@@ -175,9 +175,11 @@ impl Plan {
                     weight_decay: 0.05,
                 },
                 PhaseOptim {
-                    // Free: it trains on the second core while stage one runs. 1,000 steps left
-                    // the LM answering from priors (49% VQA reading a true caption, 62% at 4,000).
-                    steps: 4000,
+                    // Free: it trains on the second core while the ViT and stage one run.
+                    // Reading a true caption it scores 49% VQA after 1,000 steps, 63% after
+                    // 4,000 and 67% after 6,500 (seed 0); the zero-shot gap over the no-image
+                    // LM grew from +19.6 to +21.8 between the last two.
+                    steps: 6500,
                     batch: 32,
                     lr: 2e-3,
                     warmup_steps: 30,
