@@ -47,23 +47,39 @@ fn product<S: BackendStorage>(
     Ok((x.matmul(w, (1, m, n, k), x_layout, &wt)?, Shape::from((m, n))))
 }
 
+impl OneSidedMatmulT {
+    fn held(&self) -> &Tensor {
+        match &self.0 {
+            Constant::Input(t) | Constant::Weight(t) => t,
+        }
+    }
+
+    /// The product with the argument and the held constant each in their place.
+    fn forward<S: BackendStorage>(
+        &self,
+        arg: &S,
+        arg_layout: &Layout,
+        held: &S,
+        held_layout: &Layout,
+    ) -> Result<(S, Shape)> {
+        match &self.0 {
+            Constant::Input(_) => product(held, held_layout, arg, arg_layout),
+            Constant::Weight(_) => product(arg, arg_layout, held, held_layout),
+        }
+    }
+}
+
 impl CustomOp1 for OneSidedMatmulT {
     fn name(&self) -> &'static str {
         "qformer-one-sided-matmul-t"
     }
 
     fn cpu_fwd(&self, arg: &CpuStorage, arg_layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let held = match &self.0 {
-            Constant::Input(t) | Constant::Weight(t) => t,
-        };
-        let (storage, layout) = held.storage_and_layout();
-        let Storage::Cpu(held_storage) = &*storage else {
+        let (storage, layout) = self.held().storage_and_layout();
+        let Storage::Cpu(held) = &*storage else {
             candle_core::bail!("matmul_t: operands on different devices")
         };
-        match &self.0 {
-            Constant::Input(_) => product(held_storage, layout, arg, arg_layout),
-            Constant::Weight(_) => product(arg, arg_layout, held_storage, layout),
-        }
+        self.forward(arg, arg_layout, held, layout)
     }
 
     #[cfg(feature = "cuda")]
@@ -72,17 +88,11 @@ impl CustomOp1 for OneSidedMatmulT {
         arg: &candle_core::CudaStorage,
         arg_layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let held = match &self.0 {
-            Constant::Input(t) | Constant::Weight(t) => t,
-        };
-        let (storage, layout) = held.storage_and_layout();
-        let Storage::Cuda(held_storage) = &*storage else {
+        let (storage, layout) = self.held().storage_and_layout();
+        let Storage::Cuda(held) = &*storage else {
             candle_core::bail!("matmul_t: operands on different devices")
         };
-        match &self.0 {
-            Constant::Input(_) => product(held_storage, layout, arg, arg_layout),
-            Constant::Weight(_) => product(arg, arg_layout, held_storage, layout),
-        }
+        self.forward(arg, arg_layout, held, layout)
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
