@@ -2,13 +2,13 @@
 //! wanted.
 //!
 //! candle's matmul backward computes both operands' gradients even when one of them is a
-//! constant, then keeps that gradient in the store. Two constant operands are common here:
-//! - **frozen image features**: the Q-Former's cross-attention keys and values project the
-//!   cached ViT output (`[B·257, 1408] · [1408, 768]`, twice in each of 6 layers). The wasted
-//!   input gradient is a GEMM as large as the forward's, 11 % of a BLIP-2 stage-one step;
-//! - **a frozen LLM**: in stage two every OPT/T5 weight, the tied `[vocab, H]` LM head included,
-//!   is a constant while gradients flow through it to the soft prompt, so a weight gradient per
-//!   layer is computed and dropped.
+//! constant, then keeps that gradient in the store. The constant operand that matters here is
+//! **a frozen LLM**: in stage two every OPT/T5 weight, the tied `[vocab, H]` LM head included,
+//! is a constant while gradients flow through it to the soft prompt, so candle computes and
+//! drops a weight gradient per layer (one of the three GEMMs a frozen layer costs). A constant
+//! *input* is covered too, though BLIP-2 stage one has none: LAVIS trains `ln_vision`, so the
+//! image features the cross-attention projects carry a gradient (stage-one step time and peak
+//! heap measured unchanged).
 //!
 //! PyTorch skips both (`needs_input_grad`). [`matmul_t`] does too: when exactly one operand
 //! tracks a gradient, the product is a custom op on that operand that holds the other as a
