@@ -116,7 +116,8 @@ impl Stage1StepCase {
         let loss = losses.total.to_scalar::<f32>()?;
         probe("forward");
         let t1 = Instant::now();
-        let mut grads = losses.total.backward()?;
+        // As `accumulate_grads` keeps them: the trainable parameters' only.
+        let mut grads = crate::train::grad::trainable_only(&self.params, losses.total.backward()?)?;
         probe("backward");
         drop(losses);
         probe("graph_dropped");

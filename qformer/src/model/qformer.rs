@@ -161,12 +161,6 @@ impl Attention {
         })
     }
 
-    // x: [B, T, D] -> [B, heads, T, hd]
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        x.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
-    }
-
     // x: [B, T, H], kv_input: [B, S, Dkv] (or [U, S, Dkv] with kv_rows: [B]),
     // mask: [B, 1, T, P+S] -> hidden [B, T, H]
     #[allow(clippy::too_many_arguments)]
@@ -182,9 +176,12 @@ impl Attention {
     ) -> Result<AttentionOutput> {
         let (b, t, h) = x.dims3()?;
         // Scaling q (T x hd) instead of the scores (T x S) saves a pass over the larger tensor.
-        let q = self.split_heads(&(self.query.forward(x)? / (self.head_dim as f64).sqrt())?)?;
-        let mut key = self.split_heads(&self.key.forward(kv_input)?)?;
-        let mut value = self.split_heads(&self.value.forward(kv_input)?)?;
+        // The projections apply the scale and write the head-split layout themselves, so no
+        // unscaled or unsplit copy is kept alive in the graph.
+        let heads = self.num_heads;
+        let q = self.query.forward_heads(x, heads, 1.0 / (self.head_dim as f64).sqrt())?;
+        let mut key = self.key.forward_heads(kv_input, heads, 1.0)?;
+        let mut value = self.value.forward_heads(kv_input, heads, 1.0)?;
         if let Some(rows) = kv_rows {
             // Project each distinct source once, then hand every row its copy (index_select
             // scatter-adds the gradient back to the shared projection).

@@ -9,14 +9,14 @@ mod dropout;
 mod fused;
 mod layer_norm;
 mod linear;
-mod matmul_t;
+mod linear_product;
 mod rms_norm;
 
 pub use dropout::dropout;
 pub use fused::gelu;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
-pub use matmul_t::matmul_t;
+pub use linear_product::{linear_product, linear_product_heads, matmul_t};
 pub use rms_norm::RmsNorm;
 
 use candle_core::{Result, Tensor, D};

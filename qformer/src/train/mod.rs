@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! opt.set_lr(schedule.lr(state.schedule_pos()));
-//! let acc = accumulate_grads(cfg.batch.micro_batches, |i| task.loss(&micro_batch(i), &mut state.rng))?;
+//! let acc = accumulate_grads(&params, cfg.batch.micro_batches, |i| task.loss(&micro_batch(i), &mut state.rng))?;
 //! let mut grads = acc.grads;
 //! let (norm, _) = clip_grad_norm(&params, &mut grads, cfg.optimizer.max_grad_norm)?;
 //! match state.guard.check(state.step, acc.loss, norm)? {      // Err: diverged, stop the run

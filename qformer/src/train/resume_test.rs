@@ -95,7 +95,7 @@ fn train(run: &mut Run, steps: u64, losses: &mut Vec<f64>, clip_coefs: &mut Vec<
         run.opt.set_lr(SCHEDULE.lr(s.schedule_pos()));
         let model = &run.model;
         let r = &mut s.rng;
-        let acc = accumulate_grads(MICRO, |_| {
+        let acc = accumulate_grads(&run.params, MICRO, |_| {
             let (x, y, keep) = micro_batch(r);
             let loss = candle_nn::loss::cross_entropy(&model.forward(&x, &keep)?, &y)?;
             Ok(MicroLoss { total: loss.clone(), parts: vec![("ce".into(), loss)] })

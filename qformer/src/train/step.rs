@@ -51,7 +51,7 @@ where
 {
     opt.set_lr(settings.lr);
     let rng = &mut state.rng;
-    let acc = accumulate_grads(micro_batches, |i| loss_fn(i, rng))?;
+    let acc = accumulate_grads(params, micro_batches, |i| loss_fn(i, rng))?;
     let mut grads = acc.grads;
     let (grad_norm, clip_coef) = clip_grad_norm(params, &mut grads, settings.max_grad_norm)?;
     let verdict = state.guard.check(state.step, acc.loss, grad_norm)?;
