@@ -47,7 +47,7 @@ impl HeadSplit {
     /// `(B, T, heads, head_dim)` for a `[rows, n]` product.
     fn dims(&self, rows: usize, n: usize) -> Result<(usize, usize, usize, usize)> {
         let (b, h) = (self.batch, self.heads);
-        if b == 0 || h == 0 || rows % b != 0 || n % h != 0 {
+        if b == 0 || h == 0 || !rows.is_multiple_of(b) || !n.is_multiple_of(h) {
             candle_core::bail!("linear: cannot split [{rows}, {n}] into {b} batch rows x {h} heads")
         }
         Ok((b, rows / b, h, n / h))
