@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::QFormerConfig;
 use crate::masks::AdditiveMask;
-use crate::nn::{dropout, gelu, softmax, LayerNorm, Linear};
+use crate::nn::{dropout, gelu, masked_softmax, softmax, LayerNorm, Linear};
 
 /// Self-attention keys and values of the query positions, one `(K, V)` per layer, each
 /// `[B, heads, Q, head_dim]`. The ITC image pass produces it; the ITG text pass attends to it
@@ -193,7 +193,7 @@ impl Attention {
             None => (key.clone(), value.clone()),
         };
         let scores = q.matmul(&k_all.t()?)?;
-        let scores = match mask {
+        let probs = match mask {
             Some(m) => {
                 let (mt, mk) = (m.dim(2)?, m.dim(3)?);
                 let (st, sk) = (scores.dim(2)?, scores.dim(3)?);
@@ -203,11 +203,11 @@ impl Attention {
                         m.dims()
                     )
                 }
-                scores.broadcast_add(&m.to_dtype(scores.dtype())?)?
+                masked_softmax(&scores, &m.to_dtype(scores.dtype())?)?
             }
-            None => scores,
+            None => softmax(&scores)?,
         };
-        let probs = dropout(&softmax(&scores)?, self.attention_dropout, train, rng)?;
+        let probs = dropout(&probs, self.attention_dropout, train, rng)?;
         let ctx = probs.matmul(&v_all)?.transpose(1, 2)?.reshape((b, t, h))?;
         let projected = dropout(&self.dense.forward(&ctx)?, self.hidden_dropout, train, rng)?;
         let hidden = self.layer_norm.forward(&(projected + x)?)?;

@@ -181,9 +181,31 @@ impl CustomOp3 for LayerNormGradOp {
     }
 }
 
-/// Softmax over the last dim (max-subtracted, like candle's), rows in parallel. Its backward
-/// needs only the output: `dx = y (g - sum(g y))`.
-struct SoftmaxOp;
+/// Softmax over the last dim (max-subtracted, like candle's), rows in parallel, of `x + mask`
+/// when an additive attention mask is given. Its backward needs only the output:
+/// `dx = y (g - sum(g y))`. Adding the mask inside saves the masked scores, a node as large as
+/// the scores that candle would keep alive, and the mask's own gradient, which candle's add
+/// computes though the mask is a constant.
+#[derive(Default)]
+struct SoftmaxOp {
+    mask: Option<RowMask>,
+}
+
+/// An additive mask `[B, 1, T, K]` over scores `[B, heads, T, K]`, stored contiguous.
+struct RowMask {
+    values: Vec<f32>,
+    heads: usize,
+    rows_per_head: usize,
+}
+
+impl RowMask {
+    /// The mask row added to score row `r` (rows counted over `[B, heads, T]`).
+    fn row(&self, r: usize, k: usize) -> &[f32] {
+        let (t, bh) = (r % self.rows_per_head, r / self.rows_per_head);
+        let b = bh / self.heads;
+        &self.values[(b * self.rows_per_head + t) * k..][..k]
+    }
+}
 
 impl CustomOp1 for SoftmaxOp {
     fn name(&self) -> &'static str {
@@ -194,13 +216,21 @@ impl CustomOp1 for SoftmaxOp {
         let x = f32_slice(s, l, self.name())?;
         let k = l.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; x.len()];
-        let chunk = k * (ELEMS_PER_TASK / k).max(1);
-        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(k).zip(x.chunks_exact(k)) {
-                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let rows_per_task = (ELEMS_PER_TASK / k).max(1);
+        let chunk = k * rows_per_task;
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).enumerate().for_each(|(ci, (o, x))| {
+            for (ri, (o, x)) in o.chunks_exact_mut(k).zip(x.chunks_exact(k)).enumerate() {
+                if let Some(mask) = &self.mask {
+                    // The same f32 sum the composite `x + mask` computes.
+                    let m = mask.row(ci * rows_per_task + ri, k);
+                    o.iter_mut().zip(x).zip(m).for_each(|((o, &v), &m)| *o = v + m);
+                } else {
+                    o.copy_from_slice(x);
+                }
+                let max = o.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                 let mut sum = 0f32;
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (v - max).exp();
+                for o in o.iter_mut() {
+                    *o = (*o - max).exp();
                     sum += *o;
                 }
                 for o in o.iter_mut() {
@@ -260,7 +290,21 @@ impl CustomOp2 for SoftmaxGradOp {
 /// elsewhere (the caller takes candle's ops).
 // x: [..., K] -> [..., K]
 pub(crate) fn softmax_last_dim(x: &Tensor) -> Option<Result<Tensor>> {
-    cpu_f32(x).then(|| x.apply_op1(SoftmaxOp))
+    cpu_f32(x).then(|| x.apply_op1(SoftmaxOp::default()))
+}
+
+/// `softmax(scores + mask)` over the last dim in one node, on contiguous f32 CPU scores and an
+/// f32 CPU mask `[B, 1, T, K]` (or anything that broadcasts to it, such as `[B, 1, 1, K]`);
+/// `None` elsewhere.
+// scores: [B, heads, T, K], mask: [B, 1, T, K] -> [B, heads, T, K]
+pub(crate) fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Option<Result<Tensor>> {
+    let cpu_mask = mask.dtype() == DType::F32 && matches!(mask.device(), Device::Cpu);
+    (cpu_f32(scores) && cpu_mask && scores.rank() == 4).then(|| {
+        let (b, heads, t, k) = scores.dims4()?;
+        let values = mask.broadcast_as((b, 1, t, k))?.flatten_all()?.to_vec1::<f32>()?;
+        let mask = RowMask { values, heads, rows_per_head: t };
+        scores.apply_op1(SoftmaxOp { mask: Some(mask) })
+    })
 }
 
 /// Contiguous f32 on the CPU (what the hand-written kernels read).
@@ -497,5 +541,43 @@ mod tests {
         // A transposed input is not the kernel's: the caller falls back to candle's ops.
         let m = Tensor::from_vec(values(12), (3, 4), &Device::Cpu).unwrap().t().unwrap();
         assert!(softmax_last_dim(&m).is_none());
+    }
+
+    #[test]
+    fn masked_softmax_equals_the_softmax_of_the_masked_scores() {
+        // Enough rows that the parallel chunks start mid-batch (the mask row lookup).
+        let (b, heads, t, k) = (3, 4, ELEMS_PER_TASK / 64 + 5, 64);
+        let n = b * heads * t * k;
+        let x = Var::from_vec(
+            values(n).iter().map(|v| v * 4.0).collect(),
+            (b, heads, t, k),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let coef = Tensor::from_vec(
+            values(n).iter().rev().cloned().collect(),
+            (b, heads, t, k),
+            &Device::Cpu,
+        )
+        .unwrap();
+        // A padding mask per key and a causal-like mask per (row, key), both [B, 1, ., K].
+        let pad: Vec<f32> = (0..b * k).map(|i| if i % 7 == 3 { -10000.0 } else { 0.0 }).collect();
+        let per_row: Vec<f32> =
+            (0..b * t * k).map(|i| if (i % k) > (i / k) % t { -1e9 } else { 0.0 }).collect();
+        for mask in [
+            Tensor::from_vec(pad, (b, 1, 1, k), &Device::Cpu).unwrap(),
+            Tensor::from_vec(per_row, (b, 1, t, k), &Device::Cpu).unwrap(),
+        ] {
+            let ours = masked_softmax(x.as_tensor(), &mask).unwrap().unwrap();
+            let masked = x.as_tensor().broadcast_add(&mask).unwrap();
+            let theirs = candle_nn::ops::softmax(&masked, candle_core::D::Minus1).unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-6, "values, mask {:?}", mask.dims());
+            assert_eq!(ours.sorted_nodes().len(), 2, "only the input and the output are nodes");
+            let go = (ours * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+            let gt = (theirs * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+            let d = max_diff(go.get(x.as_tensor()).unwrap(), gt.get(x.as_tensor()).unwrap());
+            assert!(d < 1e-6, "gradient differs by {d}, mask {:?}", mask.dims());
+            assert!(go.get(&mask).is_none(), "the constant mask got a gradient");
+        }
     }
 }

@@ -35,6 +35,16 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(x, D::Minus1)
 }
 
+/// `softmax(scores + mask)` over the last dimension: one fused node on the CPU (the masked
+/// scores are not kept, and the constant mask gets no gradient), the composite elsewhere.
+// scores: [B, heads, T, K], mask: broadcastable to [B, 1, T, K] -> [B, heads, T, K]
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if let Some(y) = fused::masked_softmax(scores, mask) {
+        return y;
+    }
+    softmax(&scores.broadcast_add(mask)?)
+}
+
 /// `nn.Linear(in, out, bias)` with PyTorch's weight layout `[out, in]`.
 pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     if bias {
