@@ -320,7 +320,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
 }
 
 /// Elements per rayon task of the element-wise kernels.
-const ELEMS_PER_TASK: usize = 1 << 14;
+pub(crate) const ELEMS_PER_TASK: usize = 1 << 14;
 
 /// Exact (erf) GELU, HF "gelu": `0.5 x (1 + erf(x / √2))`, element-wise over rayon tasks (candle's
 /// unary ops run on one thread). Its backward is the fused derivative below, so it may sit on a

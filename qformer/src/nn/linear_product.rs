@@ -112,7 +112,7 @@ fn check_bias(b_layout: &Layout, shape: &Shape) -> Result<()> {
 
 /// `out [m, n] <- (out + b) · scale` in place, rows split across threads.
 fn bias_scale_f32(out: &mut [f32], n: usize, bias: Option<&[f32]>, scale: f32) {
-    let rows_per_task = (16_384 / n.max(1)).max(1);
+    let rows_per_task = (super::fused::ELEMS_PER_TASK / n.max(1)).max(1);
     out.par_chunks_mut(n * rows_per_task).for_each(|chunk| {
         for row in chunk.chunks_exact_mut(n) {
             match bias {

@@ -44,15 +44,23 @@ pub fn cross_entropy(logits: &Tensor, targets: &[i64], opts: CeOpts) -> Result<T
         let op = SmoothedCrossEntropy { targets: targets.to_vec(), smoothing: e, counted };
         return logits.contiguous()?.apply_op1(op);
     }
-    // Per-row weights over classes: the smoothed one-hot, zero for ignored rows.
-    let mut w = vec![0f32; n * c];
-    for (row, &t) in targets.iter().enumerate().filter(|(_, &t)| t != IGNORE_INDEX) {
+    let w = smoothed_one_hot(targets, c, e, logits.device())?.to_dtype(logits.dtype())?;
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    (logp * w)?.sum_all()?.neg()? / counted as f64
+}
+
+/// `[N, C]` per-row class weights: the smoothed one-hot `(1-e)·[c = t] + e/C`, zero for ignored
+/// rows and for targets out of range (`cross_entropy` rejects those before).
+fn smoothed_one_hot(targets: &[i64], c: usize, e: f64, device: &Device) -> Result<Tensor> {
+    let mut w = vec![0f32; targets.len() * c];
+    for (row, &t) in targets.iter().enumerate() {
+        if t == IGNORE_INDEX || t < 0 || t as usize >= c {
+            continue;
+        }
         w[row * c..(row + 1) * c].iter_mut().for_each(|w| *w = (e / c as f64) as f32);
         w[row * c + t as usize] += (1.0 - e) as f32;
     }
-    let w = Tensor::from_vec(w, (n, c), logits.device())?.to_dtype(logits.dtype())?;
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    (logp * w)?.sum_all()?.neg()? / counted as f64
+    Tensor::from_vec(w, (targets.len(), c), device)
 }
 
 /// [`cross_entropy`] as one CPU op whose backward recomputes the softmax from the logits.
@@ -145,18 +153,10 @@ pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 // logits: [N, C] -> [N]
 pub fn cross_entropy_per_row(logits: &Tensor, targets: &[i64], opts: CeOpts) -> Result<Tensor> {
     let (n, c) = logits.dims2()?;
-    let e = opts.label_smoothing;
-    let mut w = vec![0f32; n * c];
-    for (row, &t) in targets.iter().enumerate() {
-        if t == IGNORE_INDEX || t < 0 || t as usize >= c {
-            continue;
-        }
-        for k in 0..c {
-            w[row * c + k] = (e / c as f64) as f32;
-        }
-        w[row * c + t as usize] += (1.0 - e) as f32;
+    if targets.len() != n {
+        candle_core::bail!("cross_entropy_per_row: {} targets for {n} rows", targets.len())
     }
-    let w = Tensor::from_vec(w, (n, c), logits.device())?.to_dtype(DType::F32)?;
+    let w = smoothed_one_hot(targets, c, opts.label_smoothing, logits.device())?;
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     (logp * w)?.sum(1)?.neg()
 }
