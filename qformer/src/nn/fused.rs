@@ -13,6 +13,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::fast_math;
+
 /// True when all of `ts` are contiguous f32 on the CPU (what the kernels here read).
 pub(crate) fn fusable(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| cpu_f32(t))
@@ -227,14 +229,10 @@ impl CustomOp1 for SoftmaxOp {
                 } else {
                     o.copy_from_slice(x);
                 }
-                let max = o.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let mut sum = 0f32;
+                let max = fast_math::max(o);
+                let inv = 1.0 / fast_math::exp_shifted_sum(o, max);
                 for o in o.iter_mut() {
-                    *o = (*o - max).exp();
-                    sum += *o;
-                }
-                for o in o.iter_mut() {
-                    *o /= sum;
+                    *o *= inv;
                 }
             }
         });
@@ -275,7 +273,7 @@ impl CustomOp2 for SoftmaxGradOp {
                 for ((o, y), g) in
                     o.chunks_exact_mut(k).zip(y.chunks_exact(k)).zip(g.chunks_exact(k))
                 {
-                    let dot: f32 = y.iter().zip(g).map(|(&y, &g)| y * g).sum();
+                    let dot = fast_math::dot(y, g);
                     for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
                         *o = y * (g - dot);
                     }
@@ -338,9 +336,7 @@ impl candle_core::CustomOp1 for GeluErfOp {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(ELEMS_PER_TASK).zip(x.par_chunks(ELEMS_PER_TASK)).for_each(|(o, x)| {
             for (o, &v) in o.iter_mut().zip(x) {
-                *o = (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0)
-                    * 0.5
-                    * v;
+                *o = (fast_math::erf(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v;
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -378,9 +374,8 @@ impl candle_core::CustomOp2 for GeluErfGradOp {
             .zip(x.par_chunks(ELEMS_PER_TASK).zip(g.par_chunks(ELEMS_PER_TASK)))
             .for_each(|(o, (x, g))| {
                 for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
-                    let cdf = 0.5
-                        + 0.5 * candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2);
-                    let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
+                    let cdf = 0.5 + 0.5 * fast_math::erf(v * std::f32::consts::FRAC_1_SQRT_2);
+                    let pdf = INV_SQRT_2PI * fast_math::exp(-0.5 * v * v);
                     *o = g * (cdf + v * pdf);
                 }
             });

@@ -6,6 +6,7 @@
 //! uses the blocks here instead; inference-only paths may use the fused ops.
 
 mod dropout;
+pub(crate) mod fast_math;
 mod fused;
 mod layer_norm;
 mod linear;

@@ -4,6 +4,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::nn::fast_math;
+
 /// Target value that contributes no loss (PyTorch/HF `-100`).
 pub const IGNORE_INDEX: i64 = -100;
 
@@ -78,9 +80,8 @@ struct SmoothedCrossEntropy {
 impl SmoothedCrossEntropy {
     /// `(max, log Σ exp(x - max))` of one row.
     fn log_sum_exp(row: &[f32]) -> (f32, f64) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-        (max, sum.ln())
+        let max = fast_math::max(row);
+        (max, fast_math::sum_exp_shifted_f64(row, max).ln())
     }
 
     fn rows<'a>(&self, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
@@ -107,7 +108,7 @@ impl CustomOp1 for SmoothedCrossEntropy {
             .map(|(row, &t)| {
                 let (max, lse) = Self::log_sum_exp(row);
                 let lse = lse + max as f64;
-                let sum: f64 = row.iter().map(|&v| v as f64).sum();
+                let sum = fast_math::sum_f64(row);
                 lse - (1.0 - e) * row[t as usize] as f64 - e / c as f64 * sum
             })
             .sum();
@@ -130,8 +131,11 @@ impl CustomOp1 for SmoothedCrossEntropy {
                     return;
                 }
                 let (max, lse) = Self::log_sum_exp(row);
+                // softmax_c = e^(x_c - (max + lse)); max + lse rounded to f32 once per row.
+                let shift = max + lse as f32;
+                let (uniform, g32) = ((e / c as f64) as f32, g as f32);
                 for (d, &v) in d.iter_mut().zip(row) {
-                    *d = ((((v - max) as f64 - lse).exp() - e / c as f64) * g) as f32;
+                    *d = (fast_math::exp(v - shift) - uniform) * g32;
                 }
                 d[t as usize] -= ((1.0 - e) * g) as f32;
             },
