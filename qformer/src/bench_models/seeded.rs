@@ -13,14 +13,17 @@ use crate::train::rng::substream;
 
 /// Wraps a `VarMap`: a variable that is not there yet is drawn from the run seed and its name
 /// (`train::rng::substream`), so its values do not depend on the order the model asks for them.
-/// `frozen` maps hold plain tensors instead of `Var`s, as weights loaded from a checkpoint are:
-/// inference then records no autograd graph (and takes the fused no-grad kernels).
+/// `frozen` maps hand out plain tensors instead of `Var`s, as weights loaded from a checkpoint are:
+/// inference then records no autograd graph (and takes the fused no-grad kernels). Like a
+/// checkpoint loader they keep no reference to what they handed out (only names and shapes), so
+/// a model that re-lays a weight out (`nn::Linear::with_gemm_layout`) frees the original and the
+/// benchmark's peak RSS is what loading a checkpoint would give.
 /// Random inits are uniform with the init's mean and standard deviation: timing does not depend
 /// on the distribution's shape, and uniform draws are ~10x cheaper than normal ones (ViT-g has
 /// a billion parameters).
 pub struct SeededVarMap {
     varmap: VarMap,
-    frozen: Option<Arc<Mutex<HashMap<String, Tensor>>>>,
+    frozen: Option<Arc<Mutex<HashMap<String, Shape>>>>,
     seed: u64,
 }
 
@@ -85,15 +88,15 @@ fn init_tensor(seed: u64, name: &str, shape: &Shape, init: Init, dev: &Device) -
 impl SimpleBackend for SeededVarMap {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         if let Some(frozen) = &self.frozen {
-            let mut data = frozen.lock().expect("weights mutex poisoned");
-            if let Some(t) = data.get(name) {
-                if t.shape() != &s {
-                    candle_core::bail!("shape mismatch on {name}: {s:?} <> {:?}", t.shape())
+            let mut shapes = frozen.lock().expect("weights mutex poisoned");
+            if let Some(shape) = shapes.get(name) {
+                if shape != &s {
+                    candle_core::bail!("shape mismatch on {name}: {s:?} <> {shape:?}")
                 }
-                return Ok(t.clone());
             }
+            // Drawn again on a second request: the values depend on the seed and name only.
             let t = init_tensor(self.seed, name, &s, h, dev)?.to_dtype(dtype)?;
-            data.insert(name.to_string(), t.clone());
+            shapes.insert(name.to_string(), s);
             return Ok(t);
         }
         let mut data = self.varmap.data().lock().expect("VarMap mutex poisoned");

@@ -22,7 +22,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     let shifted = xc * std::f32::consts::LOG2_E + SHIFTER;
     let n = shifted - SHIFTER;
     let n_bits = shifted.to_bits().wrapping_sub(SHIFTER.to_bits()); // n as a two's-complement int
-    // ln 2 split in two so that n·C1 is exact.
+                                                                    // ln 2 split in two so that n·C1 is exact.
     let r = (xc - n * 0.693_359_4) - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;

@@ -54,3 +54,11 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
         candle_nn::linear_no_bias(in_dim, out_dim, vb).map(Linear::from)
     }
 }
+
+/// [`linear`] for a model no gradient flows back through when its weights are frozen (the ViT,
+/// the Q-Former at inference): a frozen weight is laid out for the forward GEMM
+/// ([`Linear::with_gemm_layout`]). Not for the LLMs: stage two back-propagates through the frozen
+/// LLM to the soft prompt, and `∂x = g · w` wants the row-major `[out, in]` weight.
+pub fn frozen_linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    linear(in_dim, out_dim, bias, vb)?.with_gemm_layout()
+}
