@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{IndexOp, Tensor};
 use qformer::masks::PaddingMask;
-use qformer::model::{itc_similarity, Blip2Qformer};
+use qformer::model::{itc_similarity, Blip2Qformer, ImageRows};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -98,8 +98,8 @@ pub fn itm_logits_of_pairs(
             .collect();
         let txt_idx: Vec<usize> = chunk.iter().map(|&(_, t)| t).collect();
         let len = txt_idx.iter().map(|&t| texts.lengths[t]).max().unwrap_or(1).max(1);
+        let image_rows = ImageRows::new(&rows, distinct.len(), &device)?;
         let image_embeds = images.image_embeds.index_select(&Tensor::new(distinct, &device)?, 0)?;
-        let image_rows = Tensor::new(rows, &device)?;
         let txt_u32: Vec<u32> = txt_idx.iter().map(|&t| t as u32).collect();
         let input_ids =
             texts.input_ids.index_select(&Tensor::new(txt_u32, &device)?, 0)?.narrow(1, 0, len)?;

@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::heads::{LmHead, StageOneHeads};
+use super::image_rows::ImageRows;
 use super::qformer::{QFormer, QFormerInput, QFormerOutput, QueryKv};
 use super::vision::VisionTransformer;
 use crate::config::Blip2Config;
@@ -297,13 +298,13 @@ impl Blip2Qformer {
         self.itm_logits_shared(image_embeds, None, input_ids, padding, train, rng)
     }
 
-    /// ITM where batch row b reads image `image_rows[b]` of `image_embeds`: each distinct image's
+    /// ITM where batch row b reads the image `image_rows` gives it: each distinct image's
     /// cross-attention keys/values are projected once however many texts it meets.
-    // image_embeds: [U, N, Dv], image_rows: [B] u32 (None: U = B), input_ids: [B, L] -> [B, 2]
+    // image_embeds: [U, N, Dv], image_rows: B rows over U images (None: U = B), input_ids: [B, L] -> [B, 2]
     pub fn itm_logits_shared(
         &self,
         image_embeds: &Tensor,
-        image_rows: Option<&Tensor>,
+        image_rows: Option<&ImageRows>,
         input_ids: &Tensor,
         padding: &PaddingMask,
         train: bool,

@@ -2,6 +2,7 @@
 
 pub mod blip2;
 pub mod heads;
+pub mod image_rows;
 pub mod qformer;
 pub mod vision;
 
@@ -9,5 +10,6 @@ pub use blip2::{
     itc_similarity, Blip2Qformer, ImageFeatures, ImageInput, ModelParts, TextFeatures,
 };
 pub use heads::{l2_normalize, LmHead, StageOneHeads, DEFAULT_TEMP};
+pub use image_rows::ImageRows;
 pub use qformer::{QFormer, QFormerInput, QFormerOutput, QueryKv, TextEmbeddings};
 pub use vision::VisionTransformer;

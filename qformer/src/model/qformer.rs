@@ -11,6 +11,7 @@ use candle_nn::{Embedding, VarBuilder};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::image_rows::ImageRows;
 use crate::config::QFormerConfig;
 use crate::masks::AdditiveMask;
 use crate::nn::{dropout, gelu, masked_softmax, softmax, LayerNorm, Linear};
@@ -55,10 +56,10 @@ pub struct QFormerInput<'a> {
     /// `[B, N, Dv]` vision features after `ln_vision`; needed when queries are present.
     /// With `image_rows`, `[U, N, Dv]`: the distinct images of the batch.
     pub image_embeds: Option<&'a Tensor>,
-    /// `[B]` u32: the `image_embeds` row each batch row reads. Batch rows that share an image
-    /// then share its cross-attention keys/values, projected once (ITM over hard negatives or
-    /// re-ranking, where one image meets many texts). `None`: row b reads image b.
-    pub image_rows: Option<&'a Tensor>,
+    /// The `image_embeds` row each batch row reads. Batch rows that share an image then share
+    /// its cross-attention keys/values, projected once and read in place (ITM over hard
+    /// negatives or re-ranking, where one image meets many texts). `None`: row b reads image b.
+    pub image_rows: Option<&'a ImageRows>,
     /// Cached query K/V from an earlier image pass (ITG); then `query_embeds` must be `None`.
     pub past_query_kv: Option<&'a QueryKv>,
 }
@@ -161,14 +162,14 @@ impl Attention {
         })
     }
 
-    // x: [B, T, H], kv_input: [B, S, Dkv] (or [U, S, Dkv] with kv_rows: [B]),
+    // x: [B, T, H], kv_input: [B, S, Dkv] (or [U, S, Dkv] with kv_rows for B rows),
     // mask: [B, 1, T, P+S] -> hidden [B, T, H]
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         kv_input: &Tensor,
-        kv_rows: Option<&Tensor>,
+        kv_rows: Option<&ImageRows>,
         mask: Option<&Tensor>,
         past: Option<&(Tensor, Tensor)>,
         train: bool,
@@ -180,26 +181,52 @@ impl Attention {
         // unscaled or unsplit copy is kept alive in the graph.
         let heads = self.num_heads;
         let q = self.query.forward_heads(x, heads, 1.0 / (self.head_dim as f64).sqrt())?;
-        let mut key = self.key.forward_heads(kv_input, heads, 1.0)?;
-        let mut value = self.value.forward_heads(kv_input, heads, 1.0)?;
-        if let Some(rows) = kv_rows {
-            // Project each distinct source once, then hand every row its copy (index_select
-            // scatter-adds the gradient back to the shared projection).
-            key = key.index_select(rows, 0)?;
-            value = value.index_select(rows, 0)?;
-        }
-        let (k_all, v_all) = match past {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &key], 2)?, Tensor::cat(&[pv, &value], 2)?),
-            None => (key.clone(), value.clone()),
+        let key = self.key.forward_heads(kv_input, heads, 1.0)?;
+        let value = self.value.forward_heads(kv_input, heads, 1.0)?;
+        let ctx = match kv_rows {
+            // Each distinct source is projected once; rows read its K/V in place where they can.
+            Some(rows) => {
+                if mask.is_some() || past.is_some() {
+                    candle_core::bail!(
+                        "shared image rows are for cross-attention (no mask, no past)"
+                    )
+                }
+                rows.attend(&q, &key, &value, |q, k, v| self.context(q, k, v, None, train, rng))?
+            }
+            None => match past {
+                Some((pk, pv)) => {
+                    let k_all = Tensor::cat(&[pk, &key], 2)?;
+                    let v_all = Tensor::cat(&[pv, &value], 2)?;
+                    self.context(&q, &k_all, &v_all, mask, train, rng)?
+                }
+                None => self.context(&q, &key, &value, mask, train, rng)?,
+            },
         };
-        let scores = q.matmul(&k_all.t()?)?;
+        let ctx = ctx.transpose(1, 2)?.reshape((b, t, h))?;
+        let projected = dropout(&self.dense.forward(&ctx)?, self.hidden_dropout, train, rng)?;
+        let hidden = self.layer_norm.forward(&(projected + x)?)?;
+        Ok(AttentionOutput { hidden, key, value })
+    }
+
+    /// Attention probabilities (masked, dropped out) times values.
+    // q: [B, h, T, d], k/v: [B, h, P+S, d], mask: [B, 1, T, P+S] -> [B, h, T, d]
+    fn context(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor> {
+        let scores = q.matmul(&k.t()?)?;
         let probs = match mask {
             Some(m) => {
                 let (mt, mk) = (m.dim(2)?, m.dim(3)?);
-                let (st, sk) = (scores.dim(2)?, scores.dim(3)?);
-                if (mt, mk) != (st, sk) || m.dim(0)? != b {
+                let (sb, st, sk) = (scores.dim(0)?, scores.dim(2)?, scores.dim(3)?);
+                if (mt, mk) != (st, sk) || m.dim(0)? != sb {
                     candle_core::bail!(
-                        "attention mask {:?} does not fit {b} x {st} rows x {sk} keys",
+                        "attention mask {:?} does not fit {sb} x {st} rows x {sk} keys",
                         m.dims()
                     )
                 }
@@ -207,11 +234,7 @@ impl Attention {
             }
             None => softmax(&scores)?,
         };
-        let probs = dropout(&probs, self.attention_dropout, train, rng)?;
-        let ctx = probs.matmul(&v_all)?.transpose(1, 2)?.reshape((b, t, h))?;
-        let projected = dropout(&self.dense.forward(&ctx)?, self.hidden_dropout, train, rng)?;
-        let hidden = self.layer_norm.forward(&(projected + x)?)?;
-        Ok(AttentionOutput { hidden, key, value })
+        dropout(&probs, self.attention_dropout, train, rng)?.matmul(v)
     }
 }
 
@@ -291,7 +314,7 @@ impl QFormerLayer {
         num_q: usize,
         mask: &Tensor,
         image_embeds: Option<&Tensor>,
-        image_rows: Option<&Tensor>,
+        image_rows: Option<&ImageRows>,
         past: Option<&(Tensor, Tensor)>,
         train: bool,
         rng: &mut ChaCha8Rng,

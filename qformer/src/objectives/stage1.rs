@@ -9,7 +9,7 @@ use super::itc::{itc_loss_with, ItcGradient, ItcOutput, ItcTargets};
 use super::itm::{itm_loss, select_negatives, NegativeMode, Negatives};
 use super::lm::{lm_inputs, lm_loss, ITG_LABEL_SMOOTHING};
 use crate::masks::PaddingMask;
-use crate::model::{Blip2Qformer, ImageInput};
+use crate::model::{Blip2Qformer, ImageInput, ImageRows};
 
 #[derive(Debug, Clone)]
 pub struct ObjectiveConfig {
@@ -87,7 +87,8 @@ pub fn stage_one_losses(
     let negatives =
         select_negatives(&itc_out.sim_i2t, &itc_out.sim_t2i, batch.image_ids, cfg.negatives, rng)?;
     let dev = batch.input_ids.device();
-    let image_rows = Tensor::new(negatives.image_rows().as_slice(), dev)?;
+    let image_rows =
+        ImageRows::new(&negatives.image_rows(), image_embeds.dim(0)?, image_embeds.device())?;
     let text_rows = Tensor::new(negatives.text_rows().as_slice(), dev)?;
     let text_rows_idx: Vec<usize> = negatives.text_rows().iter().map(|&i| i as usize).collect();
     let itm_ids = batch.input_ids.index_select(&text_rows, 0)?;
