@@ -306,11 +306,11 @@ pub(crate) fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Option<Result<Te
 }
 
 /// Contiguous f32 on the CPU (what the hand-written kernels read).
-fn cpu_f32(t: &Tensor) -> bool {
+pub(crate) fn cpu_f32(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu) && t.is_contiguous()
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
