@@ -29,6 +29,8 @@ pub(crate) fn one_line(err: &anyhow::Error) -> String {
 /// `mi_option_purge_delay`: its index in `mi_option_e` of mimalloc v3's `mimalloc.h` (the
 /// version libmimalloc-sys builds by default).
 const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
+/// `mi_option_allow_thp`, likewise.
+const MI_OPTION_ALLOW_THP: std::os::raw::c_int = 43;
 
 // In the mimalloc C library that the `mimalloc` crate links (libmimalloc-sys only binds it
 // behind a feature that needs another crate).
@@ -42,6 +44,17 @@ fn main() -> ExitCode {
     // of a B=8 Q-Former forward (perf stat). Peak RSS is unchanged; memory is reused, not grown.
     // SAFETY: sets a plain integer option; mimalloc reads it at every purge decision.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // No transparent huge pages: mimalloc asks for them on its arenas, and a 2 MiB page that one
+    // small block touches is resident whole. Off, the stage-one step's peak RSS is ~95 MB lower
+    // at the same speed (6337-6342 against 6436-6438 MB, 7.72 against 7.71 s). The option stops
+    // mimalloc's requests for arenas mapped from here on; the process flag also covers the
+    // arena reserved before `main`.
+    // SAFETY: sets a plain integer option / a per-process flag; no memory is touched.
+    unsafe {
+        mi_option_set(MI_OPTION_ALLOW_THP, 0);
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let cli = cli::Cli::parse();
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
