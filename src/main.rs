@@ -26,11 +26,11 @@ pub(crate) fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
-/// `mi_option_purge_delay`: its index in `mi_option_e` of mimalloc v3's `mimalloc.h` (the
-/// version libmimalloc-sys builds by default).
+/// `mi_option_purge_delay`: its index in `mi_option_e` of mimalloc v2's `mimalloc.h` (the
+/// workspace asks libmimalloc-sys for v2: see its Cargo.toml entry).
 const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
-/// `mi_option_allow_thp`, likewise.
-const MI_OPTION_ALLOW_THP: std::os::raw::c_int = 43;
+/// `mi_option_allow_thp`, likewise (v3 numbers it 43).
+const MI_OPTION_ALLOW_THP: std::os::raw::c_int = 37;
 
 // In the mimalloc C library that the `mimalloc` crate links (libmimalloc-sys only binds it
 // behind a feature that needs another crate).
