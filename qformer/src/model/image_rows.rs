@@ -124,10 +124,10 @@ impl ImageRows {
             let qr = q.index_select(rows, 0)?;
             parts.push(attend(&qr, &k.index_select(images, 0)?, &v.index_select(images, 0)?)?);
         }
-        let ctx = if parts.len() == 1 {
-            parts.pop().unwrap_or_else(|| unreachable!())
-        } else {
-            Tensor::cat(&parts, 0)?
+        let ctx = match parts.len() {
+            0 => q.zeros_like()?, // an empty batch
+            1 => parts.swap_remove(0),
+            _ => Tensor::cat(&parts, 0)?,
         };
         match &self.restore {
             Some(position) => ctx.index_select(position, 0),
@@ -192,6 +192,11 @@ mod tests {
         check(&[0, 0, 2], 3, 0);
         // The identity layout needs no gather at all.
         check(&[0, 1, 2], 3, 1);
+        // An empty batch gives an empty result, not a panic.
+        let plan = ImageRows::new(&[], 2, &Device::Cpu).unwrap();
+        let q = Tensor::zeros((0, 2, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let k = Tensor::zeros((2, 2, 5, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(plan.attend(&q, &k, &k, plain).unwrap().dims(), &[0, 2, 3, 4]);
     }
 
     #[test]
