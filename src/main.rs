@@ -45,8 +45,8 @@ fn main() -> ExitCode {
     // SAFETY: sets a plain integer option; mimalloc reads it at every purge decision.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     // No transparent huge pages: mimalloc asks for them on its arenas, and a 2 MiB page that one
-    // small block touches is resident whole. Off, the stage-one step's peak RSS is ~95 MB lower
-    // at the same speed (6337-6342 against 6436-6438 MB, 7.72 against 7.71 s). The option stops
+    // small block touches is resident whole. Off, the stage-one step's peak RSS was ~90 MB lower
+    // at the same speed (measured on mimalloc v3: 6342-6346 against 6432-6434 MB). The option stops
     // mimalloc's requests for arenas mapped from here on; the process flag also covers the
     // arena reserved before `main`.
     // SAFETY: sets a plain integer option / a per-process flag; no memory is touched.

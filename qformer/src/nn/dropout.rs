@@ -4,8 +4,8 @@
 //! The mask is never stored. Forward and backward regenerate it from the seed: element i keeps
 //! its value unless the i-th `u32` of the seed's ChaCha8 keystream falls below `p · 2³²`, so any
 //! chunk starts at its own word position and every thread count gives the same mask. A stored f32
-//! mask lives as long as the graph: about 85 M elements (340 MB) of a stage-one step at B=8,
-//! where PyTorch keeps a one-byte mask.
+//! mask lived as long as the graph (and candle's product backward computed a gradient for it):
+//! a stage-one step at B=8 with dropout 0.1 peaked at 8537 MB RSS with it, 6789 MB without.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rand::{Rng, RngCore, SeedableRng};
@@ -28,9 +28,7 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, rng: &mut ChaCha8Rng) -> Result<
     if cpu_f32(x) {
         x.apply_op1(op)
     } else {
-        // Other devices and dtypes: the same mask, materialized.
-        let mask = Tensor::from_vec(op.mask(x.elem_count()), x.shape(), x.device())?;
-        x.mul(&mask.to_dtype(x.dtype())?)
+        op.materialized(x)
     }
 }
 
@@ -63,6 +61,12 @@ impl SeededDropout {
         self.fill(0, &mut m);
         m
     }
+
+    /// Other devices and dtypes: the same mask, materialized and multiplied.
+    fn materialized(&self, x: &Tensor) -> Result<Tensor> {
+        let mask = Tensor::from_vec(self.mask(x.elem_count()), x.shape(), x.device())?;
+        x.mul(&mask.to_dtype(x.dtype())?)
+    }
 }
 
 impl CustomOp1 for SeededDropout {
@@ -89,8 +93,7 @@ impl CustomOp1 for SeededDropout {
         if cpu_f32(&grad) {
             Ok(Some(grad.apply_op1_no_bwd(self)?))
         } else {
-            let mask = Tensor::from_vec(self.mask(grad.elem_count()), grad.shape(), grad.device())?;
-            Ok(Some(grad.mul(&mask.to_dtype(grad.dtype())?)?))
+            Ok(Some(self.materialized(&grad)?))
         }
     }
 }
