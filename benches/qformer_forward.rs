@@ -1,10 +1,10 @@
 //! Q-Former forward at the real BLIP-2 size (BERT-base: hidden 768, 12 layers, 12 heads, cross-
 //! attention every 2nd layer to 1408-wide features), 32 queries only (the ITC image pass /
 //! what feeds the LLM), batch 8 of ViT-g features [8, 257, 1408], random weights, f32 on CPU.
-//! Workload 1 of issue #10.
+//! One of the five PyTorch side-by-side workloads (`tools/side_by_side.sh`, `docs/performance.md`).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use qformer::bench_models::{QformerForwardCase, Scale, DEFAULT_SEED};
+use workloads::{QformerForwardCase, Scale, DEFAULT_SEED};
 
 fn bench_qformer_queries(c: &mut Criterion) {
     let case = QformerForwardCase::new(Scale::Real, DEFAULT_SEED).expect("real-size Q-Former");

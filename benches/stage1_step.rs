@@ -1,10 +1,12 @@
 //! One stage-one training step at the real BLIP-2 size on cached ViT-g features (B=8, text 32):
 //! ITC + ITM (3B rows, hardest negatives) + ITG forward, backward, AdamW, through
-//! `qformer::train::stage_one_step`; random seeded weights, f32 on CPU. Workload 2 of issue #10
-//! (PyTorch/LAVIS anchor: shared/research/perf-anchors.md).
+//! `train::optimizer_step` over the `train::tasks::StageOne` task; random seeded weights, f32 on
+//! CPU. One of the five PyTorch side-by-side workloads (`tools/side_by_side.sh`,
+//! `docs/performance.md`); the PyTorch side runs LAVIS 1.0.2 `Blip2Qformer.forward` and torch's
+//! AdamW on the same shapes.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use qformer::bench_models::{Scale, Stage1StepCase, DEFAULT_SEED};
+use workloads::{Scale, Stage1StepCase, DEFAULT_SEED};
 
 fn bench_stage_one_step(c: &mut Criterion) {
     let mut case =

@@ -25,6 +25,8 @@ pub enum Command {
     Synth(crate::cmd::synth::SynthArgs),
     /// ITC similarity and ITM match probability of every image x text pair.
     Score(crate::cmd::score::ScoreArgs),
+    /// Convert a LAVIS .pth into an HF model directory, or an HF directory into a LAVIS .pth.
+    Export(crate::cmd::export::ExportArgs),
     /// Write normalized ITC embeddings of images and/or texts to a safetensors file.
     Embed(crate::cmd::embed::EmbedArgs),
     /// Stage-one pretraining (ITC + ITM + ITG) with a frozen ViT; checkpoints, metrics, curves.

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Developer tool (not CI): time each issue-#10 workload in Rust (`blip2 bench`) and in PyTorch
-# (shared/tools/torch_anchor.py), interleaved on the same machine, and print the ratios.
+# Developer tool (not CI): time each of the five side-by-side workloads (`docs/performance.md`) in
+# Rust (`blip2 bench`) and in PyTorch (the reference timer torch_anchor.py, which is not part of
+# this repository: point TORCH_ANCHOR at your copy), interleaved on the same machine, and print
+# the ratios.
 #
 #   tools/side_by_side.sh [WORKLOAD ...]        # default: all five, then matmul (the GEMM ceiling)
 #
 # Environment:
 #   BLIP2         the blip2 binary (default target/release/blip2; build it with
 #                 `cargo build --release --bin blip2`)
-#   TORCH_ANCHOR  torch_anchor.py (default /work/shared/tools/torch_anchor.py)
+#   TORCH_ANCHOR  path to the PyTorch reference timer torch_anchor.py (needs torch 2.9, HF
+#                 transformers 4.57 and LAVIS_SRC); not shipped here, so set it to your copy (the
+#                 fallback in the code below is the path on the machine this was written on)
 #   LAVIS_SRC     the lavis/ folder of an unpacked salesforce-lavis 1.0.2 wheel (torch_anchor.py
 #                 needs it for the stage1 item; required by its CLI for every item)
 #   SCRATCH       scratch dir for torch_anchor.py (default: a temp dir, removed at the end)

@@ -1,6 +1,7 @@
 //! ITM throughput (pairs/s) at the real BLIP-2 Q-Former size with random weights: hidden 768,
 //! 12 layers, 32 queries, vision width 1408 with 257 tokens.
-//! - `itm_pairs/64_pairs`: workload 3 of issue #10 (64 pairs of 32-token texts, one image each);
+//! - `itm_pairs/64_pairs`: the ITM one of the five PyTorch side-by-side workloads
+//!   (`tools/side_by_side.sh`, `docs/performance.md`; 64 pairs of 32-token texts, one image each);
 //! - `itm_rerank`: the retrieval re-ranking loop over galleries (texts of 35 tokens).
 //!
 //!     cargo bench -p eval --bench itm_rerank
@@ -9,10 +10,10 @@ use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use eval::retrieval::rerank::itm_logits_of_pairs;
 use eval::retrieval::{ImageGallery, TextGallery};
-use qformer::bench_models::{
+use qformer::masks::PaddingMask;
+use workloads::{
     seeded_tensor, stage_one_model, text_ids, BenchCase, ItmCase, Scale, DEFAULT_SEED,
 };
-use qformer::masks::PaddingMask;
 
 const PAIRS: usize = 32;
 

@@ -1,5 +1,6 @@
-//! The official VQA scorer (salesforce-lavis 1.0.2 `vqa_eval.py`, run by
-//! shared/tools/vqa_reference.py and tools/vqa_tricky_reference.py) against our port: every number of
+//! The official VQA scorer (salesforce-lavis 1.0.2 `vqa_eval.py`, run on
+//! `tests/fixtures/vqa-official` by a LAVIS 1.0.2 reference script and on
+//! `tests/fixtures/vqa-tricky` by `tools/vqa_tricky_reference.py`) against our port: every number of
 //! both fixture sets must match exactly (both sides are rounded to 2 decimals the same way).
 
 use std::path::{Path, PathBuf};

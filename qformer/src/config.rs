@@ -124,6 +124,11 @@ pub struct Blip2Config {
     pub image_text_hidden_size: usize,
     pub image_token_index: Option<usize>,
     pub architectures: Vec<String>,
+    /// Eps of `vision_model.post_layernorm` (LAVIS `ln_vision`) when it differs from
+    /// `vision_config.layer_norm_eps`: LAVIS trains it with 1e-5 while the ViT's own norms use
+    /// 1e-6, a distinction HF's config cannot express. Our extension; HF ignores the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ln_vision_eps: Option<f64>,
 }
 
 impl Default for Blip2Config {
@@ -136,6 +141,7 @@ impl Default for Blip2Config {
             image_text_hidden_size: 256,
             image_token_index: None,
             architectures: Vec::new(),
+            ln_vision_eps: None,
         }
     }
 }
@@ -249,6 +255,7 @@ impl Blip2Config {
         for (name, eps) in [
             ("vision_config.layer_norm_eps", v.layer_norm_eps),
             ("qformer_config.layer_norm_eps", q.layer_norm_eps),
+            ("ln_vision_eps", self.ln_vision_eps.unwrap_or(v.layer_norm_eps)),
         ] {
             if !(eps > 0.0 && eps.is_finite()) {
                 problems.push(format!("{name} ({eps}) must be a positive number"));

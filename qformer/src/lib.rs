@@ -1,6 +1,6 @@
-//! BLIP-2 vision encoder, Q-Former, stage-one objectives, LLM bridges and training (candle).
+//! BLIP-2 vision encoder, Q-Former, stage-one objectives, LLM bridges and weight loading (candle).
+//! Training lives in the `train` crate, benchmark workloads in `workloads`.
 
-pub mod bench_models;
 pub mod config;
 pub mod error;
 pub mod llm;
@@ -8,7 +8,6 @@ pub mod masks;
 pub mod model;
 pub mod nn;
 pub mod objectives;
-pub mod train;
 pub mod weights;
 
 pub use config::{Blip2Config, QFormerConfig, VisionConfig};

@@ -1,7 +1,8 @@
 //! Forward parity with HF transformers 4.57.6 on the tiny fixtures (tests/fixtures/hf-tiny):
 //! vision tower, Q-Former, projections, ITC and ITM of `itm/` (Blip2ForImageTextRetrieval),
 //! and vision + Q-Former of the `opt/` and `t5/` Blip2ForConditionalGeneration checkpoints
-//! (reference numbers: shared/tools/hf_fixtures.py and tools/qformer_outputs.py).
+//! (reference numbers recorded by running HF transformers 4.57.6 on these checkpoints; the
+//! vision and Q-Former outputs of `opt/` and `t5/` by `tools/qformer_outputs.py`).
 
 mod common;
 

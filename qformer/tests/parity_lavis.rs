@@ -1,6 +1,6 @@
 //! A LAVIS stage-one `.pth` (no ViT) merged with the ViT of the HF directory reproduces the
 //! original LAVIS 1.0.2 forward (tests/fixtures/hf-tiny/itm/expected_losses.safetensors, made by
-//! shared/tools/lavis_losses.py), and with HF's ln_vision eps the HF retrieval numbers.
+//! `tools/lavis_losses.py`), and with HF's ln_vision eps the HF retrieval numbers.
 
 mod common;
 

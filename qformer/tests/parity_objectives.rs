@@ -1,6 +1,6 @@
 //! Stage-one losses against the ORIGINAL LAVIS 1.0.2 `Blip2Qformer.forward` on the tiny fixture
 //! (tests/fixtures/hf-tiny/itm/expected_losses.{json,safetensors}, made by
-//! shared/tools/lavis_losses.py with hardest-negative selection, dropout 0, eval mode).
+//! `tools/lavis_losses.py` with hardest-negative selection, dropout 0, eval mode).
 
 mod common;
 
@@ -47,7 +47,7 @@ fn stage_one_losses_match_lavis() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let out = stage_one_losses(m, &batch, &cfg(), false, &mut rng).unwrap();
 
-    // Negatives exactly, weights closely.
+    // SelectedNegatives exactly, weights closely.
     assert_eq!(out.negatives.image_for_text, to_usize(get(&e, "neg_image_idx_for_text")));
     assert_eq!(out.negatives.text_for_image, to_usize(get(&e, "neg_text_idx_for_image")));
     let w = |v: &Vec<Vec<f32>>| Tensor::new(v.clone(), &test_device()).unwrap();
@@ -85,7 +85,7 @@ fn stage_one_losses_match_lavis() {
         ATOL,
     );
 
-    let losses = Tensor::stack(&[&out.itc, &out.itm, &out.lm, &out.total], 0).unwrap();
+    let losses = Tensor::stack(&[&out.itc, &out.itm, &out.itg, &out.total], 0).unwrap();
     assert_close("losses [itc, itm, itg, total]", &losses, get(&e, "losses"), ATOL);
 }
 
@@ -103,7 +103,7 @@ fn stage_one_losses_match_lavis_with_hf_eps() {
     let out =
         stage_one_losses(&loaded.model, &batch, &cfg(), false, &mut ChaCha8Rng::seed_from_u64(0))
             .unwrap();
-    let losses = Tensor::stack(&[&out.itc, &out.itm, &out.lm, &out.total], 0).unwrap();
+    let losses = Tensor::stack(&[&out.itc, &out.itm, &out.itg, &out.total], 0).unwrap();
     assert_close("hfeps.losses", &losses, get(&e, "hfeps.losses"), ATOL);
     assert_close("hfeps.itm_logits", &out.itm_logits, get(&e, "hfeps.itm_logits"), ATOL);
     assert_close(
@@ -149,7 +149,7 @@ fn gradients_reach_every_trainable_part_and_itg_reaches_cross_attention() {
         assert!(norm(grads.get(&vars[name])) > 0.0, "no gradient for {name}");
     }
     // The ITG loss alone reaches the query path through the (not detached) cached query K/V.
-    let lm_grads = out.lm.backward().unwrap();
+    let lm_grads = out.itg.backward().unwrap();
     for name in [
         "qformer.encoder.layer.0.crossattention.attention.query.weight",
         "query_tokens",
@@ -204,7 +204,7 @@ fn gradients_match_lavis() {
     let mut worst = 0f32;
     let mut checked = 0;
     for (loss_name, loss) in
-        [("itc", &out.itc), ("itm", &out.itm), ("itg", &out.lm), ("total", &out.total)]
+        [("itc", &out.itc), ("itm", &out.itm), ("itg", &out.itg), ("total", &out.total)]
     {
         let grads = loss.backward().unwrap();
         for (key, expected) in want.iter().filter(|(k, _)| k.starts_with(&format!("{loss_name}/")))

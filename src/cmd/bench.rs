@@ -1,5 +1,7 @@
-//! `blip2 bench WORKLOAD`: time one of the issue-#10 workloads (random BLIP-2-sized weights,
-//! f32 on CPU) the way `shared/tools/torch_anchor.py` times PyTorch, for side-by-side ratios.
+//! `blip2 bench WORKLOAD`: time one of the five PyTorch side-by-side workloads (random
+//! BLIP-2-sized weights, f32 on CPU) the way the PyTorch timer that `tools/side_by_side.sh` runs
+//! times them (untimed warm-up calls, then the median of the timed ones), for side-by-side ratios
+//! (`docs/performance.md`).
 
 use std::time::Instant;
 
@@ -7,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use qformer::bench_models::{anchor_gflop, Scale, Stage1StepCase, Workload, DEFAULT_SEED};
+use workloads::{anchor_gflop, Scale, Stage1StepCase, Workload, DEFAULT_SEED};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -140,9 +142,8 @@ fn stage_one_phases(scale: Scale, seed: u64, iters: usize) -> Result<serde_json:
     for _ in 0..iters {
         phases.push(case.step_phases(&mut probe).context("timed step")?);
     }
-    let med = |f: fn(&qformer::bench_models::StepPhases) -> f64| {
-        median(&phases.iter().map(f).collect::<Vec<_>>())
-    };
+    let med =
+        |f: fn(&workloads::StepPhases) -> f64| median(&phases.iter().map(f).collect::<Vec<_>>());
     Ok(json!({
         "forward": med(|p| p.forward_ms),
         "backward": med(|p| p.backward_ms),

@@ -13,6 +13,8 @@ use datasets::image::{decode_file, eval_transform, DecodeLimits, ImageProcessorC
 use datasets::ImageSource;
 use qformer::weights::{load_hf_dir, LoadOptions};
 
+use crate::common::feature_cache::{FeatureIndex, FeatureShard, WHAT};
+
 /// Cached features are computed with the EVAL transform (resize only): training from a cache
 /// therefore sees no random crops or flips, unlike LAVIS's train transform.
 #[derive(Debug, Args)]
@@ -87,18 +89,13 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
             &path,
         )
         .with_context(|| format!("writing {}", path.display()))?;
-        let keys: Vec<&str> = shard.iter().map(|it| it.key.as_str()).collect();
+        let keys: Vec<String> = shard.iter().map(|it| it.key.clone()).collect();
         let ids: Vec<u64> = shard.iter().map(|it| it.image_id).collect();
-        shards.push(serde_json::json!({ "file": file, "keys": keys, "image_ids": ids }));
+        shards.push(FeatureShard { file, keys, image_ids: ids });
         println!("wrote {} ({} images)", path.display(), shard.len());
     }
-    let index = serde_json::json!({
-        "model": args.model.display().to_string(),
-        "what": "frozen ViT output before ln_vision, eval transform",
-        "shards": shards,
-    });
-    let ipath = args.out.join("index.json");
-    std::fs::write(&ipath, serde_json::to_string_pretty(&index)?)
-        .with_context(|| format!("writing {}", ipath.display()))?;
+    let index =
+        FeatureIndex { model: args.model.display().to_string(), what: WHAT.to_string(), shards };
+    index.write(&args.out)?;
     Ok(())
 }

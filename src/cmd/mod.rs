@@ -7,6 +7,7 @@ pub mod cache_features;
 pub mod caption;
 pub mod embed;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod plot;
 pub mod pretrain;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Score(args) => score::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Export(args) => export::run(args),
         Command::Pretrain(args) => pretrain::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Quickstart(args) => quickstart::run(args),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use qformer::train::checkpoint::RunDir;
+use train::checkpoint::RunDir;
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
@@ -15,7 +15,7 @@ pub struct PlotArgs {
 
 pub fn run(args: PlotArgs) -> Result<()> {
     let run = RunDir { root: args.run_dir };
-    qformer::train::plot::plot_run(&run, "blip2 pretrain")?;
+    train::plot::plot_run(&run, "blip2 pretrain")?;
     println!("wrote {}", run.plot_path().display());
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The process allocator: mimalloc, counting the bytes live on the heap and their peak.
 //!
-//! glibc malloc maps and unmaps every large tensor buffer, costing up to 2.6x on CPU
-//! (shared/research/candle-feasibility.md §4); mimalloc keeps them. The counts let `blip2 bench`
+//! glibc malloc maps and unmaps every large tensor buffer (its dynamic mmap threshold starts at
+//! 128 KiB, so each op page-faults fresh pages), costing up to 2.6x on CPU
+//! (`docs/performance.md`); mimalloc keeps them. The counts let `blip2 bench`
 //! tell the peak of live tensors from the peak resident set: the difference is what the
 //! allocator holds beyond them (freed pages kept for reuse, fragmentation).
 

@@ -1,5 +1,5 @@
-//! GQA questions: the official dict keyed by question id, or LAVIS's converted list
-//! (data-eval.md §1.5).
+//! GQA questions: the official dict keyed by question id (`testdev_balanced_questions.json`), or
+//! LAVIS's converted list (LAVIS `configs/datasets/gqa/balanced_testdev.yaml`, `GQAEvalDataset`).
 
 use std::path::Path;
 

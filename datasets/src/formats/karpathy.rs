@@ -1,4 +1,6 @@
-//! COCO/Flickr Karpathy-split JSON as BLIP/LAVIS ship it (data-eval.md §1.1–1.2).
+//! COCO/Flickr Karpathy-split JSON as BLIP/LAVIS ship it (`coco_karpathy_*.json`,
+//! `flickr30k_*.json`; LAVIS `configs/datasets/coco/defaults_cap.yaml`,
+//! `configs/datasets/flickr30k/defaults.yaml`).
 //! Train: one row per caption with a string `image_id`; val/test: one row per image with a
 //! list of captions and no id.
 

@@ -1,5 +1,6 @@
 //! VQAv2 / OK-VQA official question + annotation files, and LAVIS's VQA row JSON
-//! (data-eval.md §1.3–1.4).
+//! (official layout as the VQA API's `vqaTools/vqa.py` reads it; LAVIS rows as in its
+//! `configs/datasets/coco/defaults_vqa.yaml` and `configs/datasets/okvqa/defaults.yaml`).
 
 use std::collections::HashMap;
 use std::path::Path;

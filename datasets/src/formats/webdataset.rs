@@ -1,5 +1,5 @@
 //! img2dataset webdataset shards (`NNNNN.tar` of `key.jpg` + `key.txt` + `key.json`), streamed
-//! member by member without unpacking (data-eval.md §1.7).
+//! member by member without unpacking (as img2dataset `--output_format webdataset` writes them).
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -66,7 +66,8 @@ impl ImageProcessorConfig {
         Ok(cfg)
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
+    /// Refuses values this processor cannot apply, naming `path` (where they come from or go).
+    pub fn validate(&self, path: &Path) -> Result<()> {
         if self.image_mean.len() != 3 {
             return Err(DataError::field(path, "image_mean", "expected 3 values"));
         }

@@ -105,7 +105,8 @@ pub fn normalize_ground_truth(answer: &str) -> String {
 mod tests {
     use super::*;
 
-    // Input → output pairs observed with the LAVIS 1.0.2 scorer (shared/research/data-eval.md §2.5).
+    // Input → output pairs observed by running the LAVIS 1.0.2 scorer
+    // (`lavis/common/vqa_tools/vqa_eval.py`).
     #[test]
     fn documented_examples() {
         for (input, want) in [

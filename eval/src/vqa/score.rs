@@ -270,7 +270,8 @@ mod tests {
         answers.iter().enumerate().map(|(i, a)| GtAnswer::new(a, i as i64 + 1)).collect()
     }
 
-    // Closed form of the leave-one-out with distinct answer ids (data-eval.md §2.2):
+    // Closed form of the official scorer's leave-one-out (VQA API `vqaEval.py` `evaluate`: the
+    // mean over the 10 GT answers of min(1, matches among the other 9 / 3)), distinct answer ids:
     // m = 0, 1, 2, 3, >=4 matches -> 0, 0.3, 0.6, 0.9, 1.0.
     #[test]
     fn leave_one_out_closed_form() {

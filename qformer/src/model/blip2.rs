@@ -3,6 +3,9 @@
 //! References: LAVIS `blip2_qformer.py` (`Blip2Qformer.forward`, `extract_features`,
 //! `compute_itm`), transformers 4.57 `Blip2ForImageTextRetrieval.forward`. The model returns
 //! features; losses live in `objectives/`.
+//!
+//! A method ending in `_t` ("training-capable") takes the `train` flag and the RNG its dropout
+//! draws from; the method of the same name without it runs in eval mode.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;

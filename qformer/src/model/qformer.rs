@@ -150,10 +150,10 @@ impl Attention {
         let att = vb.pp("attention");
         let out = vb.pp("output");
         Ok(Self {
-            query: crate::nn::frozen_linear(h, h, true, att.pp("query"))?,
-            key: crate::nn::frozen_linear(kv_dim, h, true, att.pp("key"))?,
-            value: crate::nn::frozen_linear(kv_dim, h, true, att.pp("value"))?,
-            dense: crate::nn::frozen_linear(h, h, true, out.pp("dense"))?,
+            query: crate::nn::linear_gemm_layout(h, h, true, att.pp("query"))?,
+            key: crate::nn::linear_gemm_layout(kv_dim, h, true, att.pp("key"))?,
+            value: crate::nn::linear_gemm_layout(kv_dim, h, true, att.pp("value"))?,
+            dense: crate::nn::linear_gemm_layout(h, h, true, out.pp("dense"))?,
             layer_norm: LayerNorm::new(h, cfg.layer_norm_eps, out.pp("LayerNorm"))?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
@@ -252,8 +252,13 @@ impl FeedForward {
     fn new(cfg: &QFormerConfig, vb: &VarBuilder, intermediate: &str, output: &str) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            intermediate: crate::nn::frozen_linear(h, i, true, vb.pp(intermediate).pp("dense"))?,
-            output: crate::nn::frozen_linear(i, h, true, vb.pp(output).pp("dense"))?,
+            intermediate: crate::nn::linear_gemm_layout(
+                h,
+                i,
+                true,
+                vb.pp(intermediate).pp("dense"),
+            )?,
+            output: crate::nn::linear_gemm_layout(i, h, true, vb.pp(output).pp("dense"))?,
             layer_norm: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp(output).pp("LayerNorm"))?,
             hidden_dropout: cfg.hidden_dropout_prob,
         })

@@ -70,8 +70,8 @@ impl VisionAttention {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         // HF stores the fused bias cat(q_bias, 0, v_bias); a LAVIS source is converted to that form.
-        let qkv = crate::nn::frozen_linear(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?;
-        let projection = crate::nn::frozen_linear(h, h, true, vb.pp("projection"))?;
+        let qkv = crate::nn::linear_gemm_layout(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?;
+        let projection = crate::nn::linear_gemm_layout(h, h, true, vb.pp("projection"))?;
         let scale = (cfg.head_dim() as f64).powf(-0.5);
         Ok(Self { qkv, projection, num_heads: cfg.num_attention_heads, scale })
     }
@@ -111,8 +111,8 @@ impl VisionLayer {
             layer_norm1: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             self_attn: VisionAttention::new(cfg, vb.pp("self_attn"))?,
             layer_norm2: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: crate::nn::frozen_linear(h, cfg.intermediate_size, true, vb.pp("mlp.fc1"))?,
-            fc2: crate::nn::frozen_linear(cfg.intermediate_size, h, true, vb.pp("mlp.fc2"))?,
+            fc1: crate::nn::linear_gemm_layout(h, cfg.intermediate_size, true, vb.pp("mlp.fc1"))?,
+            fc2: crate::nn::linear_gemm_layout(cfg.intermediate_size, h, true, vb.pp("mlp.fc2"))?,
         })
     }
 

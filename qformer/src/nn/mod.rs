@@ -1,8 +1,9 @@
 //! Differentiable building blocks.
 //!
 //! candle's fused `LayerNorm`/`RmsNorm` modules, `ops::layer_norm`, `ops::rms_norm` and
-//! `softmax_last_dim` have no backward pass: gradients are silently dropped
-//! (shared/research/candle-feasibility.md §1). Everything on a training path in this crate
+//! `softmax_last_dim` have no backward pass: gradients are silently dropped (candle 0.11 builds
+//! them with `apply_op*_no_bwd`, so `backward()` succeeds and their inputs just get no gradient,
+//! with no error). Everything on a training path in this crate
 //! uses the blocks here instead; inference-only paths may use the fused ops.
 
 mod dropout;
@@ -55,10 +56,15 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
     }
 }
 
-/// [`linear`] for a model no gradient flows back through when its weights are frozen (the ViT,
-/// the Q-Former at inference): a frozen weight is laid out for the forward GEMM
-/// ([`Linear::with_gemm_layout`]). Not for the LLMs: stage two back-propagates through the frozen
+/// [`linear`] whose weight, when it is a constant (a frozen ViT, a Q-Former loaded for
+/// inference), is laid out for the forward GEMM ([`Linear::with_gemm_layout`]); a trainable
+/// weight (`Var`) keeps its layout. Not for the LLMs: stage two back-propagates through the frozen
 /// LLM to the soft prompt, and `∂x = g · w` wants the row-major `[out, in]` weight.
-pub fn frozen_linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+pub fn linear_gemm_layout(
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<Linear> {
     linear(in_dim, out_dim, bias, vb)?.with_gemm_layout()
 }

@@ -1,6 +1,6 @@
 //! Image-text matching with hard negatives (LAVIS `blip2_qformer.py` ITM block, single process).
 //!
-//! Negatives are drawn from the temperature-scaled ITC similarities with positives excluded:
+//! SelectedNegatives are drawn from the temperature-scaled ITC similarities with positives excluded:
 //! for each text a negative image (rows of `sim_t2i`), then for each image a negative text
 //! (rows of `sim_i2t`), in that order, from the caller's RNG, or deterministically the hardest
 //! (argmax, first index on ties). The batch is `[pos pairs; (neg image, text); (image, neg text)]`
@@ -21,7 +21,7 @@ pub enum NegativeMode {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Negatives {
+pub struct SelectedNegatives {
     /// For each text b, the index of its negative image.
     pub image_for_text: Vec<usize>,
     /// For each image b, the index of its negative text.
@@ -109,7 +109,7 @@ pub fn select_negatives(
     image_ids: Option<&[i64]>,
     mode: NegativeMode,
     rng: &mut ChaCha8Rng,
-) -> Result<Negatives> {
+) -> Result<SelectedNegatives> {
     let i2t: Vec<Vec<f32>> = sim_i2t.detach().to_dtype(DType::F32)?.to_vec2()?;
     let t2i: Vec<Vec<f32>> = sim_t2i.detach().to_dtype(DType::F32)?.to_vec2()?;
     let weights_t2i = weights(&t2i, image_ids);
@@ -118,10 +118,10 @@ pub fn select_negatives(
         weights_t2i.iter().map(|w| pick(w, mode, rng)).collect::<Result<Vec<_>>>()?;
     let text_for_image =
         weights_i2t.iter().map(|w| pick(w, mode, rng)).collect::<Result<Vec<_>>>()?;
-    Ok(Negatives { image_for_text, text_for_image, weights_t2i, weights_i2t })
+    Ok(SelectedNegatives { image_for_text, text_for_image, weights_t2i, weights_i2t })
 }
 
-impl Negatives {
+impl SelectedNegatives {
     /// Row order of images in the 3B ITM batch: `[b; image_for_text[b]; b]`.
     pub fn image_rows(&self) -> Vec<u32> {
         let b = self.image_for_text.len() as u32;
@@ -141,7 +141,7 @@ impl Negatives {
 
 /// Plain cross-entropy of the ITM logits against `[1]*B + [0]*2B`.
 // logits: [3B, 2] -> scalar
-pub fn itm_loss(logits: &Tensor, negatives: &Negatives) -> Result<Tensor> {
+pub fn itm_loss(logits: &Tensor, negatives: &SelectedNegatives) -> Result<Tensor> {
     cross_entropy(logits, &negatives.labels(), CeOpts::default())
 }
 

@@ -1,12 +1,12 @@
 //! The three stage-one losses on one batch, in LAVIS order (`Blip2Qformer.forward`, single
 //! process): image pass (queries, keeping their K/V), text pass, ITC, ITM with negatives from the
-//! ITC similarities, ITG over the cached query K/V. Total = itc + itm + lm.
+//! ITC similarities, ITG over the cached query K/V. Total = itc + itm + itg.
 
 use candle_core::{Result, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 use super::itc::{itc_loss_with, ItcGradient, ItcOutput, ItcTargets};
-use super::itm::{itm_loss, select_negatives, NegativeMode, Negatives};
+use super::itm::{itm_loss, select_negatives, NegativeMode, SelectedNegatives};
 use super::lm::{lm_inputs, lm_loss, ITG_LABEL_SMOOTHING};
 use crate::masks::PaddingMask;
 use crate::model::{Blip2Qformer, ImageInput, ImageRows};
@@ -48,10 +48,10 @@ pub struct PretrainBatch<'a> {
 pub struct PretrainLosses {
     pub itc: Tensor,
     pub itm: Tensor,
-    pub lm: Tensor,
+    pub itg: Tensor,
     pub total: Tensor,
     pub itc_out: ItcOutput,
-    pub negatives: Negatives,
+    pub negatives: SelectedNegatives,
     /// `[3B, 2]`
     pub itm_logits: Tensor,
     /// `[B, L, vocab]` unshifted.
@@ -107,13 +107,13 @@ pub fn stage_one_losses(
     let lm_in = lm_inputs(batch.input_ids, cfg.bos_token_id, cfg.pad_token_id)?;
     let lm_logits =
         model.lm_logits_t(&query_kv, &lm_in.decoder_input_ids, batch.attention_mask, train, rng)?;
-    let lm = lm_loss(&lm_logits, &lm_in.labels, cfg.itg_label_smoothing)?;
+    let itg = lm_loss(&lm_logits, &lm_in.labels, cfg.itg_label_smoothing)?;
 
-    let total = ((&itc_out.loss + &itm)? + &lm)?;
+    let total = ((&itc_out.loss + &itm)? + &itg)?;
     Ok(PretrainLosses {
         itc: itc_out.loss.clone(),
         itm,
-        lm,
+        itg,
         total,
         itc_out,
         negatives,

@@ -9,6 +9,8 @@
 pub mod bert;
 pub mod lavis;
 pub mod names;
+mod pickle;
+pub mod pth;
 pub mod report;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +22,10 @@ use candle_nn::{VarBuilder, VarMap};
 use crate::config::Blip2Config;
 use crate::error::{Error, Result};
 use crate::model::{Blip2Qformer, ModelParts, DEFAULT_TEMP};
-pub use lavis::{read_lavis_pth, read_lavis_safetensors, LAVIS_LN_VISION_EPS};
+pub use lavis::{
+    lavis_projection_to_hf, read_lavis_pth, read_lavis_safetensors, to_lavis_state_dict,
+    write_lavis_pth, LAVIS_LN_VISION_EPS,
+};
 pub use names::{canonical_tensors, Group, TensorSpec};
 pub use report::LoadReport;
 
@@ -288,8 +293,11 @@ pub fn load(
         }
     }
     let frozen_vb = VarBuilder::from_tensors(frozen, opts.vision_dtype, dev);
-    let eps =
-        opts.ln_vision_eps.or(set.ln_vision_eps()).unwrap_or(cfg.vision_config.layer_norm_eps);
+    let eps = opts
+        .ln_vision_eps
+        .or(set.ln_vision_eps())
+        .or(cfg.ln_vision_eps)
+        .unwrap_or(cfg.vision_config.layer_norm_eps);
     let (model, varmap) = if opts.trainable {
         let varmap = VarMap::new();
         {

@@ -1,5 +1,5 @@
-//! Shared loading for the LLM parity tests (fixtures from tools/hf_fixtures.py and
-//! tools/llm_bridge_fixture.py, transformers 4.57.6).
+//! Shared loading for the LLM parity tests (tiny checkpoints and reference outputs recorded with
+//! HF transformers 4.57.6, bridge inputs from tools/llm_bridge_fixture.py).
 #![allow(dead_code)]
 
 use std::collections::HashMap;

@@ -36,9 +36,9 @@ pub struct LossArgs {
     #[arg(long, num_args = 1.., required = true)]
     pub text: Vec<String>,
     /// ITM negative selection: the most similar non-positive, or a multinomial draw (LAVIS training).
-    #[arg(long, value_enum, default_value_t = Negatives::Hardest)]
-    pub negatives: Negatives,
-    /// Seed of the negative sampling (`--negatives sampled`).
+    #[arg(long, value_enum, default_value_t = NegativeArg::Hardest)]
+    pub negatives: NegativeArg,
+    /// Seed of the negative sampling (`--negatives sample`).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Print `{"itc": .., "itm": .., "itg": .., "total": ..}`.
@@ -49,10 +49,12 @@ pub struct LossArgs {
     pub device: String,
 }
 
+/// `qformer::objectives::NegativeMode` on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Negatives {
+pub enum NegativeArg {
     Hardest,
-    Sampled,
+    #[value(alias = "sampled")]
+    Sample,
 }
 
 #[derive(Serialize)]
@@ -104,8 +106,8 @@ pub fn run(args: LossArgs) -> Result<()> {
     };
     let cfg = ObjectiveConfig {
         negatives: match args.negatives {
-            Negatives::Hardest => NegativeMode::Hardest,
-            Negatives::Sampled => NegativeMode::Sample,
+            NegativeArg::Hardest => NegativeMode::Hardest,
+            NegativeArg::Sample => NegativeMode::Sample,
         },
         bos_token_id: loaded.tokenizer.bos_id,
         pad_token_id: loaded.tokenizer.pad_id,
@@ -119,7 +121,7 @@ pub fn run(args: LossArgs) -> Result<()> {
     let losses = Losses {
         itc: scalar(&out.itc)?,
         itm: scalar(&out.itm)?,
-        itg: scalar(&out.lm)?,
+        itg: scalar(&out.itg)?,
         total: scalar(&out.total)?,
     };
     if args.json {

@@ -1,7 +1,9 @@
 //! The training data of a run: a Karpathy caption JSON + image directory (`data.root` holding
 //! `annotations/karpathy_train.json` and the images), or a synthetic world written into the run
-//! directory (`data.synthetic = N`), read by the datasets loader with the LAVIS train transform.
+//! directory (`data.synthetic = N`), read by the datasets loader with the LAVIS train transform,
+//! and handed to the training loop one step at a time ([`LoaderBatches`]).
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -10,8 +12,11 @@ use datasets::formats::karpathy::read_karpathy_train;
 use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
 use datasets::synth::{write_world, SynthConfig};
 use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
-use datasets::{ImageSource, ImageTextItem, Loader, LoaderConfig};
-use qformer::train::RunConfig;
+use datasets::{
+    EpochIter, ImageSource, ImageTextBatch, ImageTextItem, Loader, LoaderConfig, LoaderState,
+};
+use train::RunConfig;
+use train::{Batches, Fetched, StepBatch};
 
 /// `tokenizer`: the Q-Former's (stage one); `None` in stage two, whose captions are tokenized
 /// with the LLM's tokenizer.
@@ -56,7 +61,7 @@ pub fn loader(
     }
     let config = LoaderConfig {
         batch_size: cfg.batch.size,
-        prefetch: 2,
+        prefetch: cfg.data.prefetch_batches,
         shuffle: true,
         augment: Some(TrainAugment::default()),
         image: ImageProcessorConfig::square(image_size),
@@ -116,4 +121,86 @@ pub fn val_loader(
         limits: DecodeLimits::default(),
     };
     Ok(Loader::new(items, tokenizer, config))
+}
+
+/// Builds one micro-batch from samples `range` of a loader batch.
+pub type MicroBuilder<'a, B> = &'a dyn Fn(&ImageTextBatch, Range<usize>) -> Result<B>;
+
+/// The loader's batches as the loop's steps: each split into `micro_batches` consecutive
+/// micro-batches of `ceil(B / micro_batches)` samples.
+pub struct LoaderBatches<'a, B> {
+    loader: &'a Loader,
+    seed: u64,
+    epoch: Option<EpochIter>,
+    micro_batches: usize,
+    /// A micro-batch with fewer samples passes its whole batch over (ITM takes its negative from
+    /// another sample of the same micro-batch).
+    min_micro_samples: usize,
+    build: MicroBuilder<'a, B>,
+}
+
+impl<'a, B> LoaderBatches<'a, B> {
+    pub fn new(
+        loader: &'a Loader,
+        seed: u64,
+        micro_batches: usize,
+        min_micro_samples: usize,
+        build: MicroBuilder<'a, B>,
+    ) -> Self {
+        Self { loader, seed, epoch: None, micro_batches, min_micro_samples, build }
+    }
+}
+
+/// The consecutive sample ranges of the micro-batches of a batch of `n`.
+pub fn micro_ranges(n: usize, micro_batches: usize) -> Vec<Range<usize>> {
+    let per = n.div_ceil(micro_batches.max(1)).max(1);
+    (0..n).step_by(per).map(|start| start..(start + per).min(n)).collect()
+}
+
+fn to_train(e: anyhow::Error) -> train::Error {
+    train::Error::Msg(format!("{e:#}"))
+}
+
+impl<B> Batches for LoaderBatches<'_, B> {
+    type Batch = B;
+
+    fn start_epoch(&mut self, epoch: u64, cursor: Option<LoaderState>) -> train::Result<()> {
+        let at = cursor.unwrap_or(LoaderState { seed: self.seed, epoch, position: 0 });
+        self.epoch = Some(self.loader.epoch(at));
+        Ok(())
+    }
+
+    fn next(&mut self) -> train::Result<Fetched<B>> {
+        let Some(epoch) = self.epoch.as_mut() else {
+            return Err(train::Error::Msg("the loader was read before its epoch started".into()));
+        };
+        let batch = match epoch.next() {
+            None => return Ok(Fetched::EndOfEpoch),
+            Some(b) => b.map_err(|e| to_train(e.into()))?,
+        };
+        let skipped = batch.skipped.len() as u64;
+        let ranges = micro_ranges(batch.batch_size, self.micro_batches);
+        if ranges.is_empty() || ranges.iter().any(|r| r.len() < self.min_micro_samples) {
+            return Ok(Fetched::PassedOver {
+                reason: format!(
+                    "batch with {} usable samples passed over: each of its {} micro-batches \
+                     needs at least {} ({skipped} skipped)",
+                    batch.batch_size, self.micro_batches, self.min_micro_samples
+                ),
+                skipped,
+                cursor: Some(batch.state_after),
+            });
+        }
+        let micro = ranges
+            .into_iter()
+            .map(|r| (self.build)(&batch, r))
+            .collect::<Result<Vec<_>>>()
+            .map_err(to_train)?;
+        Ok(Fetched::Step(StepBatch {
+            micro,
+            samples: batch.batch_size as u64,
+            skipped,
+            cursor: Some(batch.state_after),
+        }))
+    }
 }

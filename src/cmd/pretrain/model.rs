@@ -3,21 +3,24 @@
 //! init, optionally with the Q-Former started from BERT (`model.bert`, LAVIS `init_Qformer`) and
 //! the ViT from `model.vision_weights`. The ViT is frozen; everything else is a `Var`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
 use qformer::model::Blip2Qformer;
-use qformer::train::config::Stage;
-use qformer::train::init::named_vars;
-use qformer::train::{FreshModel, RunConfig};
+
+use crate::common::model_dir::hf_config_json;
 use qformer::weights::bert::{overlay, BertCheckpoint};
 use qformer::weights::{
     detect_parts, load, read_lavis_pth, read_lavis_safetensors, LoadOptions, TensorSet,
 };
 use qformer::Blip2Config;
+use train::config::Stage;
+use train::init::named_vars;
+use train::{FreshModel, RunConfig};
 
 /// The hf-tiny tokenizer (183 WordPiece tokens + `[DEC]`), the vocabulary of the `tiny` preset.
 const TINY_TOKENIZER: &str = include_str!("tiny_tokenizer.json");
@@ -26,8 +29,36 @@ pub struct RunModel {
     pub model: Blip2Qformer,
     /// The trainable variables (canonical names).
     pub varmap: VarMap,
+    /// The frozen ViT's tensors (canonical names), written with the trained model so that its
+    /// directory opens alone.
+    pub frozen: HashMap<String, Tensor>,
     /// The run's `tokenizer.json`.
     pub tokenizer: PathBuf,
+    /// The `ln_vision` eps of the checkpoint the model started from when it is not the ViT's own
+    /// (LAVIS's 1e-5), kept in the trained model's config.
+    pub ln_vision_eps: Option<f64>,
+}
+
+impl RunModel {
+    /// The model's `config.json` (HF layout).
+    pub fn config_json(&self) -> Result<serde_json::Value> {
+        let mut cfg = self.model.config().clone();
+        cfg.ln_vision_eps = self.ln_vision_eps.or(cfg.ln_vision_eps);
+        hf_config_json(&cfg)
+    }
+
+    /// Every tensor of the model as it is now: the frozen ViT and the trained variables.
+    pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut all = self.frozen.clone();
+        for (name, var) in named_vars(&self.varmap)? {
+            all.insert(name, var.as_tensor().clone());
+        }
+        Ok(all)
+    }
+}
+
+fn tensors_of(set: &TensorSet) -> HashMap<String, Tensor> {
+    set.names().filter_map(|n| set.get(n).map(|t| (n.to_string(), t.clone()))).collect()
 }
 
 pub fn build(cfg: &RunConfig, run_root: &Path, device: &Device) -> Result<RunModel> {
@@ -62,6 +93,8 @@ pub fn build(cfg: &RunConfig, run_root: &Path, device: &Device) -> Result<RunMod
             return Ok(RunModel {
                 model: loaded.model,
                 varmap: loaded.varmap.context("loader returned no VarMap")?,
+                ln_vision_eps: set.ln_vision_eps(),
+                frozen: tensors_of(&set.vision_encoder_only()),
                 tokenizer: src.join("tokenizer.json"),
             });
         }
@@ -71,15 +104,19 @@ pub fn build(cfg: &RunConfig, run_root: &Path, device: &Device) -> Result<RunMod
         };
         let (hf_cfg, hf) = TensorSet::from_hf_dir(vision, device)
             .with_context(|| format!("reading model.vision_weights {}", vision.display()))?;
+        let vit = hf.vision_encoder_only();
+        let frozen = tensors_of(&vit);
         let set = read_lavis_pth(src, device)
             .with_context(|| format!("reading model.init_from {}", src.display()))?
-            .merge(hf.vision_encoder_only())?;
+            .merge(vit)?;
         let parts = detect_parts(&hf_cfg, &set);
         let loaded = load(&hf_cfg, &set, parts, &opts)
             .with_context(|| format!("loading model.init_from {}", src.display()))?;
         return Ok(RunModel {
             model: loaded.model,
             varmap: loaded.varmap.context("loader returned no VarMap")?,
+            frozen,
+            ln_vision_eps: set.ln_vision_eps(),
             tokenizer: vision.join("tokenizer.json"),
         });
     }
@@ -103,7 +140,15 @@ pub fn build(cfg: &RunConfig, run_root: &Path, device: &Device) -> Result<RunMod
     if let Some(dir) = &m.vision_weights {
         load_vision(dir, &fresh, device)?;
     }
-    Ok(RunModel { model: fresh.model, varmap: fresh.trainable, tokenizer })
+    let frozen =
+        named_vars(&fresh.frozen)?.into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
+    Ok(RunModel {
+        model: fresh.model,
+        varmap: fresh.trainable,
+        frozen,
+        tokenizer,
+        ln_vision_eps: None,
+    })
 }
 
 /// The model config of a run and the tokenizer that goes with it: `model.config` (tokenizer
@@ -116,15 +161,14 @@ fn model_config(cfg: &RunConfig, run_root: &Path) -> Result<(Blip2Config, PathBu
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         return Ok((bcfg, dir.join("tokenizer.json")));
     }
-    if m.preset == "tiny" {
+    if m.preset.as_deref() == Some("tiny") {
         let tok = run_root.join("tokenizer.json");
         std::fs::write(&tok, TINY_TOKENIZER)
             .with_context(|| format!("writing the tiny preset's tokenizer {}", tok.display()))?;
         return Ok((Blip2Config::preset("tiny")?, tok));
     }
     bail!(
-        "model.preset `{}` has no built-in config: set model.config (a config.json with tokenizer.json beside it), optionally with model.bert, or model.init_from (HF dir or LAVIS .pth)",
-        m.preset
+        "the run names no model: set model.preset = \"tiny\", model.config (a config.json with tokenizer.json beside it), optionally with model.bert, or model.init_from (HF dir or LAVIS .pth)"
     )
 }
 

@@ -5,33 +5,29 @@
 //! for them and the optimizer holds no state for them; what trains is the Q-Former's query path,
 //! the query tokens, `ln_vision` and the projection (`is_stage_two_trainable`).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use tokenizers::Tokenizer;
+use std::collections::HashMap;
 
 use qformer::llm::{Blip2Llm, Blip2LlmConfig, LanguageModel, LanguageProjection, TextConfig};
-use qformer::objectives::{is_stage_two_trainable, StageTwoText};
-use qformer::train::{rng, DecayRule, ParamStore, RunConfig};
+use qformer::objectives::is_stage_two_trainable;
 use qformer::weights::TensorSet;
+use train::{rng, DecayRule, ParamStore, RunConfig};
 
-use qformer::train::init::named_vars;
-use qformer::train::init_fresh;
+use crate::common::llm_text::{CaptionTokenizer, LlmKind};
+use train::init::named_vars;
+use train::init_fresh;
 
-pub struct StageTwo {
+pub struct StageTwoLlm {
     pub llm: Blip2Llm,
     /// `language_projection.{weight,bias}`: trainable.
     pub projection_vars: VarMap,
-    tokenizer: Tokenizer,
-    tokenizer_path: PathBuf,
-    prompt: String,
-    max_txt_len: usize,
+    /// The batch captions as the LLM's token ids.
+    pub captions: CaptionTokenizer,
 }
 
-impl StageTwo {
+impl StageTwoLlm {
     /// Loads the LLM of `model.llm` frozen and the projection (continued or fresh).
     pub fn load(cfg: &RunConfig, qformer_hidden: usize, device: &Device) -> Result<Self> {
         let Some(dir) = &cfg.model.llm else {
@@ -72,9 +68,16 @@ impl StageTwo {
         } else {
             init_fresh(&named, &mut rng::substream(cfg.seed, "init/language_projection"))?;
         }
-        let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| anyhow!("reading the LLM tokenizer {}: {e}", tokenizer_path.display()))?;
+        let kind = match llm_cfg.text {
+            TextConfig::Opt(_) => LlmKind::Opt,
+            TextConfig::T5(_) => LlmKind::T5,
+        };
+        let captions = CaptionTokenizer::from_file(
+            dir.join("tokenizer.json"),
+            kind,
+            &cfg.model.prompt,
+            cfg.data.max_txt_len as usize,
+        )?;
         println!(
             "stage two: frozen {} from {}, language_projection {}",
             match llm_cfg.text {
@@ -87,10 +90,7 @@ impl StageTwo {
         Ok(Self {
             llm: Blip2Llm { projection, language_model, config: llm_cfg },
             projection_vars,
-            tokenizer,
-            tokenizer_path,
-            prompt: cfg.model.prompt.clone(),
-            max_txt_len: cfg.data.max_txt_len as usize,
+            captions,
         })
     }
 
@@ -101,44 +101,5 @@ impl StageTwo {
             rule,
             is_stage_two_trainable,
         )
-    }
-
-    fn ids(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, special).map_err(|e| {
-            anyhow!("tokenizing {text:?} with {}: {e}", self.tokenizer_path.display())
-        })?;
-        Ok(enc.get_ids().to_vec())
-    }
-
-    /// Captions as LAVIS tokenizes them. OPT: `prompt + caption + "\n"` with the tokenizer's BOS,
-    /// truncated to `max_txt_len`, the BOS + prompt tokens taking no loss. FLAN-T5: caption ids
-    /// (the prefix-LM split happens in the loss).
-    pub fn texts(&self, captions: &[String]) -> Result<StageTwoText> {
-        match self.llm.language_model {
-            LanguageModel::Opt(_) => {
-                let prompt_len = self.ids(&self.prompt, true)?.len();
-                let mut texts = Vec::with_capacity(captions.len());
-                for c in captions {
-                    let mut ids = self.ids(&format!("{}{c}\n", self.prompt), true)?;
-                    ids.truncate(self.max_txt_len);
-                    if ids.len() <= prompt_len {
-                        bail!("caption {c:?} leaves no target tokens after the prompt (data.max_txt_len {})", self.max_txt_len);
-                    }
-                    texts.push(ids);
-                }
-                Ok(StageTwoText::Opt { prompt_lens: vec![prompt_len; texts.len()], texts })
-            }
-            LanguageModel::T5(_) => {
-                let captions = captions
-                    .iter()
-                    .map(|c| {
-                        let mut ids = self.ids(c, false)?;
-                        ids.truncate(self.max_txt_len);
-                        Ok(ids)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(StageTwoText::T5PrefixLm { captions })
-            }
-        }
     }
 }

@@ -22,9 +22,11 @@ use rand::seq::IndexedRandom;
 use rand::Rng;
 use tokenizers::Tokenizer;
 
+use datasets::LoaderState;
 use eval::vqa::zero_shot::{format_prompt, DEFAULT_PROMPT};
+use qformer::llm::OptForCausalLm;
 use qformer::llm::{causal_lm_loss, pad_batch, PaddingSide, IGNORE_INDEX};
-use qformer::train::{MicroLoss, TrainRng};
+use train::{Batches, Fetched, MicroLoss, StepBatch, Task, TrainRng};
 
 use super::world::World;
 
@@ -105,7 +107,7 @@ impl LmCorpus {
     /// Mean next-token loss of `batch` documents drawn from `rng` (pads ignored).
     pub fn loss(
         &self,
-        opt: &qformer::llm::OptForCausalLm,
+        opt: &OptForCausalLm,
         batch: usize,
         rng: &mut TrainRng,
         device: &Device,
@@ -124,7 +126,46 @@ impl LmCorpus {
         let embeds = opt.embed(&ids)?;
         let (logits, _) = opt.forward_embeds(&embeds, &mask.to_dtype(DType::U32)?, None)?;
         let loss = causal_lm_loss(&logits, &labels)?;
-        Ok(MicroLoss { total: loss.clone(), parts: vec![("lm".into(), loss)] })
+        Ok(MicroLoss { total: loss.clone(), parts: vec![(TEXT_LM.into(), loss)] })
+    }
+}
+
+/// The metrics name of the text-only LM loss.
+pub const TEXT_LM: &str = "text_lm";
+
+/// Phase 2b's task: the OPT's next-token loss on world documents. The documents are drawn from
+/// the run RNG inside the loss, so a step's batch carries nothing but its place.
+pub struct TextLm<'a> {
+    pub opt: &'a OptForCausalLm,
+    pub corpus: &'a LmCorpus,
+    pub batch: usize,
+    pub device: Device,
+}
+
+impl Task for TextLm<'_> {
+    type Batch = ();
+
+    fn loss(&self, _: &(), rng: &mut TrainRng) -> qformer::Result<MicroLoss> {
+        self.corpus.loss(self.opt, self.batch, rng, &self.device)
+    }
+}
+
+/// One empty micro-batch per step, counting `per_step` documents (drawn by [`TextLm`]).
+pub struct Documents {
+    pub per_step: usize,
+}
+
+impl Batches for Documents {
+    type Batch = ();
+
+    fn start_epoch(&mut self, _: u64, _: Option<LoaderState>) -> train::Result<()> {
+        Ok(())
+    }
+
+    fn next(&mut self) -> train::Result<Fetched<()>> {
+        let step =
+            StepBatch { micro: vec![()], samples: self.per_step as u64, skipped: 0, cursor: None };
+        Ok(Fetched::Step(step))
     }
 }
 
@@ -146,7 +187,7 @@ mod tests {
             newline: 3,
             pad: 1,
         };
-        let mut rng = qformer::train::rng::seeded(0);
+        let mut rng = train::rng::seeded(0);
         let n = 4000;
         let mut partial = 0;
         for _ in 0..n {

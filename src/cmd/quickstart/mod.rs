@@ -14,8 +14,8 @@
 mod evaluate;
 mod lm;
 mod models;
+mod plan;
 mod report;
-mod trainer;
 mod vit;
 mod vocab;
 mod world;
@@ -28,24 +28,21 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use clap::{Args, ValueEnum};
-use rand::seq::SliceRandom;
 
 use datasets::text::{Padding, TextTokenizer};
 use qformer::llm::{Blip2Llm, LanguageModel};
 use qformer::masks::PaddingMask;
-use qformer::model::ImageInput;
-use qformer::objectives::{
-    is_stage_two_trainable, stage_one_losses, stage_two_loss, NegativeMode, ObjectiveConfig,
-    PretrainBatch, StageTwoBatch, StageTwoText,
-};
-use qformer::train::{rng, DecayRule, MicroLoss, ParamStore, TrainRng};
+use qformer::objectives::{is_stage_two_trainable, NegativeMode, ObjectiveConfig};
+use train::tasks::{ImageBatch, StageOne, StageOneBatch, StageTwo, StageTwoMicro};
+use train::{rng, DecayRule, EpochSampler, Extras, ParamStore, RunSummary, SampledBatches};
 
 use crate::common::device::parse_device;
+use crate::common::llm_text::{CaptionTokenizer, LlmKind};
 use evaluate::Context as VqaContext;
-use models::{Models, Sizes};
-use qformer::train::init::named_vars;
+use models::Models;
+use plan::Plan;
 use report::{Results, Timings};
-use trainer::{PhaseOptim, PhaseTrainer};
+use train::init::named_vars;
 use world::{FeatureStore, World};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,151 +107,6 @@ pub struct QuickstartArgs {
     /// costs more than it saves (4-7x slower with 2 threads on a busy 2-core machine).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-}
-
-/// Everything a run is made of.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Plan {
-    pub images: usize,
-    pub seed: u64,
-    pub sizes: Sizes,
-    /// Contrastive ViT pretraining (0 steps: the ViT stays random).
-    pub vit: PhaseOptim,
-    pub lm: PhaseOptim,
-    pub stage1: PhaseOptim,
-    pub stage2: PhaseOptim,
-    pub k_test: usize,
-}
-
-impl Plan {
-    pub fn new(args: &QuickstartArgs) -> Self {
-        let (images, sizes, vit, lm, s1, s2, k_test) = match args.scale {
-            Scale::Ci => (
-                200,
-                Sizes {
-                    image_size: 32,
-                    patch_size: 8,
-                    vit_hidden: 32,
-                    vit_layers: 1,
-                    qformer_hidden: 32,
-                    qformer_layers: 1,
-                    queries: 4,
-                    embed_dim: 16,
-                    opt_hidden: 32,
-                    opt_layers: 1,
-                    qformer_dropout: 0.0,
-                },
-                PhaseOptim { steps: 10, batch: 16, lr: 1e-3, warmup_steps: 2, weight_decay: 0.05 },
-                PhaseOptim { steps: 30, batch: 16, lr: 3e-3, warmup_steps: 3, weight_decay: 0.01 },
-                PhaseOptim { steps: 30, batch: 16, lr: 1e-3, warmup_steps: 3, weight_decay: 0.05 },
-                PhaseOptim { steps: 15, batch: 16, lr: 1e-3, warmup_steps: 2, weight_decay: 0.05 },
-                4,
-            ),
-            Scale::Default | Scale::Long => (
-                5000,
-                Sizes {
-                    image_size: 48,
-                    patch_size: 8,
-                    vit_hidden: 64,
-                    vit_layers: 2,
-                    qformer_hidden: 64,
-                    qformer_layers: 2,
-                    queries: 8,
-                    embed_dim: 32,
-                    opt_hidden: 96,
-                    opt_layers: 2,
-                    qformer_dropout: 0.0,
-                },
-                PhaseOptim {
-                    // On: across seeds 0 and 1 it gave ITM-reranked R@1 35.8/36.9 and 28.6/25.6,
-                    // the random ViT 39.6/39.1 and 8.8/9.4 (stage one never took off) (README).
-                    steps: 300,
-                    batch: 128,
-                    lr: 1e-3,
-                    warmup_steps: 20,
-                    weight_decay: 0.05,
-                },
-                PhaseOptim {
-                    // Free: it trains on the second core while the ViT and stage one run.
-                    // Reading a true caption it scores 49% VQA after 1,000 steps, 63% after
-                    // 4,000 and 67% after 6,500 (seed 0); the zero-shot gap over the no-image
-                    // LM grew from +19.6 to +21.8 between the last two.
-                    steps: 6500,
-                    batch: 32,
-                    lr: 2e-3,
-                    warmup_steps: 30,
-                    weight_decay: 0.01,
-                },
-                PhaseOptim {
-                    steps: 2000,
-                    batch: 32,
-                    lr: 2e-3,
-                    warmup_steps: 30,
-                    weight_decay: 0.05,
-                },
-                PhaseOptim {
-                    steps: 1200,
-                    batch: 32,
-                    lr: 1e-3,
-                    warmup_steps: 15,
-                    weight_decay: 0.05,
-                },
-                8,
-            ),
-        };
-        let mul = if args.scale == Scale::Long { 2 } else { 1 };
-        let steps = |o: Option<u64>, lr: Option<f64>, b: Option<usize>, p: PhaseOptim| PhaseOptim {
-            steps: o.unwrap_or(p.steps * mul),
-            lr: lr.unwrap_or(p.lr),
-            batch: b.unwrap_or(p.batch),
-            ..p
-        };
-        let sizes =
-            Sizes { qformer_dropout: args.dropout.unwrap_or(sizes.qformer_dropout), ..sizes };
-        Plan {
-            images: args.images.unwrap_or(images),
-            seed: args.seed,
-            sizes,
-            vit: steps(args.vit_steps, args.vit_lr, args.vit_batch, vit),
-            lm: steps(args.lm_steps, args.lm_lr, args.lm_batch, lm),
-            stage1: steps(args.stage1_steps, args.stage1_lr, args.stage1_batch, s1),
-            stage2: steps(args.stage2_steps, args.stage2_lr, args.stage2_batch, s2),
-            k_test,
-        }
-    }
-}
-
-/// Shuffled passes over `0..n`, from a seeded stream.
-struct EpochSampler {
-    order: Vec<usize>,
-    pos: usize,
-    rng: TrainRng,
-}
-
-impl EpochSampler {
-    fn new(n: usize, rng: TrainRng) -> Self {
-        Self { order: (0..n).collect(), pos: n, rng }
-    }
-    /// `b` indices with no repeat (`b` ≤ n): an epoch's tail too short for a batch is skipped.
-    fn next_distinct(&mut self, b: usize) -> Vec<usize> {
-        if self.order.len() - self.pos < b {
-            self.pos = self.order.len();
-        }
-        self.next(b)
-    }
-
-    fn next(&mut self, b: usize) -> Vec<usize> {
-        (0..b)
-            .map(|_| {
-                if self.pos == self.order.len() {
-                    self.order.shuffle(&mut self.rng);
-                    self.pos = 0;
-                }
-                self.pos += 1;
-                self.order[self.pos - 1]
-            })
-            .collect()
-    }
 }
 
 pub fn run(args: QuickstartArgs) -> Result<()> {
@@ -391,41 +243,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
 
     // 5. Stage two.
     let clock = Instant::now();
-    let s2_params = ParamStore::from_varmaps_where(
-        &[&models.qformer_vars, &models.llm_vars],
-        DecayRule::LavisBase,
-        |n| is_stage_two_trainable(n) || n.starts_with("language_projection."),
-    );
-    let mut s2 =
-        PhaseTrainer::new(&out.join("runs/stage2"), "stage2", s2_params, plan.stage2, plan.seed)?;
-    let mut sampler =
-        EpochSampler::new(world.train.len(), rng::substream(plan.seed, "data/stage2"));
-    let nl = vocab_id(&otok, vocab::NEWLINE)?;
-    while !s2.done() {
-        let idx = sampler.next(plan.stage2.batch);
-        let items: Vec<_> = idx.iter().map(|&i| &world.train[i]).collect();
-        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
-        let feats = features.rows(&keys)?;
-        // LAVIS blip2_opt: BOS + caption + "\n", no prompt.
-        let texts = items
-            .iter()
-            .map(|i| {
-                let mut ids = vec![2u32];
-                ids.extend(lm::encode(&otok, &i.caption)?);
-                ids.push(nl);
-                Ok(ids)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let batch = StageTwoBatch {
-            image: ImageInput::VisionFeatures(&feats),
-            text: StageTwoText::Opt { prompt_lens: vec![1; texts.len()], texts },
-        };
-        s2.step(items.len(), |r| {
-            let lm = stage_two_loss(&models.qformer, &models.llm, &batch, true, r)?;
-            Ok(MicroLoss { total: lm.clone(), parts: vec![("lm".into(), lm)] })
-        })?;
-    }
-    let s2_summary = s2.finish()?;
+    let s2_summary = train_stage_two(&models, &features, &world, &otok, &plan, &out)?;
     t.add("5. stage two (Q-Former -> frozen OPT)", clock);
 
     // 6. Zero-shot VQA, baselines, captions.
@@ -525,7 +343,7 @@ fn pretrain_vit(
     plan: &Plan,
     out: &std::path::Path,
     dev: &candle_core::Device,
-) -> Result<Option<trainer::PhaseSummary>> {
+) -> Result<Option<RunSummary>> {
     if plan.vit.steps == 0 {
         return Ok(None);
     }
@@ -543,17 +361,14 @@ fn pretrain_lm(
     plan: &Plan,
     out: &std::path::Path,
     dev: &candle_core::Device,
-) -> Result<trainer::PhaseSummary> {
-    let lm_params =
-        ParamStore::from_varmaps_where(&[&models.llm_vars], DecayRule::LavisBase, |n| {
-            n.starts_with("language_model.")
-        });
-    let mut lm_run = PhaseTrainer::new(&out.join("runs/lm"), "lm", lm_params, plan.lm, plan.seed)?;
-    while !lm_run.done() {
-        let opt = models.opt();
-        lm_run.step(plan.lm.batch, |r| corpus.loss(opt, plan.lm.batch, r, dev))?;
-    }
-    lm_run.finish()
+) -> Result<RunSummary> {
+    let params = ParamStore::from_varmaps_where(&[&models.llm_vars], DecayRule::LavisBase, |n| {
+        n.starts_with("language_model.")
+    });
+    let task = lm::TextLm { opt: models.opt(), corpus, batch: plan.lm.batch, device: dev.clone() };
+    let settings = plan.lm.settings(out, "lm", plan.seed);
+    let mut documents = lm::Documents { per_step: plan.lm.batch };
+    Ok(train::run(&settings, &params, &task, &mut documents, Extras::default())?)
 }
 
 /// Phase 3: ITC + ITM + ITG on the frozen ViT features.
@@ -565,40 +380,75 @@ fn train_stage_one(
     objectives: &ObjectiveConfig,
     plan: &Plan,
     out: &std::path::Path,
-) -> Result<trainer::PhaseSummary> {
-    let dev = features.features.device();
-    let s1_params = ParamStore::from_varmap(&models.qformer_vars, DecayRule::LavisBase);
-    let mut s1 =
-        PhaseTrainer::new(&out.join("runs/stage1"), "stage1", s1_params, plan.stage1, plan.seed)?;
-    let mut sampler =
-        EpochSampler::new(world.train.len(), rng::substream(plan.seed, "data/stage1"));
-    while !s1.done() {
-        let idx = sampler.next(plan.stage1.batch);
+) -> Result<RunSummary> {
+    let dev = features.features.device().clone();
+    let params = ParamStore::from_varmap(&models.qformer_vars, DecayRule::LavisBase);
+    let task = StageOne { model: &models.qformer, objectives: objectives.clone() };
+    let sampler = EpochSampler::new(world.train.len(), rng::substream(plan.seed, "data/stage1"));
+    let build = move |idx: &[usize]| -> train::Result<StageOneBatch> {
         let items: Vec<_> = idx.iter().map(|&i| &world.train[i]).collect();
         let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
-        let feats = features.rows(&keys)?;
         let captions: Vec<&str> = items.iter().map(|i| i.caption.as_str()).collect();
-        let tok = qtok.encode(&captions, Padding::Longest)?;
-        let ids = Tensor::from_vec(tok.input_ids.clone(), (tok.batch, tok.seq_len), dev)?;
+        let tok = qtok.encode(&captions, Padding::Longest).map_err(|e| to_train(e.into()))?;
+        let input_ids = Tensor::from_vec(tok.input_ids.clone(), (tok.batch, tok.seq_len), &dev)?;
         let rows: Vec<Vec<u32>> =
             tok.attention_mask.chunks(tok.seq_len).map(<[u32]>::to_vec).collect();
-        let mask = PaddingMask::from_rows(&rows)?;
-        let image_ids: Vec<i64> = items.iter().map(|i| i.image_id as i64).collect();
-        let batch = PretrainBatch {
-            image: ImageInput::VisionFeatures(&feats),
-            input_ids: &ids,
-            attention_mask: &mask,
-            image_ids: Some(&image_ids),
-        };
-        s1.step(items.len(), |r| {
-            let o = stage_one_losses(&models.qformer, &batch, objectives, true, r)?;
-            Ok(MicroLoss {
-                total: o.total,
-                parts: vec![("itc".into(), o.itc), ("itm".into(), o.itm), ("lm".into(), o.lm)],
-            })
-        })?;
-    }
-    s1.finish()
+        Ok(StageOneBatch {
+            image: ImageBatch::Features(features.rows(&keys).map_err(to_train)?),
+            input_ids,
+            attention_mask: PaddingMask::from_rows(&rows)?,
+            image_ids: Some(items.iter().map(|i| i.image_id as i64).collect()),
+        })
+    };
+    let mut batches = SampledBatches::new(sampler, plan.stage1.batch, false, Box::new(build));
+    let settings = plan.stage1.settings(out, "stage1", plan.seed);
+    Ok(train::run(&settings, &params, &task, &mut batches, Extras::default())?)
+}
+
+/// Phase 5: the query path and `language_projection` trained through the frozen OPT, on the
+/// captions as LAVIS `blip2_opt` reads them (`</s> caption \n`, no prompt).
+fn train_stage_two(
+    models: &Models,
+    features: &FeatureStore,
+    world: &World,
+    otok: &tokenizers::Tokenizer,
+    plan: &Plan,
+    out: &std::path::Path,
+) -> Result<RunSummary> {
+    let params = ParamStore::from_varmaps_where(
+        &[&models.qformer_vars, &models.llm_vars],
+        DecayRule::LavisBase,
+        |n| is_stage_two_trainable(n) || n.starts_with("language_projection."),
+    );
+    let task = StageTwo { model: &models.qformer, llm: &models.llm };
+    let captions = CaptionTokenizer::new(
+        otok.clone(),
+        "the quickstart OPT tokenizer".into(),
+        LlmKind::Opt,
+        "",
+        LLM_MAX_TXT_LEN,
+    );
+    let sampler = EpochSampler::new(world.train.len(), rng::substream(plan.seed, "data/stage2"));
+    let build = move |idx: &[usize]| -> train::Result<StageTwoMicro> {
+        let items: Vec<_> = idx.iter().map(|&i| &world.train[i]).collect();
+        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        let texts: Vec<String> = items.iter().map(|i| i.caption.clone()).collect();
+        Ok(StageTwoMicro {
+            image: ImageBatch::Features(features.rows(&keys).map_err(to_train)?),
+            text: captions.texts(&texts).map_err(to_train)?,
+        })
+    };
+    let mut batches = SampledBatches::new(sampler, plan.stage2.batch, false, Box::new(build));
+    let settings = plan.stage2.settings(out, "stage2", plan.seed);
+    Ok(train::run(&settings, &params, &task, &mut batches, Extras::default())?)
+}
+
+/// LAVIS `blip2_opt`'s `max_txt_len`: the world's captions are far shorter.
+const LLM_MAX_TXT_LEN: usize = 32;
+
+/// An error of the quickstart's own data code, as the training loop carries it.
+fn to_train(e: anyhow::Error) -> train::Error {
+    train::Error::Msg(format!("{e:#}"))
 }
 
 fn vocab_id(tok: &tokenizers::Tokenizer, s: &str) -> Result<u32> {

@@ -12,11 +12,11 @@ use serde_json::json;
 
 use qformer::llm::{Blip2Llm, Blip2LlmConfig, LanguageModel, OptForCausalLm};
 use qformer::model::{Blip2Qformer, ModelParts};
-use qformer::train::rng;
 use qformer::Blip2Config;
+use train::rng;
 
-use qformer::train::init::named_vars;
-use qformer::train::init_fresh;
+use train::init::named_vars;
+use train::init_fresh;
 
 /// Widths and depths of the three models.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

@@ -10,8 +10,8 @@ use serde::Serialize;
 use eval::retrieval::{RetrievalMetrics, RetrievalReport};
 use eval::vqa::VqaAccuracy;
 
-use super::trainer::PhaseSummary;
 use super::Plan;
+use train::RunSummary;
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Timings {
@@ -89,10 +89,10 @@ pub struct Results {
     pub world_counts: WorldCounts,
     pub timings: Timings,
     /// Contrastive ViT pretraining; `None` when the ViT stayed random.
-    pub vit: Option<PhaseSummary>,
-    pub lm: PhaseSummary,
-    pub stage1: PhaseSummary,
-    pub stage2: PhaseSummary,
+    pub vit: Option<RunSummary>,
+    pub lm: RunSummary,
+    pub stage1: RunSummary,
+    pub stage2: RunSummary,
     pub retrieval_untrained: RetrievalReport,
     pub retrieval_trained: RetrievalReport,
     pub vqa: VqaTable,
@@ -100,7 +100,7 @@ pub struct Results {
     pub captions: Vec<(String, String, String)>,
 }
 
-fn losses(s: &PhaseSummary) -> String {
+fn losses(s: &RunSummary) -> String {
     s.first
         .iter()
         .filter(|(k, _)| k.as_str() != "total" || s.first.len() == 1)

@@ -25,12 +25,14 @@ use datasets::text::{Padding, TextTokenizer};
 use qformer::model::{l2_normalize, VisionTransformer};
 use qformer::nn::{gelu, softmax, LayerNorm, Linear};
 use qformer::objectives::{itc_loss_with, ItcGradient, ItcTargets};
-use qformer::train::init::{init_fresh, named_vars};
-use qformer::train::{rng, DecayRule, MicroLoss, ParamStore, TrainRng};
+use train::init::{init_fresh, named_vars};
+use train::{
+    rng, DecayRule, EpochSampler, Extras, MicroLoss, ParamStore, RunSummary, SampledBatches, Task,
+    TrainRng,
+};
 
-use super::trainer::{PhaseOptim, PhaseSummary, PhaseTrainer};
+use super::plan::PhaseOptim;
 use super::world::World;
-use super::EpochSampler;
 
 const TEXT_HEADS: usize = 4;
 
@@ -186,6 +188,30 @@ impl ContrastiveHeads {
     }
 }
 
+/// One step's images (distinct) and one caption of each.
+pub struct ImageCaptionBatch {
+    /// `[B, 3, H, W]`
+    pixels: Tensor,
+    /// `[B, L]` each
+    ids: Tensor,
+    mask: Tensor,
+}
+
+/// Phase 2a's task: CLIP's symmetric ITC between the mean-pooled ViT and the caption tower.
+struct ContrastiveVit<'a> {
+    vit: &'a VisionTransformer,
+    towers: ContrastiveHeads,
+}
+
+impl Task for ContrastiveVit<'_> {
+    type Batch = ImageCaptionBatch;
+
+    fn loss(&self, b: &ImageCaptionBatch, _rng: &mut TrainRng) -> qformer::Result<MicroLoss> {
+        let itc = self.towers.loss(self.vit, &b.pixels, &b.ids, &b.mask)?;
+        Ok(MicroLoss { total: itc.clone(), parts: vec![("itc".into(), itc)] })
+    }
+}
+
 /// Trains `vit` (its variables in `vision_vars`) for `optim.steps` steps; the heads are dropped.
 #[allow(clippy::too_many_arguments)]
 pub fn pretrain_vit(
@@ -197,7 +223,7 @@ pub fn pretrain_vit(
     optim: PhaseOptim,
     seed: u64,
     out: &Path,
-) -> Result<PhaseSummary> {
+) -> Result<RunSummary> {
     let dev = data.pixels.device().clone();
     let heads = VarMap::new();
     let dv = vit.config().hidden_size;
@@ -206,27 +232,25 @@ pub fn pretrain_vit(
     for (name, var) in named_vars(&heads)? {
         params.insert(&format!("heads.{name}"), var, true, DecayRule::LavisBase);
     }
-    let mut run = PhaseTrainer::new(&out.join("runs/vit"), "vit", params, optim, seed)?;
-    let mut sampler = EpochSampler::new(data.len(), rng::substream(seed, "data/vit"));
+    let task = ContrastiveVit { vit, towers };
+    let sampler = EpochSampler::new(data.len(), rng::substream(seed, "data/vit"));
     let mut pick: TrainRng = rng::substream(seed, "data/vit/captions");
-    let batch = optim.batch.min(data.len());
-    while !run.done() {
-        let idx = sampler.next_distinct(batch);
+    let build = move |idx: &[usize]| -> train::Result<ImageCaptionBatch> {
         let captions: Vec<&str> = idx
             .iter()
             .map(|&i| {
                 data.captions[i].choose(&mut pick).expect("every image has captions").as_str()
             })
             .collect();
-        let (ids, mask) = token_tensors(tokenizer, &captions, &dev)?;
+        let (ids, mask) = token_tensors(tokenizer, &captions, &dev)
+            .map_err(|e| train::Error::Msg(format!("{e:#}")))?;
         let rows = Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), &dev)?;
-        let pixels = data.pixels.index_select(&rows, 0)?;
-        run.step(idx.len(), |_| {
-            let itc = towers.loss(vit, &pixels, &ids, &mask)?;
-            Ok(MicroLoss { total: itc.clone(), parts: vec![("itc".into(), itc)] })
-        })?;
-    }
-    run.finish()
+        Ok(ImageCaptionBatch { pixels: data.pixels.index_select(&rows, 0)?, ids, mask })
+    };
+    let batch = optim.batch.min(data.len());
+    let mut batches = SampledBatches::new(sampler, batch, true, Box::new(build));
+    let settings = optim.settings(out, "vit", seed);
+    Ok(train::run(&settings, &params, &task, &mut batches, Extras::default())?)
 }
 
 /// Token ids and attention mask of `texts`, padded to the longest: `[B, L]` each.

@@ -1,0 +1,95 @@
+//! The frozen-ViT feature cache of `blip2 cache-features`, read by `blip2 pretrain`
+//! (`data.features`): shards of `features [n, N, Dv]` and an `index.json` that both sides read
+//! and write through [`FeatureIndex`].
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub const INDEX_FILE: &str = "index.json";
+/// What the cached tensors are.
+pub const WHAT: &str = "frozen ViT output before ln_vision, eval transform";
+
+/// `index.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureIndex {
+    /// The model directory whose ViT computed the features.
+    pub model: String,
+    pub what: String,
+    pub shards: Vec<FeatureShard>,
+}
+
+/// One safetensors file: row i of its `features` tensor is image `keys[i]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureShard {
+    pub file: String,
+    pub keys: Vec<String>,
+    pub image_ids: Vec<u64>,
+}
+
+impl FeatureIndex {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(INDEX_FILE);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Written aside and renamed, so a reader never sees half an index.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(INDEX_FILE);
+        let tmp = dir.join(format!("{INDEX_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Features `[N, Dv]` by image key (the Karpathy `image` path joined with the image root).
+pub struct FeatureCache {
+    by_key: HashMap<String, Tensor>,
+}
+
+impl FeatureCache {
+    pub fn load(dir: &Path, dev: &Device) -> Result<Self> {
+        let index = FeatureIndex::read(dir)?;
+        let mut by_key = HashMap::new();
+        for shard in &index.shards {
+            let path = dir.join(&shard.file);
+            let tensors = candle_core::safetensors::load(&path, dev)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let feats = tensors
+                .get("features")
+                .with_context(|| format!("{}: no tensor `features`", path.display()))?;
+            ensure!(
+                shard.keys.len() == feats.dim(0)?,
+                "{}: {} keys but {} feature rows",
+                path.display(),
+                shard.keys.len(),
+                feats.dim(0)?
+            );
+            for (i, k) in shard.keys.iter().enumerate() {
+                by_key.insert(k.clone(), feats.get(i)?);
+            }
+        }
+        Ok(Self { by_key })
+    }
+
+    /// `[B, N, Dv]` for `keys`, in order.
+    pub fn batch(&self, keys: &[String]) -> Result<Tensor> {
+        let rows = keys
+            .iter()
+            .map(|k| {
+                self.by_key
+                    .get(k)
+                    .cloned()
+                    .with_context(|| format!("data.features: no cached features for image {k}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+}

@@ -1,0 +1,83 @@
+//! `blip2 bench`: every workload runs end to end at the hidden tiny size and reports the JSON
+//! fields `tools/side_by_side.sh` reads; bad arguments fail with one clean line.
+
+use crate::common::*;
+
+#[test]
+fn every_workload_reports_its_json_fields() {
+    for (workload, rate) in [
+        ("qformer-forward", None),
+        ("stage1-step", None),
+        ("itm", Some(("pairs_per_s", 3.0))),
+        ("vit-forward", None),
+        ("opt-generate", Some(("tokens_per_s", 5.0))),
+        ("matmul", None),
+    ] {
+        let out = blip2(["bench", workload, "--tiny", "--json", "--iters", "3", "--threads", "1"]);
+        let v = stdout_json(&out);
+        assert_eq!(v["workload"], workload);
+        assert_eq!(v["iters"], 3);
+        assert_eq!(v["threads"], 1);
+        let runs: Vec<f64> =
+            v["runs_ms"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(runs.len(), 3);
+        let mut sorted = runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let ms = v["ms"].as_f64().unwrap();
+        assert_eq!(ms, sorted[1], "{workload}: ms is the median of {runs:?}");
+        assert!(ms > 0.0 && v["min_ms"].as_f64().unwrap() == sorted[0]);
+        assert!(v["cpu_ms"].as_f64().unwrap() >= 0.0);
+        // A Rust process running a model holds at least a few MB, and far less than 1 GB here.
+        let rss = v["peak_rss_mb"].as_f64().unwrap();
+        assert!(rss > 1.0 && rss < 1024.0, "{workload}: peak RSS {rss} MB");
+        // The live-heap peak is part of the resident peak.
+        let live = v["peak_live_mb"].as_f64().unwrap();
+        assert!(live > 0.0 && live <= rss, "{workload}: peak live {live} MB, RSS {rss} MB");
+        match rate {
+            Some((key, per_call)) => {
+                let r = v[key].as_f64().unwrap_or_else(|| panic!("{workload}: no {key} in {v}"));
+                assert!((r - per_call / (ms / 1e3)).abs() < 1e-6 * r, "{workload}: {key} {r}");
+            }
+            None => assert!(v.get("pairs_per_s").is_none() && v.get("tokens_per_s").is_none()),
+        }
+        // Tiny sizes carry no anchor FLOP count; only matmul knows its own (2 * 16^3).
+        if workload == "matmul" {
+            assert_eq!(v["gflop_per_call"].as_f64(), Some(2.0 * 16f64.powi(3) / 1e9));
+            let g = v["gflop_per_s"].as_f64().unwrap();
+            assert!((g - 2.0 * 16f64.powi(3) / 1e9 / (ms / 1e3)).abs() < 1e-9 * g.max(1.0));
+        } else {
+            assert!(v.get("gflop_per_s").is_none(), "{workload}: {v}");
+        }
+    }
+}
+
+#[test]
+fn stage_one_phases_are_reported() {
+    let out = blip2(["bench", "stage1-step", "--tiny", "--json", "--iters", "1", "--phases"]);
+    let v = stdout_json(&out);
+    for phase in ["forward", "backward", "grad_norm", "optimizer"] {
+        assert!(v["phases_ms"][phase].as_f64().unwrap() > 0.0, "{phase} in {v}");
+    }
+    // Live heap at the end of each phase: the forward graph is alive until the gradients go
+    // (a gradient's own graph holds the activations it was computed from), and nothing of it
+    // is left after the update.
+    let live =
+        |k: &str| v["phases_ms"]["live_mb"][k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert!(live("forward") > live("built"), "{v}");
+    assert!(live("optimizer") < live("backward"), "{v}");
+}
+
+#[test]
+fn bad_arguments_fail_with_one_line() {
+    for (args, culprit) in [
+        (vec!["bench", "resnet"], "resnet"),
+        (vec!["bench", "itm", "--tiny", "--iters", "0"], "--iters"),
+    ] {
+        let out = blip2(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(culprit), "{err}");
+    }
+}
