@@ -91,7 +91,7 @@ fn require_model_dir(dir: &Path) -> Result<()> {
 }
 
 /// The side files `dir` has, as (path inside the directory, source).
-fn side_files(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+pub(crate) fn side_files(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     let mut files = Vec::new();
     for sub in [None, Some(QFORMER_TOKENIZER_DIR)] {
         for name in SIDE_FILES {

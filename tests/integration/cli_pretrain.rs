@@ -163,6 +163,11 @@ fn six_steps_equal_three_plus_resume_plus_three() {
     // Validation ran at step 4 (tiny preset: every 4 steps) in both runs without disturbing them.
     let metrics = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.matches("\"val_loss\"").count(), 1, "{metrics}");
-    // The steps must actually train (a comparison of frozen weights would prove nothing).
-    assert_ne!(la[0], la[5]);
+    // The steps must actually train (a comparison of frozen weights would prove nothing): the
+    // total loss falls by a margin in six steps (3.3 % when written).
+    let total = |l: &str| -> f64 {
+        let losses: serde_json::Value = serde_json::from_str(l.split_once(':').unwrap().1).unwrap();
+        losses["total"].as_f64().unwrap()
+    };
+    assert!(total(&la[5]) < 0.98 * total(&la[0]), "{la:?}");
 }

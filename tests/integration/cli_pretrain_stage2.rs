@@ -84,7 +84,7 @@ fn stage_two_trains_the_query_path_and_projection_only_and_resumes_exactly() {
     assert_eq!(m.len(), 4);
     let lm: Vec<f64> = m.iter().map(|r| r["losses"]["caption_lm"].as_f64().unwrap()).collect();
     assert!(lm.iter().all(|l| l.is_finite() && *l > 0.0), "{lm:?}");
-    assert_ne!(lm[0], lm[3], "the steps must train");
+    assert_ne!(lm[0], lm[3]);
     assert!(a.join("curves.png").is_file());
 
     // The checkpoint holds exactly the stage-two trainables.
@@ -158,4 +158,51 @@ fn stage_two_trains_through_a_frozen_flan_t5_with_the_prefix_lm_loss() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert!(st.names().contains(&"language_projection.weight"));
     assert!(st.names().iter().all(|n| !n.starts_with("language_model.")));
+}
+
+/// On one fixed batch of 8 (the whole data set, every step), the caption loss through either
+/// frozen LLM falls by a margin in six steps (3.5 % for OPT, 4.3 % for FLAN-T5 when written).
+#[test]
+fn stage_two_loss_falls_on_a_fixed_batch() {
+    for llm in ["opt", "t5"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), llm);
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("synthetic = 40", "synthetic = 8")
+            .replace("epochs = 2", "epochs = 6")
+            .replace("max_steps = 4", "max_steps = 6");
+        std::fs::write(&cfg, text).unwrap();
+        let run = dir.path().join("run");
+        ok(&pretrain(&["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]));
+        let lm: Vec<f64> =
+            metrics(&run).iter().map(|r| r["losses"]["caption_lm"].as_f64().unwrap()).collect();
+        assert_eq!(lm.len(), 6);
+        assert!(lm[5] < 0.985 * lm[0], "{llm}: caption loss {lm:?}");
+        // The run ends in a Blip2ForConditionalGeneration directory that `generate` opens, with
+        // the trained projection in it.
+        let model = run.join("model");
+        let image =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny/images/img0.png");
+        let out = Command::new(env!("CARGO_BIN_EXE_blip2"))
+            .args(["generate", "--max-new-tokens", "3", "--json", "--model"])
+            .arg(&model)
+            .arg("--image")
+            .arg(&image)
+            .output()
+            .unwrap();
+        ok(&out);
+        let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(!generated["ids"].as_array().unwrap().is_empty(), "{generated}");
+        let dev = candle_core::Device::Cpu;
+        let saved = candle_core::safetensors::load(model.join("model.safetensors"), &dev).unwrap();
+        let ckpt = candle_core::safetensors::load(
+            run.join("checkpoints/step-000006/model.safetensors"),
+            &dev,
+        )
+        .unwrap();
+        let w = "language_projection.weight";
+        let d = (&saved[w] - &ckpt[w]).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{llm}");
+    }
 }

@@ -173,10 +173,19 @@ pub fn run(args: PretrainArgs) -> Result<()> {
                 LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 1, build);
             let settings =
                 settings(&cfg, &root, "blip2 pretrain (stage 2)", loader.len(), &args, resume);
-            train::run(&settings, &params, &task, &mut batches, Extras::default())?
+            let processor = ImageProcessorConfig::square(image_size);
+            let write_model = |dir: &Path| -> train::Result<()> {
+                s2.save_model(dir, &built, &processor).map_err(|e| {
+                    train::Error::Msg(format!("writing the model to {}: {e:#}", dir.display()))
+                })
+            };
+            let extras = Extras { validation: None, write_model: Some(&write_model) };
+            train::run(&settings, &params, &task, &mut batches, extras)?
         }
     };
-    println!("{} steps done; run in {}", summary.steps, root.display());
+    if let Some(best) = &summary.best {
+        println!("best {} {} at step {}", best.name, best.value, best.step);
+    }
     Ok(())
 }
 

@@ -5,17 +5,24 @@
 //! for them and the optimizer holds no state for them; what trains is the Q-Former's query path,
 //! the query tokens, `ln_vision` and the projection (`is_stage_two_trainable`).
 
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use datasets::image::ImageProcessorConfig;
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use qformer::llm::{Blip2Llm, Blip2LlmConfig, LanguageModel, LanguageProjection, TextConfig};
 use qformer::objectives::is_stage_two_trainable;
 use qformer::weights::TensorSet;
 use train::{rng, DecayRule, ParamStore, RunConfig};
 
+use super::model::RunModel;
+use crate::cmd::export::side_files;
 use crate::common::llm_text::{CaptionTokenizer, LlmKind};
+use crate::common::model_dir::save_model_dir_with_files;
 use train::init::named_vars;
 use train::init_fresh;
 
@@ -25,6 +32,10 @@ pub struct StageTwoLlm {
     pub projection_vars: VarMap,
     /// The batch captions as the LLM's token ids.
     pub captions: CaptionTokenizer,
+    /// `model.llm`: its config.json and tokenizers go into the trained model's directory.
+    pub dir: PathBuf,
+    /// The frozen `language_model.*` tensors (full names), written with the trained model.
+    pub language_model: HashMap<String, Tensor>,
 }
 
 impl StageTwoLlm {
@@ -44,6 +55,8 @@ impl StageTwoLlm {
             .filter_map(|n| n.strip_prefix("language_model.").map(|s| (s.to_string(), n)))
             .filter_map(|(short, n)| set.get(n).map(|t| (short, t.clone())))
             .collect();
+        let language_model_tensors: HashMap<String, Tensor> =
+            lm.iter().map(|(n, t)| (format!("language_model.{n}"), t.clone())).collect();
         if lm.is_empty() {
             bail!("model.llm {}: no language_model.* tensors", dir.display());
         }
@@ -91,6 +104,8 @@ impl StageTwoLlm {
             llm: Blip2Llm { projection, language_model, config: llm_cfg },
             projection_vars,
             captions,
+            dir: dir.clone(),
+            language_model: language_model_tensors,
         })
     }
 
@@ -101,5 +116,43 @@ impl StageTwoLlm {
             rule,
             is_stage_two_trainable,
         )
+    }
+}
+
+impl StageTwoLlm {
+    /// The trained model as a `Blip2ForConditionalGeneration` directory: the Q-Former model of
+    /// the run (`qformer`: its `config.json` sections and every tensor, stage-one heads
+    /// included when it has them), the trained projection and the frozen LLM, with the LLM
+    /// directory's `config.json` otherwise and its tokenizers.
+    pub fn save_model(
+        &self,
+        dir: &Path,
+        qformer: &RunModel,
+        processor: &ImageProcessorConfig,
+    ) -> Result<()> {
+        let config_path = self.dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+        let mut config: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", config_path.display()))?;
+        let ours = qformer.config_json()?;
+        for key in ["vision_config", "qformer_config", "num_query_tokens", "ln_vision_eps"] {
+            match (ours.get(key), config.as_object_mut()) {
+                (Some(v), Some(obj)) => {
+                    obj.insert(key.into(), v.clone());
+                }
+                (None, Some(obj)) => {
+                    obj.remove(key);
+                }
+                _ => bail!("{}: not a JSON object", config_path.display()),
+            }
+        }
+        let mut tensors = qformer.tensors()?;
+        for (name, var) in named_vars(&self.projection_vars)? {
+            tensors.insert(name, var.as_tensor().clone());
+        }
+        tensors.extend(self.language_model.iter().map(|(n, t)| (n.clone(), t.clone())));
+        let files = side_files(&self.dir);
+        save_model_dir_with_files(dir, &config, &tensors, processor, &files)
     }
 }
