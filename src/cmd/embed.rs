@@ -10,18 +10,13 @@ use clap::Args;
 use qformer::model::ImageInput;
 
 use super::score::EVAL_TEXT_MAX_LENGTH;
-use crate::common::device::parse_device;
 use crate::common::inputs::{load_images, tokenize};
-use crate::common::model_dir::{load_model_dir, ModelSource};
+use crate::common::model_dir::ModelArgs;
 
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
-    /// HF Hub model directory.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// LAVIS stage-one checkpoint (.pth) replacing all but the ViT of the model directory.
-    #[arg(long)]
-    pub lavis_checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Images to embed -> tensor `image_embeds` [N, Q, E].
     #[arg(long, num_args = 1..)]
     pub image: Vec<PathBuf>,
@@ -31,33 +26,18 @@ pub struct EmbedArgs {
     /// Output safetensors file.
     #[arg(long)]
     pub out: PathBuf,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
     if args.image.is_empty() && args.text.is_empty() {
         bail!("nothing to embed: give --image and/or --text");
     }
-    let device = parse_device(&args.device)?;
-    let src = ModelSource {
-        dir: args.model.clone(),
-        lavis_checkpoint: args.lavis_checkpoint.clone(),
-        lm_head: None,
-    };
-    let loaded = load_model_dir(&src, EVAL_TEXT_MAX_LENGTH, &device)?;
+    let (loaded, device) = args.model.load_with_heads(None, EVAL_TEXT_MAX_LENGTH)?;
     let model = &loaded.model;
-    if model.heads().is_none() {
-        bail!(
-            "model {} has no projection heads (use_qformer_text_input is false): it has no ITC embeddings",
-            args.model.display()
-        );
-    }
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut metadata = HashMap::new();
-    metadata.insert("model".to_string(), args.model.display().to_string());
-    if let Some(pth) = &args.lavis_checkpoint {
+    metadata.insert("model".to_string(), args.model.dir.display().to_string());
+    if let Some(pth) = &args.model.lavis_checkpoint {
         metadata.insert("lavis_checkpoint".to_string(), pth.display().to_string());
     }
     if !args.image.is_empty() {

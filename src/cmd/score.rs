@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 use clap::Args;
 use qformer::model::{itc_similarity, ImageInput};
@@ -10,21 +10,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::common::device::parse_device;
 use crate::common::inputs::{load_images, to_rows, tokenize};
-use crate::common::model_dir::{load_model_dir, ModelSource};
+use crate::common::model_dir::ModelArgs;
 
 /// Text length at evaluation (LAVIS retrieval `max_txt_len`).
 pub const EVAL_TEXT_MAX_LENGTH: usize = 35;
 
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
-    /// HF Hub model directory (config.json, model.safetensors, tokenizer.json, preprocessor_config.json).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// LAVIS stage-one checkpoint (.pth) replacing all but the ViT of the model directory.
-    #[arg(long)]
-    pub lavis_checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Images to score (any number).
     #[arg(long, num_args = 1.., required = true)]
     pub image: Vec<PathBuf>,
@@ -34,9 +29,6 @@ pub struct ScoreArgs {
     /// Print one JSON object `{"itc": [[..]], "itm": [[..]]}` (rows: images, columns: texts).
     #[arg(long)]
     pub json: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 #[derive(Serialize)]
@@ -46,20 +38,8 @@ struct Scores {
 }
 
 pub fn run(args: ScoreArgs) -> Result<()> {
-    let device = parse_device(&args.device)?;
-    let src = ModelSource {
-        dir: args.model.clone(),
-        lavis_checkpoint: args.lavis_checkpoint.clone(),
-        lm_head: None,
-    };
-    let loaded = load_model_dir(&src, EVAL_TEXT_MAX_LENGTH, &device)?;
+    let (loaded, device) = args.model.load_with_heads(None, EVAL_TEXT_MAX_LENGTH)?;
     let model = &loaded.model;
-    if model.heads().is_none() {
-        bail!(
-            "model {} has no image-text heads (use_qformer_text_input is false): it cannot score texts",
-            args.model.display()
-        );
-    }
     let pixels = load_images(&args.image, &loaded.processor, &device)?;
     let texts = tokenize(&loaded.tokenizer, &args.text, &device)?;
 

@@ -17,6 +17,60 @@ use qformer::weights::{
 use qformer::Blip2Config;
 
 use crate::common::atomic::replace_dir;
+use crate::common::device::parse_device;
+
+/// The model arguments of the commands that run a Q-Former with its image-text heads
+/// (`score`, `embed`, `eval loss`, `eval retrieval`): `#[command(flatten)]` them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// HF Hub model directory (config.json, model.safetensors, tokenizer.json,
+    /// preprocessor_config.json), e.g. the RUN_DIR/model a stage-one `blip2 pretrain` run writes.
+    #[arg(long = "model", value_name = "MODEL")]
+    pub dir: PathBuf,
+    /// LAVIS stage-one checkpoint (.pth) replacing all but the ViT of the model directory.
+    #[arg(long)]
+    pub lavis_checkpoint: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// The `--device` as a candle device.
+    pub fn open_device(&self) -> Result<Device> {
+        parse_device(&self.device)
+    }
+
+    /// Where the weights come from: `--model`, `--lavis-checkpoint` and an optional ITG head file.
+    pub fn source(&self, lm_head: Option<PathBuf>) -> ModelSource {
+        ModelSource {
+            dir: self.dir.clone(),
+            lavis_checkpoint: self.lavis_checkpoint.clone(),
+            lm_head,
+        }
+    }
+
+    /// Opens `--device`, loads the model ([`load_model_dir`], the tokenizer cut at
+    /// `text_max_length`) and refuses one without image-text heads (ITC/ITM projections), such as
+    /// the Q-Former of a `Blip2ForConditionalGeneration` directory.
+    pub fn load_with_heads(
+        &self,
+        lm_head: Option<PathBuf>,
+        text_max_length: usize,
+    ) -> Result<(LoadedDir, Device)> {
+        let device = self.open_device()?;
+        let loaded = load_model_dir(&self.source(lm_head), text_max_length, &device)?;
+        if loaded.model.heads().is_none() {
+            bail!(
+                "model {} has no image-text heads (vision/text projections, ITM head; \
+                 use_qformer_text_input is false in its config.json), which this command needs: \
+                 give a Q-Former directory such as a stage-one `blip2 pretrain` run's RUN_DIR/model",
+                self.dir.display()
+            );
+        }
+        Ok((loaded, device))
+    }
+}
 
 /// Where the weights come from.
 #[derive(Debug, Clone)]

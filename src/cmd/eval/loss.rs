@@ -11,21 +11,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::common::device::parse_device;
 use crate::common::inputs::{load_images, tokenize};
-use crate::common::model_dir::{load_model_dir, ModelSource};
+use crate::common::model_dir::ModelArgs;
 
 /// Text length in stage-one training (LAVIS `max_txt_len`).
 pub const TRAIN_TEXT_MAX_LENGTH: usize = 32;
 
 #[derive(Debug, Args)]
 pub struct LossArgs {
-    /// HF Hub model directory.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// LAVIS stage-one checkpoint (.pth) replacing all but the ViT of the model directory.
-    #[arg(long)]
-    pub lavis_checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Safetensors with `Qformer.cls.predictions.*` (the ITG head), replacing any in the checkpoint.
     #[arg(long)]
     pub lm_head: Option<PathBuf>,
@@ -44,9 +39,6 @@ pub struct LossArgs {
     /// Print `{"itc": .., "itm": .., "itg": .., "total": ..}`.
     #[arg(long)]
     pub json: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 /// `qformer::objectives::NegativeMode` on the command line.
@@ -76,24 +68,13 @@ pub fn run(args: LossArgs) -> Result<()> {
     if args.image.len() < 2 {
         bail!("eval loss needs at least 2 image-text pairs (ITM draws negatives from the batch)");
     }
-    let device = parse_device(&args.device)?;
-    let src = ModelSource {
-        dir: args.model.clone(),
-        lavis_checkpoint: args.lavis_checkpoint.clone(),
-        lm_head: args.lm_head.clone(),
-    };
-    let loaded = load_model_dir(&src, TRAIN_TEXT_MAX_LENGTH, &device)?;
+    let (loaded, device) =
+        args.model.load_with_heads(args.lm_head.clone(), TRAIN_TEXT_MAX_LENGTH)?;
     let model = &loaded.model;
-    if model.heads().is_none() {
-        bail!(
-            "model {} has no stage-one heads (use_qformer_text_input is false)",
-            args.model.display()
-        );
-    }
     if model.lm_head().is_none() {
         bail!(
             "model {} has no ITG head (cls.predictions.*): pass --lm-head or a LAVIS checkpoint",
-            args.model.display()
+            args.model.dir.display()
         );
     }
     let pixels = load_images(&args.image, &loaded.processor, &device)?;

@@ -20,7 +20,7 @@ use qformer::model::Blip2Qformer;
 use qformer::weights::{detect_parts, load, load_hf_dir, read_lavis_pth, LoadOptions, TensorSet};
 use serde::Serialize;
 
-use crate::common::device::parse_device;
+use crate::common::model_dir::ModelArgs;
 
 /// LAVIS `blip_caption` eval processor (`max_words` 50) and `compute_sim_matrix`'s tokenizer length.
 const CAPTION_MAX_WORDS: usize = 50;
@@ -28,12 +28,8 @@ const TEXT_MAX_LENGTH: usize = 35;
 
 #[derive(Debug, Args)]
 pub struct RetrievalArgs {
-    /// HF model directory (config.json, model.safetensors, tokenizer.json, preprocessor_config.json).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// LAVIS stage-one checkpoint (.pth) replacing everything but the ViT of `--model`.
-    #[arg(long)]
-    pub lavis_checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Karpathy-format evaluation annotations: `[{"image": path, "caption": [..]}, ..]`.
     #[arg(long)]
     pub annotations: PathBuf,
@@ -46,8 +42,6 @@ pub struct RetrievalArgs {
     /// Images, texts or ITM pairs per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// Print `{"itc": {..}, "rerank": {..}, "images": N, "texts": M}` instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -82,15 +76,15 @@ struct ScoreDump<'a> {
     score_t2i: &'a [Vec<f32>],
 }
 
-fn load_model(args: &RetrievalArgs, device: &Device) -> Result<Blip2Qformer> {
+fn load_model(args: &ModelArgs, device: &Device) -> Result<Blip2Qformer> {
     let opts = LoadOptions { device: device.clone(), ..Default::default() };
     match &args.lavis_checkpoint {
-        None => Ok(load_hf_dir(&args.model, &opts)
-            .with_context(|| format!("loading the model in {}", args.model.display()))?
+        None => Ok(load_hf_dir(&args.dir, &opts)
+            .with_context(|| format!("loading the model in {}", args.dir.display()))?
             .model),
         Some(pth) => {
-            let (cfg, hf) = TensorSet::from_hf_dir(&args.model, device)
-                .with_context(|| format!("loading the model in {}", args.model.display()))?;
+            let (cfg, hf) = TensorSet::from_hf_dir(&args.dir, device)
+                .with_context(|| format!("loading the model in {}", args.dir.display()))?;
             let set = read_lavis_pth(pth, device)
                 .with_context(|| format!("reading {}", pth.display()))?
                 .merge(hf.vision_encoder_only())?;
@@ -104,15 +98,15 @@ fn load_model(args: &RetrievalArgs, device: &Device) -> Result<Blip2Qformer> {
 
 /// What the cached tensors depend on besides the image: every model input file (contents for configs,
 /// size + modification time for weights, which can be gigabytes) and the build that computes them.
-fn model_fingerprint(args: &RetrievalArgs) -> Result<String> {
+fn model_fingerprint(args: &ModelArgs) -> Result<String> {
     let mut h = Fnv64::default();
     h.field(env!("CARGO_PKG_VERSION").as_bytes());
     for name in ["config.json", "preprocessor_config.json"] {
-        let p = args.model.join(name);
+        let p = args.dir.join(name);
         h.field(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
     }
-    let mut weights: Vec<PathBuf> = std::fs::read_dir(&args.model)
-        .with_context(|| format!("listing {}", args.model.display()))?
+    let mut weights: Vec<PathBuf> = std::fs::read_dir(&args.dir)
+        .with_context(|| format!("listing {}", args.dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "json") && p.is_file())
         .filter(|p| p.to_string_lossy().contains("model"))
@@ -151,10 +145,10 @@ fn encode_gallery(
     image_paths: &[PathBuf],
     device: &Device,
 ) -> Result<(ImageGallery, usize)> {
-    let pre_path = args.model.join("preprocessor_config.json");
+    let pre_path = args.model.dir.join("preprocessor_config.json");
     let pre = ImageProcessorConfig::from_file(&pre_path)?;
     let cache = match &args.cache {
-        Some(dir) => Some((ImageCache::open(dir)?, model_fingerprint(args)?)),
+        Some(dir) => Some((ImageCache::open(dir)?, model_fingerprint(&args.model)?)),
         None => None,
     };
     let mut parts: Vec<Option<EncodedImages>> = vec![None; image_paths.len()];
@@ -226,14 +220,14 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
-    let device = parse_device(&args.device)?;
+    let device = args.model.open_device()?;
     let split = read_karpathy_eval(&args.annotations)?;
     if split.images.is_empty() {
         anyhow::bail!("{}: no images to retrieve", args.annotations.display());
     }
-    let model = load_model(&args, &device)?;
+    let model = load_model(&args.model, &device)?;
 
-    let tok_path = args.model.join("tokenizer.json");
+    let tok_path = args.model.dir.join("tokenizer.json");
     // LAVIS's 35 tokens, capped by the model's position table (small Q-Formers have fewer).
     let max_len = TEXT_MAX_LENGTH.min(model.config().qformer_config.max_position_embeddings);
     let tokenizer = TextTokenizer::from_file(&tok_path, max_len)?;
@@ -275,12 +269,12 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
 
     let out = args.out.clone().unwrap_or_else(|| {
         let stem = args.annotations.file_stem().map_or("split".into(), |s| s.to_string_lossy());
-        args.model.join(format!("retrieval_{stem}.json"))
+        args.model.dir.join(format!("retrieval_{stem}.json"))
     });
     let full = FullReport {
         report: &report,
-        model: &args.model,
-        lavis_checkpoint: args.lavis_checkpoint.as_deref(),
+        model: &args.model.dir,
+        lavis_checkpoint: args.model.lavis_checkpoint.as_deref(),
         annotations: &args.annotations,
         k_test: args.k_test,
         itm_pairs: scores.itm_pairs,
