@@ -3,7 +3,8 @@
 # nvcc, the CUDA headers and the libraries that cudarc links come from NVIDIA's PyPI wheels, and
 # libcuda.so (the driver, which no wheel carries) from a stub that only has to satisfy the linker;
 # the real driver is found at run time on the GPU machine. Then it packs the `blip2` binary and
-# the qformer parity suites (xz, stripped) into .cuda-bin/ for tools/cuda_check.sh to run there.
+# the qformer and train integration-test binaries (xz, stripped) into .cuda-bin/ for
+# tools/cuda_check.sh to run there.
 #
 #   tools/cuda_build_from_wheels.sh [WORK_DIR]     (default /tmp/cuda; ~1 GB of wheels)
 #
@@ -39,20 +40,16 @@ export CUDA_HOME=$root PATH=$root/bin:$PATH CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/tgt-cuda}
 cd "$repo"
 cargo build --release --features cuda
-# Each suite carries all of candle's kernels (about 6 MB packed): these seven cover forward parity,
-# stage-one losses, the LAVIS training trajectory and the LLM bridges with their gradients.
-suites=(${SUITES-parity_hf parity_lavis parity_objectives train_trajectory llm_opt llm_t5 llm_grad})
-args=()
-for s in "${suites[@]}"; do args+=(--test "$s"); done
-cargo test --release --features cuda -p qformer --no-run "${args[@]}" 2>&1 | tee "$work/tests.log"
-
+# Each test binary carries all of candle's kernels (about 6 MB packed): qformer's holds the forward
+# parity, stage-one loss and LLM-bridge suites, train's the LAVIS training trajectory.
 mkdir -p .cuda-bin
 grep -q '^/.cuda-bin/' .git/info/exclude 2>/dev/null || echo /.cuda-bin/ >> .git/info/exclude
 rm -f .cuda-bin/*
 strip -o .cuda-bin/blip2 "$CARGO_TARGET_DIR/release/blip2"
-for s in "${suites[@]}"; do
-  exe=$(grep -oE "tests/$s.rs \(([^)]*)\)" "$work/tests.log" | sed -E 's/.*\((.*)\)/\1/' | tail -1)
-  strip -o ".cuda-bin/$s" "$exe"
+for crate in qformer train; do
+  cargo test --release --features cuda -p $crate --no-run --test integration 2>&1 | tee "$work/tests-$crate.log"
+  exe=$(grep -oE "tests/integration/main.rs \(([^)]*)\)" "$work/tests-$crate.log" | sed -E 's/.*\((.*)\)/\1/' | tail -1)
+  strip -o ".cuda-bin/${crate}_integration" "$exe"
 done
 xz -T2 -6 .cuda-bin/*
 ls -la .cuda-bin

@@ -23,7 +23,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 for f in "$bin"/*.xz; do [ -e "$f" ] && xz -df "$f"; done
 chmod +x "$bin"/*
 # The test binaries read fixtures through the path they were built at.
-built_at=$(strings "$bin/parity_hf" 2>/dev/null | grep -oE '/[^ ]*/qformer/\.\./tests/fixtures/hf-tiny' | head -1)
+built_at=$(strings "$bin/qformer_integration" 2>/dev/null | grep -oE '/[^ ]*/qformer/\.\./tests/fixtures/hf-tiny' | head -1)
 if [ -n "$built_at" ] && [ ! -e "${built_at%/qformer/../tests/fixtures/hf-tiny}" ]; then
   mkdir -p "$(dirname "${built_at%/qformer/../tests/fixtures/hf-tiny}")"
   ln -s "$PWD" "${built_at%/qformer/../tests/fixtures/hf-tiny}"
@@ -40,8 +40,10 @@ cat "$out/info.log"
 
 export BLIP2_TEST_DEVICE=cuda
 # SUITES="" runs the CLI checks alone.
+# Each suite is a module of its crate's one integration-test binary, run alone by its path prefix.
 for s in ${SUITES-parity_hf parity_lavis parity_objectives train_trajectory llm_opt llm_t5 llm_grad}; do
-  step "$s" "$bin/$s" --test-threads 1 --nocapture
+  case $s in train_*) exe=$bin/train_integration ;; *) exe=$bin/qformer_integration ;; esac
+  step "$s" "$exe" "$s::" --test-threads 1 --nocapture
 done
 unset BLIP2_TEST_DEVICE
 

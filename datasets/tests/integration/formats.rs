@@ -1,6 +1,6 @@
 //! Readers on tiny files written in every supported format.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! JSON values with fields removed or retyped) must each give Ok or a `DataError` naming the
 //! file, never a panic.
 
-mod fuzz;
+use crate::fuzz;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! Fuzzing the image decoder: mutated PNG, JPEG and WebP files must decode or give a
 //! `DataError::Image` naming the input, never panic, and never allocate past the limits.
 
-mod fuzz;
+use crate::fuzz;
 
 use std::io::Cursor;
 

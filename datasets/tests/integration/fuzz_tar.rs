@@ -2,7 +2,7 @@
 //! must stream what they can and end in Ok or a `DataError` naming the shard, never a panic
 //! or an allocation sized by a corrupt header.
 
-mod fuzz;
+use crate::fuzz;
 
 use datasets::formats::{for_each_shard_sample, write_shard, ShardMembers};
 

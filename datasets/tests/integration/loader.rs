@@ -1,6 +1,6 @@
 //! Loader: deterministic order, exact resume from a saved cursor, corrupt samples counted.
 
-mod common;
+use crate::common;
 
 use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
 use datasets::loader::epoch_order;

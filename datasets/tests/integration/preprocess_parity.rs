@@ -1,8 +1,6 @@
 //! Pixel parity with HF `BlipImageProcessor` (PIL bicubic) on the committed fixtures.
 
-mod common;
-
-use common::{fixtures, max_abs_diff, read_safetensors};
+use crate::common::{fixtures, max_abs_diff, read_safetensors};
 use datasets::image::{decode_file, eval_transform, DecodeLimits, ImageProcessorConfig};
 
 #[test]

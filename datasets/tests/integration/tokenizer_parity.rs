@@ -1,8 +1,6 @@
 //! Token ids against the HF/LAVIS fixtures.
 
-mod common;
-
-use common::{fixtures, read_safetensors};
+use crate::common::{fixtures, read_safetensors};
 use datasets::text::{Padding, TextTokenizer};
 
 fn texts() -> Vec<String> {

@@ -2,11 +2,9 @@
 //! outputs) and to `language_projection`; checked against central finite differences in f64, so
 //! an op that silently drops its gradient fails here.
 
-mod llm_common;
-
+use crate::llm_common::*;
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use llm_common::*;
 use qformer::llm::{prefix_lm_split, Blip2Llm, LanguageProjection};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -1,10 +1,8 @@
 //! OPT bridge vs transformers 4.57.6 (`Blip2ForConditionalGeneration`, hf-tiny/opt fixture):
 //! logits, losses and generated ids, from the recomputed Q-Former query outputs.
 
-mod llm_common;
-
+use crate::llm_common::*;
 use candle_core::{DType, Tensor};
-use llm_common::*;
 use qformer::llm::{generate_with_history, LanguageModel};
 
 const TOL: f32 = 1e-4;

@@ -1,10 +1,8 @@
 //! FLAN-T5 bridge vs transformers 4.57.6 (`Blip2ForConditionalGeneration`, hf-tiny/t5 fixture):
 //! decoder logits, losses and generated ids, from the recomputed Q-Former query outputs.
 
-mod llm_common;
-
+use crate::llm_common::*;
 use candle_core::{DType, Tensor};
-use llm_common::*;
 use qformer::llm::{generate, LanguageModel};
 
 const TOL: f32 = 1e-4;

@@ -4,10 +4,8 @@
 //! (reference numbers recorded by running HF transformers 4.57.6 on these checkpoints; the
 //! vision and Q-Former outputs of `opt/` and `t5/` by `tools/qformer_outputs.py`).
 
-mod common;
-
+use crate::common::{self, assert_close, fixture, get, load_tensors, test_device};
 use candle_core::Tensor;
-use common::{assert_close, fixture, get, load_tensors, test_device};
 use qformer::masks::PaddingMask;
 use qformer::model::{itc_similarity, ImageInput};
 use qformer::weights::{load_hf_dir, LoadOptions};

@@ -2,10 +2,8 @@
 //! original LAVIS 1.0.2 forward (tests/fixtures/hf-tiny/itm/expected_losses.safetensors, made by
 //! `tools/lavis_losses.py`), and with HF's ln_vision eps the HF retrieval numbers.
 
-mod common;
-
+use crate::common::{self, assert_close, fixture, get, load_tensors, test_device};
 use candle_core::{IndexOp, Tensor};
-use common::{assert_close, fixture, get, load_tensors, test_device};
 use qformer::masks::PaddingMask;
 use qformer::model::{itc_similarity, ImageInput};
 use qformer::weights::{

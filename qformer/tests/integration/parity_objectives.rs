@@ -2,10 +2,8 @@
 //! (tests/fixtures/hf-tiny/itm/expected_losses.{json,safetensors}, made by
 //! `tools/lavis_losses.py` with hardest-negative selection, dropout 0, eval mode).
 
-mod common;
-
+use crate::common::{self, assert_close, get, lavis_stage1_model, load_tensors, test_device};
 use candle_core::Tensor;
-use common::{assert_close, get, lavis_stage1_model, load_tensors, test_device};
 use qformer::masks::PaddingMask;
 use qformer::model::ImageInput;
 use qformer::objectives::cross_entropy::cross_entropy_per_row;

@@ -2,9 +2,7 @@
 //! one UniModal pass over [queries; text] equals the separate image and text passes, and one
 //! MultimodalCausal pass equals the image pass followed by the ITG pass over its cached K/V.
 
-mod common;
-
-use common::{fixture, get, load_tensors, max_abs_diff, test_device};
+use crate::common::{fixture, get, load_tensors, max_abs_diff, test_device};
 use qformer::masks::{AdditiveMask, MaskMode, PaddingMask};
 use qformer::model::{Blip2Qformer, ImageInput, QFormerInput};
 use qformer::weights::{detect_parts, load, read_lavis_pth, LoadOptions, TensorSet};

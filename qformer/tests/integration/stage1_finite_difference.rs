@@ -9,10 +9,8 @@
 //! weights around the fixture point. ITC runs with `ItcGradient::Both` here: LAVIS's own
 //! gradient (gathered side detached) is pinned against PyTorch in `parity_objectives.rs`.
 
-mod common;
-
+use crate::common::{self, get, lavis_stage1_model, load_tensors};
 use candle_core::{DType, Tensor};
-use common::{get, lavis_stage1_model, load_tensors};
 use qformer::masks::PaddingMask;
 use qformer::model::ImageInput;
 use qformer::objectives::{

@@ -1,12 +1,10 @@
 //! Strict checkpoint loading: a modified copy of the HF `itm/` fixture with a missing, a
 //! misshaped, a wrongly typed and an extra tensor must be refused with all of them named.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::fixture;
 use candle_core::{DType, Device, Tensor};
-use common::fixture;
 use qformer::weights::{load_hf_dir, LoadOptions};
 
 fn write_variant(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::TempDir {

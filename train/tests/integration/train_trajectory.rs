@@ -3,10 +3,7 @@
 //! tools/lavis_stage1_reference.py): LAVIS .pth + HF ViT, ln_vision eps 1e-5, hardest negatives,
 //! constant lr 1e-3, wd 0.05, LAVIS 1.0.2 decay grouping, no clipping.
 
-#[path = "../../qformer/tests/common/mod.rs"]
-mod common;
-
-use common::{fixture, get, lavis_stage1_model, load_tensors, max_abs_diff};
+use crate::common::{fixture, get, lavis_stage1_model, load_tensors, max_abs_diff};
 use qformer::masks::PaddingMask;
 use qformer::objectives::{NegativeMode, ObjectiveConfig};
 use train::tasks::{ImageBatch, StageOne, StageOneBatch};

@@ -9,9 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use qformer::llm::{Blip2Llm, Blip2LlmConfig, GenerationConfig};
 
-#[path = "../common/device.rs"]
-mod device;
-pub use device::test_device;
+pub use crate::common::test_device;
 
 pub fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf-tiny").join(name)
