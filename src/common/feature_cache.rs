@@ -1,6 +1,6 @@
-//! The frozen-ViT feature cache of `blip2 cache-features`, read by `blip2 pretrain`
-//! (`data.features`): shards of `features [n, N, Dv]` and an `index.json` that both sides read
-//! and write through [`FeatureIndex`].
+//! Frozen-ViT features by image: the cache of `blip2 cache-features`, read by `blip2 pretrain`
+//! (`data.features`), shards of `features [n, N, Dv]` with an `index.json` that both sides read
+//! and write through [`FeatureIndex`]; and the quickstart's, computed once in memory.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -49,12 +49,34 @@ impl FeatureIndex {
     }
 }
 
-/// Features `[N, Dv]` by image key (the Karpathy `image` path joined with the image root).
+/// Features `[N, Dv]` by image key (the Karpathy `image` path joined with the image root): read
+/// from a cache directory, or computed in memory (the quickstart).
 pub struct FeatureCache {
     by_key: HashMap<String, Tensor>,
+    device: Device,
 }
 
 impl FeatureCache {
+    /// Row i of `features` `[n, N, Dv]` is image `keys[i]`.
+    pub fn from_rows(features: &Tensor, keys: &[String]) -> Result<Self> {
+        ensure!(
+            keys.len() == features.dim(0)?,
+            "{} keys but {} feature rows",
+            keys.len(),
+            features.dim(0)?
+        );
+        let by_key = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Ok((k.clone(), features.get(i)?)))
+            .collect::<Result<_>>()?;
+        Ok(Self { by_key, device: features.device().clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn load(dir: &Path, dev: &Device) -> Result<Self> {
         let index = FeatureIndex::read(dir)?;
         let mut by_key = HashMap::new();
@@ -76,18 +98,16 @@ impl FeatureCache {
                 by_key.insert(k.clone(), feats.get(i)?);
             }
         }
-        Ok(Self { by_key })
+        Ok(Self { by_key, device: dev.clone() })
     }
 
     /// `[B, N, Dv]` for `keys`, in order.
-    pub fn batch(&self, keys: &[String]) -> Result<Tensor> {
+    pub fn batch<K: AsRef<str>>(&self, keys: &[K]) -> Result<Tensor> {
         let rows = keys
             .iter()
             .map(|k| {
-                self.by_key
-                    .get(k)
-                    .cloned()
-                    .with_context(|| format!("data.features: no cached features for image {k}"))
+                let k = k.as_ref();
+                self.by_key.get(k).cloned().with_context(|| format!("no features for image {k}"))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::stack(&rows, 0)?)

@@ -1,6 +1,6 @@
 //! Seeded fresh initialization (candle's own init draws from an unseedable RNG): BERT-like
 //! N(0, 0.02) for matrices, embeddings, convolutions and the query tokens; LayerNorm 1 / 0;
-//! biases 0; `temp` 0.07 (LAVIS). [`fresh_model`] builds a whole stage-one model this way; the
+//! biases 0; `temp` 0.07 (LAVIS). [`FreshModel`] builds a whole stage-one model this way; the
 //! BERT start (`weights::bert`) overwrites the copied tensors of such a model afterwards, as
 //! `from_pretrained` does in LAVIS.
 

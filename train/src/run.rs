@@ -39,6 +39,8 @@ pub struct RunSummary {
     pub seconds: f64,
     pub skipped_steps: u64,
     pub best: Option<BestMetric>,
+    /// Trainable parameters that got no gradient in some step of this session (sorted).
+    pub without_grad: Vec<String>,
 }
 
 /// The optional parts of a run: held-out data and where the model goes.
@@ -85,6 +87,8 @@ pub fn run<T: Task>(
 
     // The last batch the source passed over, for the error when a whole epoch gives none.
     let mut passed_over: Option<String> = None;
+    let mut warned_without_grad = false;
+    let mut without_grad = std::collections::BTreeSet::new();
     data.start_epoch(state.epoch, state.loader)?;
     while state.step < settings.stop_after {
         // 1. The step's data.
@@ -150,6 +154,19 @@ pub fn run<T: Task>(
         if out.clip_coef < 1.0 {
             rec.extra.insert("clip_coef".into(), out.clip_coef.into());
         }
+        without_grad.extend(out.without_grad.iter().cloned());
+        if !out.without_grad.is_empty() && !warned_without_grad {
+            // Once per run: an op with no backward fails this way, silently, on every step.
+            say(
+                &bar,
+                format!(
+                "warning: {} trainable tensors got no gradient at step {step} (not updated): {}",
+                out.without_grad.len(),
+                out.without_grad.join(", ")
+            ),
+            );
+            warned_without_grad = true;
+        }
 
         // 4. Validation, and the best model so far.
         if let Some(v) = settings.validation.as_ref().filter(|v| state.step % v.every_steps == 0) {
@@ -195,7 +212,9 @@ pub fn run<T: Task>(
         &bar,
         format!("{}: {} steps done; run in {}", settings.title, state.step, run.root.display()),
     );
-    Ok(summarize(&history, &state, started))
+    let mut summary = summarize(&history, &state, started);
+    summary.without_grad = without_grad.into_iter().collect();
+    Ok(summary)
 }
 
 /// The newest checkpoint's state when resuming, else a fresh state. A run directory that already
@@ -257,6 +276,7 @@ fn summarize(
         seconds: started.elapsed().as_secs_f64(),
         skipped_steps: state.guard.skipped_total,
         best: state.best.clone(),
+        without_grad: Vec::new(),
     }
 }
 

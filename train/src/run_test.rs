@@ -385,6 +385,36 @@ fn validation_keeps_the_best_model_and_names_a_missing_metric() {
 }
 
 #[test]
+fn trainable_tensors_without_a_gradient_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = VarMap::new();
+    let toy = Toy::new(&vm);
+    let s = run(
+        &settings(dir.path(), 2, SaveEvery::Steps(2)),
+        &params(&vm),
+        &toy,
+        &mut ToyData::new(STEPS_PER_EPOCH),
+        Extras::default(),
+    )
+    .unwrap();
+    assert!(s.without_grad.is_empty(), "{:?}", s.without_grad);
+    // A trainable tensor the loss never reads.
+    let other = tempfile::tempdir().unwrap();
+    let unused =
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu).get((2, 2), "unused").unwrap();
+    drop(unused);
+    let s = run(
+        &settings(other.path(), 2, SaveEvery::Steps(2)),
+        &params(&vm),
+        &toy,
+        &mut ToyData::new(STEPS_PER_EPOCH),
+        Extras::default(),
+    )
+    .unwrap();
+    assert_eq!(s.without_grad, vec!["unused".to_string()]);
+}
+
+#[test]
 fn a_run_directory_with_checkpoints_is_only_continued_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let vm = VarMap::new();

@@ -22,6 +22,9 @@ pub struct StepOutcome {
     pub grad_norm: f64,
     pub clip_coef: f64,
     pub verdict: StepVerdict,
+    /// Trainable parameters that got no gradient (a cut graph, an op without a backward, an
+    /// unused head); empty for a skipped step.
+    pub without_grad: Vec<String>,
 }
 
 /// Step hyper-parameters that change per step or per run.
@@ -53,9 +56,17 @@ where
     let mut grads = acc.grads;
     let (grad_norm, clip_coef) = clip_grad_norm(params, &mut grads, settings.max_grad_norm)?;
     let verdict = state.guard.check(state.step, acc.loss, grad_norm)?;
+    let mut without_grad = Vec::new();
     if let StepVerdict::Apply { .. } = verdict {
-        opt.step(params, &grads)?;
+        without_grad = opt.step(params, &grads)?.without_grad;
     }
     state.advance(settings.samples);
-    Ok(StepOutcome { loss: acc.loss, parts: acc.parts, grad_norm, clip_coef, verdict })
+    Ok(StepOutcome {
+        loss: acc.loss,
+        parts: acc.parts,
+        grad_norm,
+        clip_coef,
+        verdict,
+        without_grad,
+    })
 }

@@ -88,7 +88,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     };
     let images = |b: &ImageTextBatch, r: &Range<usize>| -> Result<ImageBatch> {
         Ok(match &cache {
-            Some(c) => ImageBatch::Features(c.batch(&b.keys[r.clone()])?),
+            Some(c) => ImageBatch::Features(c.batch(&b.keys[r.clone()]).context("data.features")?),
             None => ImageBatch::Pixels(pixels(b, r, &dev)?),
         })
     };

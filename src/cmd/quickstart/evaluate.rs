@@ -26,13 +26,14 @@ use qformer::model::ImageInput;
 
 use super::lm::encode;
 use super::models::Models;
-use super::world::{FeatureStore, World};
+use super::world::World;
+use crate::common::feature_cache::FeatureCache;
 
 /// LAVIS `k_test` is 128 for COCO's 5k images; the quickstart's galleries are ~10x smaller.
 /// `k_test` `None`: ITC only (no ITM re-ranking).
 pub fn retrieval(
     models: &Models,
-    features: &FeatureStore,
+    features: &FeatureCache,
     world: &World,
     tokenizer: &TextTokenizer,
     k_test: Option<usize>,
@@ -41,7 +42,7 @@ pub fn retrieval(
     let names: Vec<&str> = world.test.images.iter().map(|i| i.image.as_str()).collect();
     let mut parts = Vec::new();
     for chunk in names.chunks(128) {
-        let vision_features = features.rows(chunk)?;
+        let vision_features = features.batch(chunk)?;
         let image_feats = model
             .encode_image(ImageInput::VisionFeatures(&vision_features))?
             .image_feats
@@ -51,7 +52,7 @@ pub fn retrieval(
     let images = ImageGallery::from_encoded(model, &parts)?;
     let texts: Vec<&str> = world.test.texts.iter().map(String::as_str).collect();
     let tok = tokenizer.encode(&texts, Padding::Longest)?;
-    let dev = features.features.device();
+    let dev = features.device();
     let ids = Tensor::from_vec(tok.input_ids.clone(), (tok.batch, tok.seq_len), dev)?;
     let rows: Vec<Vec<u32>> = tok.attention_mask.chunks(tok.seq_len).map(<[u32]>::to_vec).collect();
     let texts = TextGallery::encode(model, ids, PaddingMask::from_rows(&rows)?, 256)?;
@@ -82,7 +83,7 @@ pub enum Context {
 
 pub struct WorldAnswerer<'a> {
     pub models: &'a Models,
-    pub features: &'a FeatureStore,
+    pub features: &'a FeatureCache,
     pub tokenizer: &'a Tokenizer,
     pub gen: GenerationConfig,
     pub context: Context,
@@ -107,7 +108,7 @@ impl WorldAnswerer<'_> {
         }
         let out = match self.context {
             Context::Image => {
-                let feats = self.features.rows(images)?;
+                let feats = self.features.batch(images)?;
                 let q = self
                     .models
                     .qformer

@@ -37,17 +37,18 @@ use train::tasks::{ImageBatch, StageOne, StageOneBatch, StageTwo, StageTwoMicro}
 use train::{rng, DecayRule, EpochSampler, Extras, ParamStore, RunSummary, SampledBatches};
 
 use crate::common::device::parse_device;
+use crate::common::feature_cache::FeatureCache;
 use crate::common::llm_text::{CaptionTokenizer, LlmKind};
 use evaluate::Context as VqaContext;
 use models::Models;
 use plan::Plan;
 use report::{Results, Timings};
 use train::init::named_vars;
-use world::{FeatureStore, World};
+use world::World;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scale {
-    /// About ten minutes on a 2-core laptop: the numbers the README shows.
+    /// A few minutes on a 2-core machine: the numbers the README shows.
     Default,
     /// Twice the steps of `default`: better numbers for twice the time.
     Long,
@@ -68,9 +69,8 @@ pub struct QuickstartArgs {
     #[arg(long)]
     pub images: Option<usize>,
     /// Contrastive ViT pretraining steps (300 x 128 images by default; `--scale long` doubles
-    /// them); 0 keeps the ViT random. Frozen either way. With 2,000 stage-one steps the pretrained
-    /// ViT gave ITM-reranked R@1 35.8/36.9 (seed 0) and 28.6/25.6 (seed 1), the random one 39.6/39.1
-    /// and 8.8/9.4: a little lower at best, far more robust.
+    /// them); 0 keeps the ViT random. Frozen either way. Pretrained, stage one measured far more
+    /// robust across seeds (docs/quickstart.md).
     #[arg(long)]
     pub vit_steps: Option<u64>,
     #[arg(long)]
@@ -89,7 +89,7 @@ pub struct QuickstartArgs {
     #[arg(long)]
     pub stage2_lr: Option<f64>,
     /// Q-Former dropout (hidden and attention). 0 by default: these tiny models underfit, and
-    /// BERT's 0.1 halved R@1 after 1,200 stage-one steps (3.6 -> 7.2 without it).
+    /// BERT's 0.1 lowered retrieval (docs/quickstart.md).
     #[arg(long)]
     pub dropout: Option<f64>,
     /// Batch sizes of the four training runs.
@@ -172,7 +172,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         world.test.images.iter().map(|i| i.image.as_str()).collect();
     let train_images: Vec<String> =
         all_images.iter().filter(|n| !test_names.contains(n.as_str())).cloned().collect();
-    let (mean, std) = FeatureStore::pixel_statistics(&world.root, &train_images)?;
+    let (mean, std) = world::pixel_statistics(&world.root, &train_images)?;
     let processor = datasets::image::ImageProcessorConfig {
         image_mean: mean.to_vec(),
         image_std: std.to_vec(),
@@ -206,8 +206,13 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
                 times.push(("2a. pretrain the ViT (contrastive, world captions)", v.seconds));
             }
             let clock = Instant::now();
-            let features =
-                FeatureStore::compute(&models.qformer, &world.root, &all_images, &processor, &dev)?;
+            let features = world::frozen_features(
+                &models.qformer,
+                &world.root,
+                &all_images,
+                &processor,
+                &dev,
+            )?;
             times.push(("2a. frozen ViT features (once)", clock.elapsed().as_secs_f64()));
             let clock = Instant::now();
             let untrained = evaluate::retrieval(&models, &features, &world, &qtok, None)?;
@@ -374,14 +379,14 @@ fn pretrain_lm(
 /// Phase 3: ITC + ITM + ITG on the frozen ViT features.
 fn train_stage_one(
     models: &Models,
-    features: &FeatureStore,
+    features: &FeatureCache,
     world: &World,
     qtok: &TextTokenizer,
     objectives: &ObjectiveConfig,
     plan: &Plan,
     out: &std::path::Path,
 ) -> Result<RunSummary> {
-    let dev = features.features.device().clone();
+    let dev = features.device().clone();
     let params = ParamStore::from_varmap(&models.qformer_vars, DecayRule::LavisBase);
     let task = StageOne { model: &models.qformer, objectives: objectives.clone() };
     let sampler = EpochSampler::new(world.train.len(), rng::substream(plan.seed, "data/stage1"));
@@ -394,7 +399,7 @@ fn train_stage_one(
         let rows: Vec<Vec<u32>> =
             tok.attention_mask.chunks(tok.seq_len).map(<[u32]>::to_vec).collect();
         Ok(StageOneBatch {
-            image: ImageBatch::Features(features.rows(&keys).map_err(to_train)?),
+            image: ImageBatch::Features(features.batch(&keys).map_err(to_train)?),
             input_ids,
             attention_mask: PaddingMask::from_rows(&rows)?,
             image_ids: Some(items.iter().map(|i| i.image_id as i64).collect()),
@@ -409,7 +414,7 @@ fn train_stage_one(
 /// captions as LAVIS `blip2_opt` reads them (`</s> caption \n`, no prompt).
 fn train_stage_two(
     models: &Models,
-    features: &FeatureStore,
+    features: &FeatureCache,
     world: &World,
     otok: &tokenizers::Tokenizer,
     plan: &Plan,
@@ -434,7 +439,7 @@ fn train_stage_two(
         let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
         let texts: Vec<String> = items.iter().map(|i| i.caption.clone()).collect();
         Ok(StageTwoMicro {
-            image: ImageBatch::Features(features.rows(&keys).map_err(to_train)?),
+            image: ImageBatch::Features(features.batch(&keys).map_err(to_train)?),
             text: captions.texts(&texts).map_err(to_train)?,
         })
     };

@@ -114,8 +114,8 @@ impl Plan {
                     qformer_dropout: 0.0,
                 },
                 PhaseOptim {
-                    // On: across seeds 0 and 1 it gave ITM-reranked R@1 35.8/36.9 and 28.6/25.6,
-                    // the random ViT 39.6/39.1 and 8.8/9.4 (stage one never took off) (README).
+                    // On: a pretrained ViT measured far more robust across seeds than a random
+                    // one, with which stage one could fail to take off (docs/quickstart.md).
                     steps: 300,
                     batch: 128,
                     lr: 1e-3,
@@ -123,10 +123,8 @@ impl Plan {
                     weight_decay: 0.05,
                 },
                 PhaseOptim {
-                    // Free: it trains on the second core while the ViT and stage one run.
-                    // Reading a true caption it scores 49% VQA after 1,000 steps, 63% after
-                    // 4,000 and 67% after 6,500 (seed 0); the zero-shot gap over the no-image
-                    // LM grew from +19.6 to +21.8 between the last two.
+                    // Free: it trains on the second core while the ViT and stage one run, and
+                    // more steps kept raising its VQA reading a true caption (docs/quickstart.md).
                     steps: 6500,
                     batch: 32,
                     lr: 2e-3,

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use datasets::image::{decode_file, eval_transform, DecodeLimits, ImageProcessorConfig};
 use datasets::text::{Padding, TextTokenizer};
+use qformer::masks::{AdditiveMask, MaskMode, PaddingMask};
 use qformer::model::{l2_normalize, VisionTransformer};
 use qformer::nn::{gelu, softmax, LayerNorm, Linear};
 use qformer::objectives::{itc_loss_with, ItcGradient, ItcTargets};
@@ -68,8 +69,8 @@ impl CaptionTower {
         })
     }
 
-    // ids: [B, L] u32, mask: [B, L] (1 = token) -> [B, E]
-    fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    // ids: [B, L] u32 -> [B, E]
+    fn forward(&self, ids: &Tensor, padding: &PaddingMask) -> candle_core::Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let d = self.token.dim(1)?;
         let hd = d / TEXT_HEADS;
@@ -83,9 +84,11 @@ impl CaptionTower {
             self.qkv.forward(&h)?.reshape((b, l, 3, TEXT_HEADS, hd))?.permute((2, 0, 3, 1, 4))?;
         let (q, k, v) =
             (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
-        // Padding keys get -1e4 ([CLS] is never padding, so no row is fully masked).
-        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.reshape((b, 1, 1, l))?;
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.broadcast_add(&bias)?;
+        // A text-only pass: padding keys masked ([CLS] is never padding, so no row is fully
+        // masked).
+        let mask = AdditiveMask::new(MaskMode::UniModal, 0, Some(padding), b, ids.device())?;
+        let bias = mask.tensor();
+        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.broadcast_add(bias)?;
         let ctx = softmax(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         let x = (x + self.out.forward(&ctx)?)?;
         let mlp = self.fc2.forward(&gelu(&self.fc1.forward(&self.ln2.forward(&x)?)?)?)?;
@@ -173,16 +176,16 @@ impl ContrastiveHeads {
     }
 
     /// Symmetric ITC of a batch of images and their captions (text b is image b's positive).
-    // pixels: [B, 3, H, W], ids / mask: [B, L] -> scalar
+    // pixels: [B, 3, H, W], ids: [B, L] -> scalar
     fn loss(
         &self,
         vit: &VisionTransformer,
         pixels: &Tensor,
         ids: &Tensor,
-        mask: &Tensor,
+        padding: &PaddingMask,
     ) -> candle_core::Result<Tensor> {
         let img = l2_normalize(&self.image.forward(&vit.forward_trainable(pixels)?)?)?;
-        let txt = l2_normalize(&self.text.forward(ids, mask)?)?;
+        let txt = l2_normalize(&self.text.forward(ids, padding)?)?;
         let targets = ItcTargets::Diagonal;
         Ok(itc_loss_with(&img.unsqueeze(1)?, &txt, &self.temp, targets, ItcGradient::Both)?.loss)
     }
@@ -194,7 +197,7 @@ pub struct ImageCaptionBatch {
     pixels: Tensor,
     /// `[B, L]` each
     ids: Tensor,
-    mask: Tensor,
+    padding: PaddingMask,
 }
 
 /// Phase 2a's task: CLIP's symmetric ITC between the mean-pooled ViT and the caption tower.
@@ -207,7 +210,7 @@ impl Task for ContrastiveVit<'_> {
     type Batch = ImageCaptionBatch;
 
     fn loss(&self, b: &ImageCaptionBatch, _rng: &mut TrainRng) -> qformer::Result<MicroLoss> {
-        let itc = self.towers.loss(self.vit, &b.pixels, &b.ids, &b.mask)?;
+        let itc = self.towers.loss(self.vit, &b.pixels, &b.ids, &b.padding)?;
         Ok(MicroLoss { total: itc.clone(), parts: vec![("itc".into(), itc)] })
     }
 }
@@ -242,10 +245,10 @@ pub fn pretrain_vit(
                 data.captions[i].choose(&mut pick).expect("every image has captions").as_str()
             })
             .collect();
-        let (ids, mask) = token_tensors(tokenizer, &captions, &dev)
+        let (ids, padding) = token_tensors(tokenizer, &captions, &dev)
             .map_err(|e| train::Error::Msg(format!("{e:#}")))?;
         let rows = Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), &dev)?;
-        Ok(ImageCaptionBatch { pixels: data.pixels.index_select(&rows, 0)?, ids, mask })
+        Ok(ImageCaptionBatch { pixels: data.pixels.index_select(&rows, 0)?, ids, padding })
     };
     let batch = optim.batch.min(data.len());
     let mut batches = SampledBatches::new(sampler, batch, true, Box::new(build));
@@ -253,12 +256,16 @@ pub fn pretrain_vit(
     Ok(train::run(&settings, &params, &task, &mut batches, Extras::default())?)
 }
 
-/// Token ids and attention mask of `texts`, padded to the longest: `[B, L]` each.
-fn token_tensors(tok: &TextTokenizer, texts: &[&str], dev: &Device) -> Result<(Tensor, Tensor)> {
+/// Token ids `[B, L]` and padding mask of `texts`, padded to the longest.
+fn token_tensors(
+    tok: &TextTokenizer,
+    texts: &[&str],
+    dev: &Device,
+) -> Result<(Tensor, PaddingMask)> {
     let t = tok.encode(texts, Padding::Longest)?;
     let ids = Tensor::from_vec(t.input_ids, (t.batch, t.seq_len), dev)?;
-    let mask = Tensor::from_vec(t.attention_mask, (t.batch, t.seq_len), dev)?;
-    Ok((ids, mask))
+    let rows: Vec<Vec<u32>> = t.attention_mask.chunks(t.seq_len).map(<[u32]>::to_vec).collect();
+    Ok((ids, PaddingMask::from_rows(&rows)?))
 }
 
 #[cfg(test)]

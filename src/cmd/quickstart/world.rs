@@ -2,7 +2,6 @@
 //! read back through the same readers users' COCO/VQAv2 data goes through, and the frozen ViT run
 //! once over every image (the frozen-feature cache, kept in memory).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +14,8 @@ use datasets::image::{decode_file, eval_transform, DecodeLimits, ImageProcessorC
 use datasets::synth::{write_world, SynthConfig};
 use datasets::ImageTextItem;
 use qformer::model::Blip2Qformer;
+
+use crate::common::feature_cache::FeatureCache;
 
 /// The world as read back from its files.
 pub struct World {
@@ -67,82 +68,60 @@ impl World {
     }
 }
 
-/// Frozen ViT features of every image, computed once: row `index[name]` of `features`.
-pub struct FeatureStore {
-    pub features: Tensor,
-    pub index: HashMap<String, usize>,
+/// Per-channel pixel mean and std (in [0, 1] units) of `names`, to normalize with the
+/// world's own statistics: CLIP's ImageNet values leave the flat background at +1.6 in every
+/// channel, a shared component that dominates every patch embedding of a random ViT and
+/// kept the contrastive loss at chance for hundreds of steps.
+pub fn pixel_statistics(root: &Path, names: &[String]) -> Result<([f64; 3], [f64; 3])> {
+    let sums = names
+        .par_iter()
+        .map(|n| -> Result<[f64; 6]> {
+            let img = decode_file(&root.join(n), DecodeLimits::default())?;
+            let mut acc = [0f64; 6];
+            for px in img.data.chunks_exact(3) {
+                for c in 0..3 {
+                    let x = px[c] as f64 / 255.0;
+                    acc[c] += x;
+                    acc[3 + c] += x * x;
+                }
+            }
+            let n = (img.width * img.height) as f64;
+            Ok(acc.map(|v| v / n))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let k = sums.len().max(1) as f64;
+    let mut mean = [0f64; 3];
+    let mut std = [0f64; 3];
+    for c in 0..3 {
+        mean[c] = sums.iter().map(|a| a[c]).sum::<f64>() / k;
+        let sq = sums.iter().map(|a| a[3 + c]).sum::<f64>() / k;
+        std[c] = (sq - mean[c] * mean[c]).max(1e-6).sqrt();
+    }
+    Ok((mean, std))
 }
 
-impl FeatureStore {
-    /// Per-channel pixel mean and std (in [0, 1] units) of `names`, to normalize with the
-    /// world's own statistics: CLIP's ImageNet values leave the flat background at +1.6 in every
-    /// channel, a shared component that dominates every patch embedding of a random ViT and
-    /// kept the contrastive loss at chance for hundreds of steps.
-    pub fn pixel_statistics(root: &Path, names: &[String]) -> Result<([f64; 3], [f64; 3])> {
-        let sums = names
+/// The frozen ViT's features of every image, computed once: decodes and preprocesses (eval
+/// transform, `cfg`) every image, then runs the ViT in batches.
+pub fn frozen_features(
+    model: &Blip2Qformer,
+    root: &Path,
+    names: &[String],
+    cfg: &ImageProcessorConfig,
+    device: &Device,
+) -> Result<FeatureCache> {
+    let image_size = cfg.size.height;
+    let mut rows = Vec::new();
+    for chunk in names.chunks(256) {
+        let pixels: Vec<f32> = chunk
             .par_iter()
-            .map(|n| -> Result<[f64; 6]> {
+            .map(|n| -> Result<Vec<f32>> {
                 let img = decode_file(&root.join(n), DecodeLimits::default())?;
-                let mut acc = [0f64; 6];
-                for px in img.data.chunks_exact(3) {
-                    for c in 0..3 {
-                        let x = px[c] as f64 / 255.0;
-                        acc[c] += x;
-                        acc[3 + c] += x * x;
-                    }
-                }
-                let n = (img.width * img.height) as f64;
-                Ok(acc.map(|v| v / n))
+                Ok(eval_transform(&img, cfg).data)
             })
-            .collect::<Result<Vec<_>>>()?;
-        let k = sums.len().max(1) as f64;
-        let mut mean = [0f64; 3];
-        let mut std = [0f64; 3];
-        for c in 0..3 {
-            mean[c] = sums.iter().map(|a| a[c]).sum::<f64>() / k;
-            let sq = sums.iter().map(|a| a[3 + c]).sum::<f64>() / k;
-            std[c] = (sq - mean[c] * mean[c]).max(1e-6).sqrt();
-        }
-        Ok((mean, std))
+            .collect::<Result<Vec<_>>>()?
+            .concat();
+        let px = Tensor::from_vec(pixels, (chunk.len(), 3, image_size, image_size), device)?;
+        rows.push(model.vision_features(&px)?);
     }
-
-    /// Decodes and preprocesses (eval transform, `cfg`) every image, then runs the ViT in batches.
-    pub fn compute(
-        model: &Blip2Qformer,
-        root: &Path,
-        names: &[String],
-        cfg: &ImageProcessorConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        let image_size = cfg.size.height;
-        let mut rows = Vec::new();
-        for chunk in names.chunks(256) {
-            let pixels: Vec<f32> = chunk
-                .par_iter()
-                .map(|n| -> Result<Vec<f32>> {
-                    let img = decode_file(&root.join(n), DecodeLimits::default())?;
-                    Ok(eval_transform(&img, cfg).data)
-                })
-                .collect::<Result<Vec<_>>>()?
-                .concat();
-            let px = Tensor::from_vec(pixels, (chunk.len(), 3, image_size, image_size), device)?;
-            rows.push(model.vision_features(&px)?);
-        }
-        let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        Ok(Self { features: Tensor::cat(&rows, 0)?, index })
-    }
-
-    pub fn rows(&self, names: &[&str]) -> Result<Tensor> {
-        let idx: Vec<u32> = names
-            .iter()
-            .map(|n| {
-                self.index
-                    .get(*n)
-                    .map(|&i| i as u32)
-                    .with_context(|| format!("no features for {n}"))
-            })
-            .collect::<Result<_>>()?;
-        let idx = Tensor::new(idx, self.features.device())?;
-        Ok(self.features.index_select(&idx, 0)?)
-    }
+    FeatureCache::from_rows(&Tensor::cat(&rows, 0)?, names)
 }
