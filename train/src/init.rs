@@ -53,8 +53,21 @@ pub struct FreshModel {
     pub trainable: VarMap,
 }
 
+/// Where the fresh values come from.
+pub enum InitStreams {
+    /// One stream, the frozen variables first (`blip2 pretrain`).
+    Shared(TrainRng),
+    /// A stream per group (the quickstart's `init/vision` and `init/qformer`).
+    PerGroup { frozen: TrainRng, trainable: TrainRng },
+}
+
 impl FreshModel {
+    /// Initialized from the `init` stream of `seed`.
     pub fn new(cfg: &Blip2Config, seed: u64, device: &Device) -> Result<Self> {
+        Self::with_streams(cfg, InitStreams::Shared(rng::substream(seed, "init")), device)
+    }
+
+    pub fn with_streams(cfg: &Blip2Config, streams: InitStreams, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let parts = ModelParts::from_config(cfg, true);
         let frozen = VarMap::new();
@@ -66,9 +79,16 @@ impl FreshModel {
             VarBuilder::from_varmap(&frozen, DType::F32, device),
             VarBuilder::from_varmap(&trainable, DType::F32, device),
         )?;
-        let mut r = rng::substream(seed, "init");
-        init_fresh(&named_vars(&frozen)?, &mut r)?;
-        init_fresh(&named_vars(&trainable)?, &mut r)?;
+        match streams {
+            InitStreams::Shared(mut r) => {
+                init_fresh(&named_vars(&frozen)?, &mut r)?;
+                init_fresh(&named_vars(&trainable)?, &mut r)?;
+            }
+            InitStreams::PerGroup { frozen: mut f, trainable: mut t } => {
+                init_fresh(&named_vars(&frozen)?, &mut f)?;
+                init_fresh(&named_vars(&trainable)?, &mut t)?;
+            }
+        }
         Ok(Self { model, frozen, trainable })
     }
 }

@@ -25,14 +25,12 @@ pub mod task;
 pub mod tasks;
 
 #[cfg(test)]
-mod resume_test;
-#[cfg(test)]
 mod run_test;
 
 pub use checkpoint::{Checkpointer, Retention, TrainState};
 pub use config::RunConfig;
 pub use grad::{accumulate_grads, clip_grad_norm, Accumulated, MicroLoss, StepGuard, StepVerdict};
-pub use init::{init_fresh, FreshModel};
+pub use init::{init_fresh, FreshModel, InitStreams};
 pub use metrics::{MetricsLog, MetricsRecord};
 pub use optim::{AdamW, AdamWConfig};
 pub use params::{DecayRule, ParamLoadReport, ParamStore};

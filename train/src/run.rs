@@ -157,13 +157,11 @@ pub fn run<T: Task>(
         without_grad.extend(out.without_grad.iter().cloned());
         if !out.without_grad.is_empty() && !warned_without_grad {
             // Once per run: an op with no backward fails this way, silently, on every step.
+            let names = out.without_grad.join(", ");
+            let n = out.without_grad.len();
             say(
                 &bar,
-                format!(
-                "warning: {} trainable tensors got no gradient at step {step} (not updated): {}",
-                out.without_grad.len(),
-                out.without_grad.join(", ")
-            ),
+                format!("warning: {n} trainable tensors got no gradient at step {step}: {names}"),
             );
             warned_without_grad = true;
         }

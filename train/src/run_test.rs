@@ -1,6 +1,8 @@
-//! `run` end to end on a toy task: exact resume across an epoch boundary, checkpoints at each
-//! epoch end when no step interval is set, the best model by the validation metric, the refusal
-//! to overwrite a run, and a loss that falls.
+//! `run` end to end on a toy task: exact resume across an epoch boundary (weights, losses,
+//! optimizer moments, RNG, cursor, with schedule, accumulation, clipping, guard and AdamW's decay
+//! groups in use), checkpoints at each epoch end when no step interval is set, the best model by
+//! the validation metric, the refusal to overwrite a run, a loss that falls, and trainable
+//! tensors that get no gradient.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -267,6 +269,16 @@ fn a_run_stopped_and_resumed_across_an_epoch_equals_one_run_bit_for_bit() {
     assert_eq!(losses(b_dir.path()), losses(a_dir.path()));
     assert_eq!(losses(a_dir.path()).len(), total as usize);
     assert_eq!(bits(&vm_b), bits(&vm_a));
+    // The last checkpoints agree too: AdamW moments and step counts, and the whole training
+    // state (RNG, loader cursor, guard, epoch).
+    let last =
+        |d: &Path, f: &str| std::fs::read(d.join("checkpoints/step-000008").join(f)).unwrap();
+    assert_eq!(last(b_dir.path(), "optim.safetensors"), last(a_dir.path(), "optim.safetensors"));
+    assert_eq!(last(b_dir.path(), "state.json"), last(a_dir.path(), "state.json"));
+    // Every part of the step was in use: clipping, and the epoch boundary.
+    let records = read_metrics(&a_dir.path().join("metrics.jsonl")).unwrap();
+    assert!(records.iter().any(|r| r.extra.contains_key("clip_coef")), "clipping never active");
+    assert_eq!(records.last().unwrap().epoch, 2);
 
     // The comparison is sensitive: a resumed run whose data restarts the epoch differs.
     let c_dir = tempfile::tempdir().unwrap();

@@ -354,7 +354,7 @@ impl Blip2Qformer {
     /// ITG pass: text (starting with [DEC]) attends the cached query K/V and causally to itself;
     /// returns LM logits at every text position (unshifted).
     // decoder_input_ids: [B, L] -> [B, L, vocab]
-    pub fn lm_logits_t(
+    pub fn itg_logits_t(
         &self,
         query_kv: &QueryKv,
         decoder_input_ids: &Tensor,

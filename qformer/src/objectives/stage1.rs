@@ -6,8 +6,8 @@ use candle_core::{Result, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 use super::itc::{itc_loss_with, ItcGradient, ItcOutput, ItcTargets};
+use super::itg::{itg_inputs, itg_loss, ITG_LABEL_SMOOTHING};
 use super::itm::{itm_loss, select_negatives, NegativeMode, SelectedNegatives};
-use super::lm::{lm_inputs, lm_loss, ITG_LABEL_SMOOTHING};
 use crate::masks::PaddingMask;
 use crate::model::{Blip2Qformer, ImageInput, ImageRows};
 
@@ -55,7 +55,7 @@ pub struct PretrainLosses {
     /// `[3B, 2]`
     pub itm_logits: Tensor,
     /// `[B, L, vocab]` unshifted.
-    pub lm_logits: Tensor,
+    pub itg_logits: Tensor,
 }
 
 pub fn stage_one_losses(
@@ -104,10 +104,15 @@ pub fn stage_one_losses(
     )?;
     let itm = itm_loss(&itm_logits, &negatives)?;
 
-    let lm_in = lm_inputs(batch.input_ids, cfg.bos_token_id, cfg.pad_token_id)?;
-    let lm_logits =
-        model.lm_logits_t(&query_kv, &lm_in.decoder_input_ids, batch.attention_mask, train, rng)?;
-    let itg = lm_loss(&lm_logits, &lm_in.labels, cfg.itg_label_smoothing)?;
+    let itg_in = itg_inputs(batch.input_ids, cfg.bos_token_id, cfg.pad_token_id)?;
+    let itg_logits = model.itg_logits_t(
+        &query_kv,
+        &itg_in.decoder_input_ids,
+        batch.attention_mask,
+        train,
+        rng,
+    )?;
+    let itg = itg_loss(&itg_logits, &itg_in.labels, cfg.itg_label_smoothing)?;
 
     let total = ((&itc_out.loss + &itm)? + &itg)?;
     Ok(PretrainLosses {
@@ -118,6 +123,6 @@ pub fn stage_one_losses(
         itc_out,
         negatives,
         itm_logits,
-        lm_logits,
+        itg_logits,
     })
 }

@@ -101,7 +101,7 @@ fn lavis_pth_reproduces_lavis_forward() {
         PaddingMask::from_tensor(&itg_mask.narrow(1, q, itg_mask.dim(1).unwrap() - q).unwrap())
             .unwrap();
     let logits = m
-        .lm_logits_t(
+        .itg_logits_t(
             &image.query_kv,
             get(&e, "itg_decoder_input_ids"),
             &dec_padding,
@@ -191,7 +191,7 @@ fn hf_dir_plus_lm_head_file_runs_itg() {
             .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let logits = m
-        .lm_logits_t(&image.query_kv, get(&e, "itg_decoder_input_ids"), &padding, false, &mut rng)
+        .itg_logits_t(&image.query_kv, get(&e, "itg_decoder_input_ids"), &padding, false, &mut rng)
         .unwrap();
     assert_close(
         "hfeps.itg_logits_sample0",

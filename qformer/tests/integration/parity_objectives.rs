@@ -8,7 +8,7 @@ use qformer::masks::PaddingMask;
 use qformer::model::ImageInput;
 use qformer::objectives::cross_entropy::cross_entropy_per_row;
 use qformer::objectives::{
-    itc_loss, lm_inputs, stage_one_losses, CeOpts, ItcTargets, NegativeMode, ObjectiveConfig,
+    itc_loss, itg_inputs, stage_one_losses, CeOpts, ItcTargets, NegativeMode, ObjectiveConfig,
     PretrainBatch,
 };
 use rand::SeedableRng;
@@ -56,12 +56,12 @@ fn stage_one_losses_match_lavis() {
     assert_close("sim_i2t", &out.itc_out.sim_i2t, get(&e, "sim_i2t"), ATOL);
     assert_close("sim_t2i", &out.itc_out.sim_t2i, get(&e, "sim_t2i"), ATOL);
     assert_close("itm_logits", &out.itm_logits, get(&e, "itm_logits"), ATOL);
-    assert_close("itg_logits", &out.lm_logits, get(&e, "itg_logits"), ATOL);
+    assert_close("itg_logits", &out.itg_logits, get(&e, "itg_logits"), ATOL);
 
     // ITG inputs exactly as LAVIS builds them.
-    let lm_in = lm_inputs(batch.input_ids, BOS, 0).unwrap();
+    let itg_in = itg_inputs(batch.input_ids, BOS, 0).unwrap();
     assert_eq!(
-        lm_in
+        itg_in
             .decoder_input_ids
             .to_dtype(candle_core::DType::I64)
             .unwrap()
@@ -69,11 +69,11 @@ fn stage_one_losses_match_lavis() {
             .unwrap(),
         get(&e, "itg_decoder_input_ids").to_vec2::<i64>().unwrap()
     );
-    assert_eq!(lm_in.labels, get(&e, "itg_labels").to_vec2::<i64>().unwrap());
+    assert_eq!(itg_in.labels, get(&e, "itg_labels").to_vec2::<i64>().unwrap());
     // Per-token ITG losses (LAVIS reduction='none' view).
-    let (b, l, v) = out.lm_logits.dims3().unwrap();
-    let shifted = out.lm_logits.narrow(1, 0, l - 1).unwrap().reshape((b * (l - 1), v)).unwrap();
-    let targets: Vec<i64> = lm_in.labels.iter().flat_map(|r| r[1..].to_vec()).collect();
+    let (b, l, v) = out.itg_logits.dims3().unwrap();
+    let shifted = out.itg_logits.narrow(1, 0, l - 1).unwrap().reshape((b * (l - 1), v)).unwrap();
+    let targets: Vec<i64> = itg_in.labels.iter().flat_map(|r| r[1..].to_vec()).collect();
     let per_tok =
         cross_entropy_per_row(&shifted, &targets, CeOpts { label_smoothing: 0.1 }).unwrap();
     assert_close(
@@ -106,7 +106,7 @@ fn stage_one_losses_match_lavis_with_hf_eps() {
     assert_close("hfeps.itm_logits", &out.itm_logits, get(&e, "hfeps.itm_logits"), ATOL);
     assert_close(
         "hfeps.itg_logits_sample0",
-        &out.lm_logits.get(0).unwrap(),
+        &out.itg_logits.get(0).unwrap(),
         get(&e, "hfeps.itg_logits_sample0"),
         ATOL,
     );

@@ -11,12 +11,12 @@ use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 
 use qformer::llm::{Blip2Llm, Blip2LlmConfig, LanguageModel, OptForCausalLm};
-use qformer::model::{Blip2Qformer, ModelParts};
+use qformer::model::Blip2Qformer;
 use qformer::Blip2Config;
 use train::rng;
 
 use train::init::named_vars;
-use train::init_fresh;
+use train::{init_fresh, FreshModel, InitStreams};
 
 /// Widths and depths of the three models.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -92,18 +92,15 @@ impl Models {
         let config = Blip2Config::from_file(config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
         let llm_config = Blip2LlmConfig::from_json_file(config_path)?;
-        let (vision_vars, qformer_vars, llm_vars) = (VarMap::new(), VarMap::new(), VarMap::new());
-        let qformer = Blip2Qformer::new(
-            &config,
-            ModelParts::from_config(&config, true),
-            config.vision_config.layer_norm_eps,
-            VarBuilder::from_varmap(&vision_vars, DType::F32, device),
-            VarBuilder::from_varmap(&qformer_vars, DType::F32, device),
-        )?;
+        let streams = InitStreams::PerGroup {
+            frozen: rng::substream(seed, "init/vision"),
+            trainable: rng::substream(seed, "init/qformer"),
+        };
+        let fresh = FreshModel::with_streams(&config, streams, device)?;
+        let (qformer, vision_vars, qformer_vars) = (fresh.model, fresh.frozen, fresh.trainable);
+        let llm_vars = VarMap::new();
         let llm =
             Blip2Llm::load(VarBuilder::from_varmap(&llm_vars, DType::F32, device), &llm_config)?;
-        init_fresh(&named_vars(&vision_vars)?, &mut rng::substream(seed, "init/vision"))?;
-        init_fresh(&named_vars(&qformer_vars)?, &mut rng::substream(seed, "init/qformer"))?;
         init_fresh(&named_vars(&llm_vars)?, &mut rng::substream(seed, "init/llm"))?;
         Ok(Self { qformer, vision_vars, qformer_vars, llm, llm_vars })
     }

@@ -13,7 +13,7 @@ use super::cross_entropy::{cross_entropy, CeOpts, IGNORE_INDEX};
 pub const ITG_LABEL_SMOOTHING: f64 = 0.1;
 
 #[derive(Debug, Clone)]
-pub struct LmInputs {
+pub struct ItgInputs {
     /// `[B, L]` text ids with position 0 set to the bos ([DEC]) id.
     pub decoder_input_ids: Tensor,
     /// `[B, L]` targets before shifting: ids, with padding set to -100.
@@ -22,7 +22,7 @@ pub struct LmInputs {
 
 /// Builds the ITG decoder inputs and labels from tokenized text ([CLS] ... [SEP] [PAD]...).
 // input_ids: [B, L] -> decoder ids [B, L], labels B x L
-pub fn lm_inputs(input_ids: &Tensor, bos_token_id: u32, pad_token_id: u32) -> Result<LmInputs> {
+pub fn itg_inputs(input_ids: &Tensor, bos_token_id: u32, pad_token_id: u32) -> Result<ItgInputs> {
     let ids: Vec<Vec<u32>> = input_ids.to_dtype(DType::U32)?.to_vec2()?;
     let dec: Vec<Vec<u32>> = ids
         .iter()
@@ -40,12 +40,12 @@ pub fn lm_inputs(input_ids: &Tensor, bos_token_id: u32, pad_token_id: u32) -> Re
     let (b, l) = input_ids.dims2()?;
     let flat: Vec<u32> = dec.into_iter().flatten().collect();
     let decoder_input_ids = Tensor::from_vec(flat, (b, l), input_ids.device())?;
-    Ok(LmInputs { decoder_input_ids, labels })
+    Ok(ItgInputs { decoder_input_ids, labels })
 }
 
 /// Next-token loss: logits at position i predict label i+1.
 // logits: [B, L, V] -> scalar
-pub fn lm_loss(logits: &Tensor, labels: &[Vec<i64>], label_smoothing: f64) -> Result<Tensor> {
+pub fn itg_loss(logits: &Tensor, labels: &[Vec<i64>], label_smoothing: f64) -> Result<Tensor> {
     let (b, l, v) = logits.dims3()?;
     if labels.len() != b || labels.iter().any(|r| r.len() != l) {
         candle_core::bail!("ITG labels do not match logits [{b}, {l}, {v}]")
