@@ -42,7 +42,7 @@ pub struct RunConfig {
     pub logging: LoggingConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// A built-in model config: `tiny` (a model that trains in seconds, with its tokenizer).
@@ -188,20 +188,6 @@ impl Default for RunConfig {
             validation: ValidationConfig::default(),
             guard: GuardConfig::default(),
             logging: LoggingConfig::default(),
-        }
-    }
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            preset: None,
-            config: None,
-            init_from: None,
-            bert: None,
-            vision_weights: None,
-            llm: None,
-            prompt: String::new(),
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct FreshModel {
 }
 
 /// Where the fresh values come from.
+// Made once per model: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum InitStreams {
     /// One stream, the frozen variables first (`blip2 pretrain`).
     Shared(TrainRng),
