@@ -24,12 +24,13 @@ use qformer::masks::PaddingMask;
 use qformer::objectives::{NegativeMode, ObjectiveConfig};
 use train::config::Stage;
 use train::tasks::{ImageBatch, StageOne, StageOneBatch, StageTwo, StageTwoMicro};
-use train::{Extras, ParamStore, RunConfig, Settings};
+use train::{Extras, ParamStore, RunConfig, RunSummary, Settings};
 
 use crate::common::device::parse_device;
 use crate::common::feature_cache::FeatureCache;
 use crate::common::model_dir::save_model_dir;
-use data::{LoaderBatches, MicroBuilder};
+use data::LoaderBatches;
+use model::RunModel;
 use stage_two::StageTwoLlm;
 
 #[derive(Debug, Args)]
@@ -72,13 +73,45 @@ fn resolve_config(args: &PretrainArgs) -> Result<(RunConfig, PathBuf)> {
     Ok((cfg, root))
 }
 
+/// What both stages start from: the resolved config, the run directory, the model and where the
+/// images come from.
+struct Run<'a> {
+    cfg: RunConfig,
+    root: PathBuf,
+    args: &'a PretrainArgs,
+    dev: Device,
+    built: RunModel,
+    /// `data.features`: cached frozen-ViT features instead of pixels.
+    cache: Option<FeatureCache>,
+}
+
+impl Run<'_> {
+    fn image_size(&self) -> usize {
+        self.built.model.config().vision_config.image_size
+    }
+
+    /// The images of samples `r` of a loader batch, as the model reads them.
+    fn images(&self, b: &ImageTextBatch, r: &Range<usize>) -> Result<ImageBatch> {
+        Ok(match &self.cache {
+            Some(c) => ImageBatch::Features(c.batch(&b.keys[r.clone()]).context("data.features")?),
+            None => ImageBatch::Pixels(pixels(b, r, &self.dev)?),
+        })
+    }
+
+    fn settings(&self, title: &str, samples: usize) -> Settings {
+        let steps_per_epoch = (samples / self.cfg.batch.size).max(1) as u64;
+        let resume = self.args.resume.is_some();
+        let (cfg, root) = (&self.cfg, self.root.clone());
+        Settings::from_config(cfg, root, title, steps_per_epoch, self.args.stop_after, resume)
+    }
+}
+
 pub fn run(args: PretrainArgs) -> Result<()> {
     let (cfg, root) = resolve_config(&args)?;
     let dev = parse_device(&cfg.device)?;
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     cfg.save(&root.join("config.toml"))?;
     let built = model::build(&cfg, &root, &dev)?;
-    let image_size = built.model.config().vision_config.image_size;
     let cache = match &cfg.data.features {
         Some(dir) => Some(
             FeatureCache::load(dir, &dev)
@@ -86,102 +119,10 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         ),
         None => None,
     };
-    let images = |b: &ImageTextBatch, r: &Range<usize>| -> Result<ImageBatch> {
-        Ok(match &cache {
-            Some(c) => ImageBatch::Features(c.batch(&b.keys[r.clone()]).context("data.features")?),
-            None => ImageBatch::Pixels(pixels(b, r, &dev)?),
-        })
-    };
-    let resume = args.resume.is_some();
-    let summary = match cfg.stage {
-        Stage::Stage1 => {
-            let qformer_tokenizer = || {
-                TextTokenizer::from_file(&built.tokenizer, cfg.data.max_txt_len as usize)
-                    .with_context(|| format!("reading the tokenizer {}", built.tokenizer.display()))
-            };
-            let tokenizer = qformer_tokenizer()?;
-            let task = StageOne {
-                model: &built.model,
-                objectives: ObjectiveConfig {
-                    negatives: NegativeMode::Sample,
-                    bos_token_id: tokenizer.bos_id,
-                    pad_token_id: tokenizer.pad_id,
-                    ..Default::default()
-                },
-            };
-            let params = ParamStore::from_varmap(&built.varmap, cfg.optimizer.decay_rule);
-            let loader = data::loader(&cfg, &root, Some(tokenizer), image_size)?;
-            // Built after `loader`, which writes the synthetic world the split is read from.
-            let val_loader = match cfg.validation.every_steps {
-                Some(_) => Some(data::val_loader(&cfg, &root, qformer_tokenizer()?, image_size)?),
-                None => None,
-            };
-            let train_batch = |b: &ImageTextBatch, r: Range<usize>| {
-                let (input_ids, attention_mask) = text_rows(b, &r, &dev)?;
-                Ok(StageOneBatch {
-                    image: images(b, &r)?,
-                    input_ids,
-                    attention_mask,
-                    image_ids: None,
-                })
-            };
-            // Validation reads pixels with the eval transform, never the training cache.
-            let val_batch = |b: &ImageTextBatch, r: Range<usize>| {
-                let (input_ids, attention_mask) = text_rows(b, &r, &dev)?;
-                let image = ImageBatch::Pixels(pixels(b, &r, &dev)?);
-                Ok(StageOneBatch { image, input_ids, attention_mask, image_ids: None })
-            };
-            let mut batches =
-                LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 2, &train_batch);
-            let mut val = val_loader.as_ref().map(|l| LoaderBatches::new(l, 0, 1, 2, &val_batch));
-            let settings =
-                settings(&cfg, &root, "blip2 pretrain (stage 1)", loader.len(), &args, resume);
-            let processor = ImageProcessorConfig::square(image_size);
-            let write_model = |dir: &Path| -> train::Result<()> {
-                let config = built.config_json().and_then(|c| {
-                    save_model_dir(dir, &c, &built.tensors()?, &built.tokenizer, &processor)
-                });
-                config.map_err(|e| {
-                    train::Error::Msg(format!("writing the model to {}: {e:#}", dir.display()))
-                })
-            };
-            let extras = Extras {
-                validation: val
-                    .as_mut()
-                    .map(|v| v as &mut dyn train::Batches<Batch = StageOneBatch>),
-                write_model: Some(&write_model),
-            };
-            train::run(&settings, &params, &task, &mut batches, extras)?
-        }
-        Stage::Stage2 => {
-            if cfg.validation.every_steps.is_some() {
-                bail!("validation.every_steps: stage two has no validation loss; unset it for stage = \"stage2\"");
-            }
-            let hidden = built.model.config().qformer_config.hidden_size;
-            let s2 = StageTwoLlm::load(&cfg, hidden, &dev)?;
-            let task = StageTwo { model: &built.model, llm: &s2.llm };
-            let params = s2.params(&built.varmap, cfg.optimizer.decay_rule);
-            // Stage two never uses the Q-Former tokenizer (BLIP-2 OPT/T5 directories hold the LLM's).
-            let loader = data::loader(&cfg, &root, None, image_size)?;
-            let build: MicroBuilder<StageTwoMicro> = &|b: &ImageTextBatch, r: Range<usize>| {
-                Ok(StageTwoMicro {
-                    image: images(b, &r)?,
-                    text: s2.captions.texts(&b.captions[r])?,
-                })
-            };
-            let mut batches =
-                LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 1, build);
-            let settings =
-                settings(&cfg, &root, "blip2 pretrain (stage 2)", loader.len(), &args, resume);
-            let processor = ImageProcessorConfig::square(image_size);
-            let write_model = |dir: &Path| -> train::Result<()> {
-                s2.save_model(dir, &built, &processor).map_err(|e| {
-                    train::Error::Msg(format!("writing the model to {}: {e:#}", dir.display()))
-                })
-            };
-            let extras = Extras { validation: None, write_model: Some(&write_model) };
-            train::run(&settings, &params, &task, &mut batches, extras)?
-        }
+    let run = Run { cfg, root, args: &args, dev, built, cache };
+    let summary = match run.cfg.stage {
+        Stage::Stage1 => stage_one(&run)?,
+        Stage::Stage2 => stage_two(&run)?,
     };
     if let Some(best) = &summary.best {
         println!("best {} {} at step {}", best.name, best.value, best.step);
@@ -189,16 +130,87 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn settings(
-    cfg: &RunConfig,
-    root: &Path,
-    title: &str,
-    samples: usize,
-    args: &PretrainArgs,
-    resume: bool,
-) -> Settings {
-    let steps_per_epoch = (samples / cfg.batch.size).max(1) as u64;
-    Settings::from_config(cfg, root.to_path_buf(), title, steps_per_epoch, args.stop_after, resume)
+/// ITC + ITM + ITG on the loader's batches, validated on the held-out split when asked.
+fn stage_one(run: &Run) -> Result<RunSummary> {
+    let (cfg, built, dev) = (&run.cfg, &run.built, &run.dev);
+    let qformer_tokenizer = || {
+        TextTokenizer::from_file(&built.tokenizer, cfg.data.max_txt_len as usize)
+            .with_context(|| format!("reading the tokenizer {}", built.tokenizer.display()))
+    };
+    let tokenizer = qformer_tokenizer()?;
+    let task = StageOne {
+        model: &built.model,
+        objectives: ObjectiveConfig {
+            negatives: NegativeMode::Sample,
+            bos_token_id: tokenizer.bos_id,
+            pad_token_id: tokenizer.pad_id,
+            ..Default::default()
+        },
+    };
+    let params = ParamStore::from_varmap(&built.varmap, cfg.optimizer.decay_rule);
+    let loader = data::loader(cfg, &run.root, Some(tokenizer), run.image_size())?;
+    // Built after `loader`, which writes the synthetic world the split is read from.
+    let val_loader = match cfg.validation.every_steps {
+        Some(_) => Some(data::val_loader(cfg, &run.root, qformer_tokenizer()?, run.image_size())?),
+        None => None,
+    };
+    let train_batch = |b: &ImageTextBatch, r: Range<usize>| {
+        let (input_ids, attention_mask) = text_rows(b, &r, dev)?;
+        let image = run.images(b, &r)?;
+        Ok(StageOneBatch { image, input_ids, attention_mask, image_ids: None })
+    };
+    // Validation reads pixels with the eval transform, never the training cache.
+    let val_batch = |b: &ImageTextBatch, r: Range<usize>| {
+        let (input_ids, attention_mask) = text_rows(b, &r, dev)?;
+        let image = ImageBatch::Pixels(pixels(b, &r, dev)?);
+        Ok(StageOneBatch { image, input_ids, attention_mask, image_ids: None })
+    };
+    let mut batches =
+        LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 2, &train_batch);
+    let mut val = val_loader.as_ref().map(|l| LoaderBatches::new(l, 0, 1, 2, &val_batch));
+    let processor = ImageProcessorConfig::square(run.image_size());
+    let write_model = |dir: &Path| -> train::Result<()> {
+        let written = built
+            .config_json()
+            .and_then(|c| save_model_dir(dir, &c, &built.tensors()?, &built.tokenizer, &processor));
+        written.map_err(|e| model_error(dir, e))
+    };
+    let extras = Extras {
+        validation: val.as_mut().map(|v| v as &mut dyn train::Batches<Batch = StageOneBatch>),
+        write_model: Some(&write_model),
+    };
+    let settings = run.settings("blip2 pretrain (stage 1)", loader.len());
+    Ok(train::run(&settings, &params, &task, &mut batches, extras)?)
+}
+
+/// The LLM's loss through the projected queries, the LLM frozen.
+fn stage_two(run: &Run) -> Result<RunSummary> {
+    let (cfg, built) = (&run.cfg, &run.built);
+    if cfg.validation.every_steps.is_some() {
+        bail!("validation.every_steps: stage two has no validation loss; unset it for stage = \"stage2\"");
+    }
+    let hidden = built.model.config().qformer_config.hidden_size;
+    let s2 = StageTwoLlm::load(cfg, hidden, &run.dev)?;
+    let task = StageTwo { model: &built.model, llm: &s2.llm };
+    let params = s2.params(&built.varmap, cfg.optimizer.decay_rule);
+    // Stage two never uses the Q-Former tokenizer (BLIP-2 OPT/T5 directories hold the LLM's).
+    let loader = data::loader(cfg, &run.root, None, run.image_size())?;
+    let build = |b: &ImageTextBatch, r: Range<usize>| {
+        let text = s2.captions.texts(&b.captions[r.clone()])?;
+        Ok(StageTwoMicro { image: run.images(b, &r)?, text })
+    };
+    let mut batches = LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 1, &build);
+    let processor = ImageProcessorConfig::square(run.image_size());
+    let write_model = |dir: &Path| -> train::Result<()> {
+        s2.save_model(dir, built, &processor).map_err(|e| model_error(dir, e))
+    };
+    let extras = Extras { validation: None, write_model: Some(&write_model) };
+    let settings = run.settings("blip2 pretrain (stage 2)", loader.len());
+    Ok(train::run(&settings, &params, &task, &mut batches, extras)?)
+}
+
+fn model_error(dir: &Path, e: anyhow::Error) -> train::Error {
+    train::Error::Msg(format!("writing the model to {}: {e:#}", dir.display()))
 }
 
 /// Pixels `[n, 3, H, W]` of samples `r` of a loader batch.
