@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod config;
 pub mod generation;
 pub mod kv_cache;
+pub mod llama;
 pub mod loss;
 pub mod mask;
 pub mod opt;
@@ -15,6 +16,7 @@ pub use bridge::{pad_batch, Blip2Llm, LanguageModel, LanguageProjection, Padding
 pub use config::{Activation, Blip2LlmConfig, OptConfig, T5Config, TextConfig};
 pub use generation::{generate, generate_with_history, GenerationConfig, IncrementalDecoder};
 pub use kv_cache::KvCache;
+pub use llama::{LlamaConfig, LlamaForCausalLm};
 pub use loss::{causal_lm_loss, cross_entropy_ignore, prefix_lm_split, seq2seq_loss, IGNORE_INDEX};
 pub use opt::OptForCausalLm;
 pub use t5::{T5Cache, T5ForConditionalGeneration};

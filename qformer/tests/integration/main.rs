@@ -6,6 +6,7 @@ mod common;
 mod llm_common;
 
 mod llm_grad;
+mod llm_llama;
 mod llm_opt;
 mod llm_t5;
 mod parity_hf;
