@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod llava;
 pub mod llm;
 pub mod masks;
 pub mod model;
