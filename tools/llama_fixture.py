@@ -16,6 +16,20 @@ Each case directory holds the HF checkpoint (`config.json`, `model.safetensors`)
     position_ids_cumsum [2, L]   cumsum(mask) - 1 clamped at 0 (what `generate` derives),
     logits_cumsum [2, L, V] f32  forward with those explicit position_ids,
     loss [1] f32                 HF causal-LM loss with labels = input_ids, pads -> -100.
+and `generate.json`, HF `generate` (KV cache on) from prefixes of those input_ids:
+    generation_config            every field the script sets, written out: max_new_tokens,
+                                 do_sample=False, num_beams (1 greedy, 3 beam), length_penalty /
+                                 early_stopping at their defaults (1.0 / False), pad_token_id, and
+                                 eos_token_id = the third new token of an EOS-free greedy run of
+                                 the single prompt (so EOS stopping is exercised; the config's
+                                 eos id 2 never comes up in a random 100-token model),
+    prompts                      "single": [1, P] full mask; "left_padded": [2, P] with row 1
+                                 LEFT-padded (pad id 0, mask 0),
+                                 each with input_ids, attention_mask and HF's `sequences` for
+                                 "greedy" and "beam3" (prompt + new tokens, rows that ended at EOS
+                                 padded with pad_token_id, as HF returns them).
+Generation runs after everything above and draws no random numbers, so the checkpoint and
+`expected.safetensors` do not change with it.
 CI never runs this script; the fixtures are committed.
 """
 
@@ -24,13 +38,16 @@ import os
 
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "llama-tiny")
 VOCAB = 100
 SEQ = 8
 PADS = 3  # right padding of row 1
 PAD_ID = 0
+MAX_NEW = 6
+PROMPT = 5  # prompt length of the single prompt and of row 0 of the left-padded batch
+PROMPT_SHORT = 3  # real tokens of row 1 of the left-padded batch
 
 CASES = {
     # (a) MHA, default RoPE, untied, with q/k/v/o and MLP biases.
@@ -142,10 +159,62 @@ def build(name, spec):
         },
         os.path.join(d, "expected.safetensors"),
     )
+    write_generation(model, ids, d)
     with open(os.path.join(d, "config.json")) as f:
         saved = json.load(f)
     print(name, "loss", out.loss.item(), "rope_scaling", saved.get("rope_scaling"),
           "bytes", sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d)))
+
+
+def gen_config(num_beams, eos):
+    fields = dict(
+        max_new_tokens=MAX_NEW,
+        do_sample=False,
+        num_beams=num_beams,
+        length_penalty=1.0,
+        early_stopping=False,
+        eos_token_id=eos,
+        pad_token_id=PAD_ID,
+        bos_token_id=1,
+    )
+    return fields, GenerationConfig(**fields)
+
+
+def write_generation(model, ids, d):
+    single = ids[:1, :PROMPT].clone()
+    single_mask = torch.ones_like(single)
+    # Left-padded batch: row 0 = ids[0, :PROMPT], row 1 = PAD x 2 + ids[1, :PROMPT_SHORT].
+    pad = PROMPT - PROMPT_SHORT
+    left = torch.full((2, PROMPT), PAD_ID, dtype=ids.dtype)
+    left[0] = ids[0, :PROMPT]
+    left[1, pad:] = ids[1, :PROMPT_SHORT]
+    left_mask = torch.ones_like(left)
+    left_mask[1, :pad] = 0
+
+    # EOS = third new token of an EOS-free greedy run of the single prompt (a plain argmax loop:
+    # `generate` would fill an unset eos_token_id from the model's generation config).
+    run = single
+    with torch.no_grad():
+        for _ in range(3):
+            nxt = model(input_ids=run).logits[:, -1].argmax(-1, keepdim=True)
+            run = torch.cat([run, nxt], 1)
+    eos = int(run[0, -1])
+    assert eos != PAD_ID, "EOS would coincide with the pad id"
+
+    out = {"generation_config": {}, "prompts": {}}
+    for name, (x, m) in {"single": (single, single_mask), "left_padded": (left, left_mask)}.items():
+        entry = {"input_ids": x.tolist(), "attention_mask": m.tolist()}
+        for key, beams in (("greedy", 1), ("beam3", 3)):
+            fields, gc = gen_config(beams, eos)
+            out["generation_config"][key] = fields
+            seq = model.generate(input_ids=x, attention_mask=m, generation_config=gc)
+            entry[key] = seq.tolist()
+        out["prompts"][name] = entry
+    with open(os.path.join(d, "generate.json"), "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    print(os.path.basename(d), "eos", eos, {k: {g: v[g] for g in ("greedy", "beam3")}
+                                           for k, v in out["prompts"].items()})
 
 
 def main():

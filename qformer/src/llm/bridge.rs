@@ -5,6 +5,7 @@ use candle_nn::VarBuilder;
 use rand::Rng;
 
 use super::config::{Blip2LlmConfig, TextConfig};
+use super::llama::LlamaForCausalLm;
 use super::loss::{causal_lm_loss, prefix_lm_split, seq2seq_loss, IGNORE_INDEX};
 use super::opt::OptForCausalLm;
 use super::t5::T5ForConditionalGeneration;
@@ -91,6 +92,90 @@ pub fn pad_batch(
     Ok((Tensor::from_vec(ids, (b, l), device)?, Tensor::from_vec(mask, (b, l), device)?))
 }
 
+/// Projected queries in front of text embeddings, mask ones for the queries.
+// queries: [B, Q, D], text: [B, T, D], mask: [B, T] -> (embeds [B, Q+T, D], mask [B, Q+T])
+fn prepend_queries(queries: &Tensor, text: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, q, _) = queries.dims3()?;
+    let text = text.to_dtype(queries.dtype())?;
+    let embeds = Tensor::cat(&[queries, &text], 1)?;
+    let qmask = Tensor::ones((b, q), mask.dtype(), mask.device())?;
+    Ok((embeds, Tensor::cat(&[&qmask, mask], 1)?))
+}
+
+/// Decoder-only LM labels over `[queries; right-padded texts]`: -100 on the `q` queries, on
+/// the first `prompt_lens[i]` tokens of each text and on padding; the text ids elsewhere.
+fn decoder_lm_labels(
+    texts: &[Vec<u32>],
+    prompt_lens: &[usize],
+    q: usize,
+    l: usize,
+) -> Vec<Vec<i64>> {
+    texts
+        .iter()
+        .zip(prompt_lens)
+        .map(|(t, &p)| {
+            let mut row = vec![IGNORE_INDEX; q + l];
+            for (i, &tok) in t.iter().enumerate().skip(p) {
+                row[q + i] = tok as i64;
+            }
+            row
+        })
+        .collect()
+}
+
+/// LLaMA / Vicuna stage-two LM loss (LAVIS `blip2_vicuna_instruct.forward`, the LLaMA
+/// counterpart of [`Blip2Llm::opt_lm_loss`]): `language_projection` of the queries in front of
+/// the right-padded `texts`, labels -100 on queries, prompt and padding, HF's shifted mean CE.
+/// `texts`: per row `<s>` + prompt + output + `</s>` ids, unpadded — the LLaMA tokenizer adds the
+/// `<s>` BOS to the prompt (LAVIS tokenizes the prompt with special tokens, the output without,
+/// then appends `</s>`), so every row must start with the config's `bos_token_id` when it has
+/// one; `prompt_lens`: tokens of `<s>` + prompt per row (at least 1), which take no loss.
+/// Padding uses the config's `pad_token_id` (else 0); padded positions are masked and unlabelled,
+/// so the id does not matter (LAVIS's added `[PAD]` row changes nothing).
+// query_output: [B, Q, Hq] -> scalar
+pub fn llama_lm_loss(
+    projection: &LanguageProjection,
+    llama: &LlamaForCausalLm,
+    query_output: &Tensor,
+    texts: &[Vec<u32>],
+    prompt_lens: &[usize],
+) -> Result<Tensor> {
+    if texts.len() != prompt_lens.len() {
+        candle_core::bail!(
+            "llama_lm_loss: {} texts but {} prompt lengths",
+            texts.len(),
+            prompt_lens.len()
+        );
+    }
+    let cfg = llama.config();
+    let bos = cfg.bos_token_id.as_ref().map(|b| b.to_vec());
+    for (i, (t, &p)) in texts.iter().zip(prompt_lens).enumerate() {
+        if let Some(bos) = &bos {
+            if !t.first().is_some_and(|x| bos.contains(x)) {
+                candle_core::bail!(
+                    "llama_lm_loss: text {i} does not start with the BOS {bos:?} (the LLaMA \
+                     tokenizer's <s>, which LAVIS keeps in front of the prompt)"
+                );
+            }
+        }
+        if p == 0 || p > t.len() {
+            candle_core::bail!(
+                "llama_lm_loss: prompt length {p} of text {i} must cover the BOS and fit its {} \
+                 tokens",
+                t.len()
+            );
+        }
+    }
+    let dev = query_output.device();
+    let pad = cfg.pad_token_id.as_ref().and_then(|p| p.to_vec().first().copied()).unwrap_or(0);
+    let (ids, mask) = pad_batch(texts, pad, PaddingSide::Right, dev)?;
+    let queries = projection.forward(query_output)?;
+    let (embeds, full_mask) = prepend_queries(&queries, &llama.embed(&ids)?, &mask)?;
+    let labels = decoder_lm_labels(texts, prompt_lens, queries.dim(1)?, ids.dim(1)?);
+    let logits = llama.forward_embeds(&embeds, &full_mask)?;
+    causal_lm_loss(&logits, &labels)
+}
+
 /// `language_projection` + LLM of a `Blip2ForConditionalGeneration` checkpoint.
 #[derive(Debug, Clone)]
 pub struct Blip2Llm {
@@ -124,11 +209,7 @@ impl Blip2Llm {
         mask: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let queries = self.projection.forward(query_output)?;
-        let (b, q, _) = queries.dims3()?;
-        let text = self.language_model.embed(ids)?.to_dtype(queries.dtype())?;
-        let embeds = Tensor::cat(&[&queries, &text], 1)?;
-        let qmask = Tensor::ones((b, q), mask.dtype(), mask.device())?;
-        Ok((embeds, Tensor::cat(&[&qmask, mask], 1)?))
+        prepend_queries(&queries, &self.language_model.embed(ids)?, mask)
     }
 
     /// Prompted generation input from unpadded prompt ids (OPT: BOS + prompt, left padded;
@@ -175,17 +256,7 @@ impl Blip2Llm {
         let (embeds, full_mask) = self.inputs_embeds(query_output, &ids, &mask)?;
         let q = query_output.dim(1)?;
         let l = ids.dim(1)?;
-        let labels: Vec<Vec<i64>> = texts
-            .iter()
-            .zip(prompt_lens)
-            .map(|(t, &p)| {
-                let mut row = vec![IGNORE_INDEX; q + l];
-                for (i, &tok) in t.iter().enumerate().skip(p) {
-                    row[q + i] = tok as i64;
-                }
-                row
-            })
-            .collect();
+        let labels = decoder_lm_labels(texts, prompt_lens, q, l);
         let (logits, _) = opt.forward_embeds(&embeds, &full_mask, None)?;
         causal_lm_loss(&logits, &labels)
     }

@@ -6,6 +6,7 @@ use candle_core::{DType, Result, Tensor};
 
 use super::bridge::{Blip2Llm, LanguageModel};
 use super::kv_cache::KvCache;
+use super::llama::LlamaForCausalLm;
 use super::opt::OptForCausalLm;
 use super::t5::{T5Cache, T5ForConditionalGeneration};
 
@@ -105,6 +106,56 @@ impl IncrementalDecoder for OptForCausalLm {
     fn reorder(&self, state: &OptDecodeState, idx: &[u32]) -> Result<OptDecodeState> {
         let idx = Tensor::from_slice(idx, idx.len(), state.attention_mask.device())?;
         Ok(OptDecodeState {
+            cache: state.cache.index_select(&idx)?,
+            attention_mask: state.attention_mask.index_select(&idx, 0)?,
+        })
+    }
+
+    fn output_prefix(&self) -> Vec<u32> {
+        Vec::new()
+    }
+}
+
+/// LLaMA decode state: its cache and the mask over every position so far.
+#[derive(Debug, Clone)]
+pub struct LlamaDecodeState {
+    pub cache: KvCache,
+    pub attention_mask: Tensor,
+}
+
+impl IncrementalDecoder for LlamaForCausalLm {
+    type State = LlamaDecodeState;
+
+    fn prefill(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<(Tensor, LlamaDecodeState)> {
+        // LM head on the last position only (HF `logits_to_keep=1`).
+        let (hidden, cache) = self.forward_hidden_cached(inputs_embeds, attention_mask, None)?;
+        let t = hidden.dim(1)?;
+        let logits = self.lm_head(&hidden.narrow(1, t - 1, 1)?)?;
+        Ok((
+            last_logits(&logits)?,
+            LlamaDecodeState { cache, attention_mask: attention_mask.clone() },
+        ))
+    }
+
+    fn step(&self, tokens: &[u32], state: LlamaDecodeState) -> Result<(Tensor, LlamaDecodeState)> {
+        let dev = state.attention_mask.device();
+        let b = tokens.len();
+        let ids = Tensor::from_vec(tokens.to_vec(), (b, 1), dev)?;
+        let one = Tensor::ones((b, 1), state.attention_mask.dtype(), dev)?;
+        let mask = Tensor::cat(&[&state.attention_mask, &one], 1)?;
+        let emb = self.embed(&ids)?;
+        // The new token's position: cumsum(mask) - 1 at the last column (HF `generate`).
+        let (logits, cache) = self.forward_embeds_cached(&emb, &mask, Some(state.cache))?;
+        Ok((last_logits(&logits)?, LlamaDecodeState { cache, attention_mask: mask }))
+    }
+
+    fn reorder(&self, state: &LlamaDecodeState, idx: &[u32]) -> Result<LlamaDecodeState> {
+        let idx = Tensor::from_slice(idx, idx.len(), state.attention_mask.device())?;
+        Ok(LlamaDecodeState {
             cache: state.cache.index_select(&idx)?,
             attention_mask: state.attention_mask.index_select(&idx, 0)?,
         })

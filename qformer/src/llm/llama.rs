@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
+use super::kv_cache::{append, KvCache};
 use super::mask::{causal_padding_mask, mask_rows};
 use crate::nn::{linear, masked_softmax, Linear};
 use crate::Error;
@@ -330,23 +331,34 @@ impl LlamaAttention {
         x.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
-    // x: [B, T, H], mask: [B, 1, T, T], cos/sin: [B, 1, T, d] -> [B, T, H]
-    fn forward(&self, x: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// Keys/values are cached after RoPE and before `repeat_kv` (`[B, kv_heads, S, d]`), as HF's
+    /// `DynamicCache` holds them.
+    // x: [B, T, H], mask: [B, 1, T, S], cos/sin: [B, 1, T, d], past: [B, kv, S - T, d]
+    //   -> ([B, T, H], keys/values [B, kv, S, d])
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        past: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         let (b, t, _) = x.dims3()?;
         let q = self.split_heads(&self.q_proj.forward(x)?, self.num_heads)?;
         let k = self.split_heads(&self.k_proj.forward(x)?, self.num_kv_heads)?;
         let v = self.split_heads(&self.v_proj.forward(x)?, self.num_kv_heads)?;
         let q = apply_rotary(&q, cos, sin)?;
         let k = apply_rotary(&k, cos, sin)?;
+        let (k_all, v_all) = append(past, k, v)?;
         let n_rep = self.num_heads / self.num_kv_heads;
-        let k = repeat_kv(&k, n_rep)?;
-        let v = repeat_kv(&v, n_rep)?;
+        let k = repeat_kv(&k_all, n_rep)?;
+        let v = repeat_kv(&v_all, n_rep)?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
         let probs = masked_softmax(&scores, mask)?;
         let ctx =
             probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&ctx)
+        Ok((self.o_proj.forward(&ctx)?, (k_all, v_all)))
     }
 }
 
@@ -393,17 +405,25 @@ impl LlamaDecoderLayer {
         })
     }
 
-    // x: [B, T, H], mask: [B, 1, T, T], cos/sin: [B, 1, T, d] -> [B, T, H]
-    fn forward(&self, x: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, mask, cos, sin)?;
+    // x: [B, T, H], mask: [B, 1, T, S], cos/sin: [B, 1, T, d] -> ([B, T, H], keys/values)
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        past: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let (h, kv) =
+            self.self_attn.forward(&self.input_layernorm.forward(x)?, mask, cos, sin, past)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
-        x + h
+        Ok(((x + h)?, kv))
     }
 }
 
-/// HF `LlamaForCausalLM` (no KV cache yet): `lm_head` tied to `embed_tokens` when the config
-/// says so.
+/// HF `LlamaForCausalLM`: `lm_head` tied to `embed_tokens` when the config says so. The KV cache
+/// ([`KvCache`]) lives outside the model ([`Self::forward_embeds_cached`]).
 #[derive(Debug, Clone)]
 pub struct LlamaForCausalLm {
     embed_tokens: Embedding,
@@ -489,6 +509,86 @@ impl LlamaForCausalLm {
         self.lm_head.forward(&h)?.to_dtype(DType::F32)
     }
 
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// LM head (tied or not), in the weights' dtype. h: [B, T, H] -> [B, T, V]
+    pub fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(h)
+    }
+
+    /// Logits for `embeds` that follow the cached positions (OPT's `forward_embeds` with a
+    /// cache). `attention_mask` covers the cached and the new positions (0 = padding); positions
+    /// are HF `generate`'s `cumsum(mask) - 1` over the whole mask, clamped at 0 like
+    /// [`Self::positions_from_mask`], taken at the new positions. With an empty cache this is
+    /// [`Self::forward_embeds`].
+    // embeds: [B, T, H], attention_mask: [B, S_past + T] -> (logits [B, T, V] f32, cache)
+    pub fn forward_embeds_cached(
+        &self,
+        embeds: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<KvCache>,
+    ) -> Result<(Tensor, KvCache)> {
+        let (h, cache) = self.forward_hidden_cached(embeds, attention_mask, cache)?;
+        Ok((self.lm_head.forward(&h)?.to_dtype(DType::F32)?, cache))
+    }
+
+    /// Final hidden states of the new positions, with mask-derived positions (see
+    /// [`Self::forward_embeds_cached`]).
+    // embeds: [B, T, H], attention_mask: [B, S_past + T] -> ([B, T, H], cache)
+    pub fn forward_hidden_cached(
+        &self,
+        embeds: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<KvCache>,
+    ) -> Result<(Tensor, KvCache)> {
+        let past = cache.as_ref().map(KvCache::seq_len).unwrap_or(0);
+        let pos: Vec<Vec<u32>> = Self::positions_from_mask(attention_mask)?
+            .into_iter()
+            .map(|r| r.get(past..).map(<[u32]>::to_vec).unwrap_or_default())
+            .collect();
+        self.forward_hidden_at_cached(embeds, attention_mask, &pos, cache)
+    }
+
+    /// Final hidden states of the new positions at explicit `position_ids` (one per new
+    /// position), attending to the cached keys/values.
+    // embeds: [B, T, H], attention_mask: [B, S_past + T], position_ids: B rows of T
+    //   -> ([B, T, H], cache)
+    pub fn forward_hidden_at_cached(
+        &self,
+        embeds: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &[Vec<u32>],
+        cache: Option<KvCache>,
+    ) -> Result<(Tensor, KvCache)> {
+        let (b, t, _) = embeds.dims3()?;
+        let mut cache = cache.unwrap_or_else(|| self.new_cache());
+        let past = cache.seq_len();
+        let rows = mask_rows(attention_mask)?;
+        if rows.len() != b || rows.iter().any(|r| r.len() != past + t) {
+            candle_core::bail!(
+                "Llama attention_mask is {:?}, expected [{b}, {}] (cached {past} + new {t})",
+                attention_mask.dims(),
+                past + t
+            );
+        }
+        if position_ids.len() != b || position_ids.iter().any(|r| r.len() != t) {
+            candle_core::bail!("Llama position_ids must be [{b}, {t}] like the new embeddings");
+        }
+        let dev = embeds.device();
+        let dtype = embeds.dtype();
+        let (cos, sin) = self.rotary(position_ids, dtype, dev)?;
+        let mask = causal_padding_mask(&rows, t, dev)?.to_dtype(dtype)?;
+        let mut x = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (y, (k, v)) = layer.forward(&x, &mask, &cos, &sin, cache.layer(i))?;
+            cache.set_layer(i, k, v);
+            x = y;
+        }
+        Ok((self.norm.forward(&x)?, cache))
+    }
+
     /// `cos`, `sin` of the rotary angles, in f32 then cast to `dtype` like HF.
     // position_ids: B rows of L -> ([B, 1, L, d], [B, 1, L, d])
     fn rotary(
@@ -537,14 +637,7 @@ impl LlamaForCausalLm {
         if position_ids.len() != b || position_ids.iter().any(|r| r.len() != l) {
             candle_core::bail!("Llama position_ids must be [{b}, {l}] like the embeddings");
         }
-        let dev = embeds.device();
-        let dtype = embeds.dtype();
-        let (cos, sin) = self.rotary(position_ids, dtype, dev)?;
-        let mask = causal_padding_mask(&rows, l, dev)?.to_dtype(dtype)?;
-        let mut x = embeds.clone();
-        for layer in &self.layers {
-            x = layer.forward(&x, &mask, &cos, &sin)?;
-        }
-        self.norm.forward(&x)
+        // No cache: the same computation, the keys/values it collects are dropped.
+        Ok(self.forward_hidden_at_cached(embeds, attention_mask, position_ids, None)?.0)
     }
 }

@@ -1,4 +1,4 @@
-//! Stage-two LLM bridges: OPT and T5/FLAN-T5 taking input embeddings, `language_projection`,
+//! Stage-two LLM bridges: OPT, T5/FLAN-T5 and LLaMA taking input embeddings, `language_projection`,
 //! HF-equivalent generation and the stage-two LM losses. Every op on the training path has a
 //! backward, so the loss reaches the soft prompt while the LLM stays frozen.
 
@@ -12,7 +12,9 @@ pub mod mask;
 pub mod opt;
 pub mod t5;
 
-pub use bridge::{pad_batch, Blip2Llm, LanguageModel, LanguageProjection, PaddingSide};
+pub use bridge::{
+    llama_lm_loss, pad_batch, Blip2Llm, LanguageModel, LanguageProjection, PaddingSide,
+};
 pub use config::{Activation, Blip2LlmConfig, OptConfig, T5Config, TextConfig};
 pub use generation::{generate, generate_with_history, GenerationConfig, IncrementalDecoder};
 pub use kv_cache::KvCache;

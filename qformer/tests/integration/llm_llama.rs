@@ -1,5 +1,7 @@
 //! `LlamaForCausalLm` vs HF transformers 4.57.6 `LlamaForCausalLM` (tests/fixtures/llama-tiny,
-//! from tools/llama_fixture.py): logits, loss, gradients to every weight, config errors.
+//! from tools/llama_fixture.py): logits, loss, gradients to every weight, config errors, the KV
+//! cache against the uncached forward, greedy / 3-beam `generate` ids (`generate.json`), and the
+//! BLIP-2 LM loss through LLaMA (`llama_lm_loss`).
 //!
 //! Position convention of the reference: HF's `forward(input_ids, attention_mask)` without
 //! `position_ids` uses `0..L-1` for every row whatever the padding (the fixture script asserts
@@ -14,7 +16,10 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use qformer::llm::{causal_lm_loss, LlamaConfig, LlamaForCausalLm, IGNORE_INDEX};
+use qformer::llm::{
+    causal_lm_loss, generate, llama_lm_loss, GenerationConfig, LanguageProjection, LlamaConfig,
+    LlamaForCausalLm, IGNORE_INDEX,
+};
 
 use crate::common::{max_abs_diff, test_device};
 
@@ -186,4 +191,212 @@ fn llama_config_refuses_unknown_rope_scaling_and_activation() {
     );
     assert_eq!((cfg.num_key_value_heads(), cfg.head_dim(), cfg.rope_theta), (4, 8, 10000.0));
     assert!(!cfg.tie_word_embeddings && !cfg.attention_bias && !cfg.mlp_bias);
+}
+
+const CACHE_TOL: f32 = 1e-5;
+
+fn load_model(c: &Case) -> LlamaForCausalLm {
+    let vb = VarBuilder::from_tensors(c.weights.clone(), DType::F32, &test_device());
+    LlamaForCausalLm::load(vb, &c.cfg).unwrap()
+}
+
+/// Feed `embeds` through the cache in chunks of `chunks` positions; the logits of every chunk,
+/// concatenated. embeds: [B, L, H], mask: [B, L] -> [B, L, V]
+fn cached_logits(
+    model: &LlamaForCausalLm,
+    embeds: &Tensor,
+    mask: &Tensor,
+    chunks: &[usize],
+) -> Tensor {
+    assert_eq!(chunks.iter().sum::<usize>(), embeds.dim(1).unwrap());
+    let mut cache = None;
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for &n in chunks {
+        let e = embeds.narrow(1, start, n).unwrap();
+        let m = mask.narrow(1, 0, start + n).unwrap();
+        let (logits, c) = model.forward_embeds_cached(&e, &m, cache).unwrap();
+        assert_eq!(c.seq_len(), start + n);
+        cache = Some(c);
+        parts.push(logits);
+        start += n;
+    }
+    Tensor::cat(&parts, 1).unwrap()
+}
+
+#[test]
+fn llama_kv_cache_matches_uncached_forward() {
+    for case in CASES {
+        let c = load_case(case);
+        let model = load_model(&c);
+        let dev = test_device();
+        let ids = ids(&c);
+        let embeds = model.embed(&ids).unwrap();
+        let (b, l) = ids.dims2().unwrap();
+
+        // The fixture's batch: row 1 right-padded; every position compared.
+        let mask = &c.expected["attention_mask"];
+        let full = model.forward_embeds(&embeds, mask).unwrap();
+        for chunks in [vec![3, 1, 1, 3], vec![1; l], vec![l]] {
+            let inc = cached_logits(&model, &embeds, mask, &chunks);
+            let d = max_abs_diff(&inc, &full);
+            assert!(d <= CACHE_TOL, "{case} right-padded {chunks:?}: max diff {d:e}");
+        }
+
+        // Row 1 left-padded by 3: positions come from the mask cumsum over cached + new. Fully
+        // padded query rows see a different set of (all masked) keys, so only real tokens count.
+        let pads = 3;
+        let mut m = vec![1u32; b * l];
+        m[l..l + pads].iter_mut().for_each(|x| *x = 0);
+        let mask = Tensor::from_vec(m, (b, l), &dev).unwrap();
+        let full = model.forward_embeds(&embeds, &mask).unwrap();
+        for chunks in [vec![4, 1, 1, 2], vec![1; l]] {
+            let inc = cached_logits(&model, &embeds, &mask, &chunks);
+            let mut d = max_abs_diff(&inc.get(0).unwrap(), &full.get(0).unwrap());
+            let real = |x: &Tensor| x.get(1).unwrap().narrow(0, pads, l - pads).unwrap();
+            d = d.max(max_abs_diff(&real(&inc), &real(&full)));
+            assert!(d <= CACHE_TOL, "{case} left-padded {chunks:?}: max diff {d:e}");
+        }
+        // The uncached forward_embeds_at is the cached path with an empty cache.
+        let pos = LlamaForCausalLm::positions_from_mask(&mask).unwrap();
+        let at = model.forward_embeds_at(&embeds, &mask, &pos).unwrap();
+        assert_eq!(max_abs_diff(&at, &full), 0.0, "{case}: forward_embeds_at vs forward_embeds");
+    }
+}
+
+fn json_u32(v: &serde_json::Value) -> u32 {
+    v.as_u64().unwrap_or_else(|| panic!("{v} is not an id")) as u32
+}
+
+fn json_rows(v: &serde_json::Value) -> Vec<Vec<u32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(json_u32).collect())
+        .collect()
+}
+
+/// `GenerationConfig` from the fields the fixture script wrote out.
+fn gen_config(v: &serde_json::Value) -> GenerationConfig {
+    assert_eq!(v["do_sample"], serde_json::Value::Bool(false));
+    assert_eq!(v["early_stopping"], serde_json::Value::Bool(false));
+    GenerationConfig {
+        max_new_tokens: v["max_new_tokens"].as_u64().unwrap() as usize,
+        min_new_tokens: 0,
+        num_beams: v["num_beams"].as_u64().unwrap() as usize,
+        length_penalty: v["length_penalty"].as_f64().unwrap(),
+        repetition_penalty: 1.0,
+        eos_token_ids: vec![json_u32(&v["eos_token_id"])],
+        pad_token_id: json_u32(&v["pad_token_id"]),
+    }
+}
+
+/// HF `sequences` rows -> the new tokens of each, up to and including the first EOS (what
+/// follows is HF's fill: pad for greedy, `pad_token_id or eos` for beam search).
+fn hf_new_tokens(seqs: &[Vec<u32>], prompt_len: usize, eos: u32) -> Vec<Vec<u32>> {
+    seqs.iter()
+        .map(|r| {
+            let new = &r[prompt_len..];
+            match new.iter().position(|&t| t == eos) {
+                Some(i) => new[..=i].to_vec(),
+                None => new.to_vec(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn llama_greedy_and_beam_ids_match_hf_generate() {
+    let dev = test_device();
+    let mut hit_eos = false;
+    for case in CASES {
+        let c = load_case(case);
+        let model = load_model(&c);
+        let path = dir(case).join("generate.json");
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("generate.json")).unwrap();
+        for prompt in ["single", "left_padded"] {
+            let p = &g["prompts"][prompt];
+            let input = json_rows(&p["input_ids"]);
+            let mask = json_rows(&p["attention_mask"]);
+            let (b, l) = (input.len(), input[0].len());
+            let ids = Tensor::from_vec(input.concat(), (b, l), &dev).unwrap();
+            let mask = Tensor::from_vec(mask.concat(), (b, l), &dev).unwrap();
+            let embeds = model.embed(&ids).unwrap();
+            for key in ["greedy", "beam3"] {
+                let cfg = gen_config(&g["generation_config"][key]);
+                let want = hf_new_tokens(&json_rows(&p[key]), l, cfg.eos_token_ids[0]);
+                hit_eos |= want.iter().any(|r| r.last() == Some(&cfg.eos_token_ids[0]));
+                let got = generate(&model, &embeds, &mask, &cfg).unwrap();
+                assert_eq!(got, want, "{case} {prompt} {key}: ids vs HF generate");
+                eprintln!("{case} {prompt} {key}: {got:?}");
+            }
+        }
+    }
+    assert!(hit_eos, "no HF reference stopped at EOS: the fixtures do not exercise it");
+}
+
+#[test]
+fn llama_lm_loss_is_finite_and_reaches_the_queries() {
+    let dev = test_device();
+    let c = load_case("mha");
+    let model = load_model(&c);
+    let (qformer_hidden, num_queries) = (16, 4);
+    let varmap = VarMap::new();
+    let projection = LanguageProjection::new(
+        qformer_hidden,
+        c.cfg.hidden_size,
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )
+    .unwrap();
+    let queries = Var::randn(0f32, 1f32, (2, num_queries, qformer_hidden), &dev).unwrap();
+    let (bos, eos) = (1u32, 2u32);
+    // <s> + prompt + output + </s>, unpadded; prompt_lens cover <s> + prompt.
+    let texts = vec![vec![bos, 11, 12, 40, 41, 42, eos], vec![bos, 13, 50, eos]];
+    let prompt_lens = [3, 2];
+    let loss =
+        llama_lm_loss(&projection, &model, queries.as_tensor(), &texts, &prompt_lens).unwrap();
+    let l = loss.to_scalar::<f32>().unwrap();
+    assert!(l.is_finite() && l > 0.0, "loss {l}");
+
+    // The same loss by hand: [queries; right-padded texts], labels on the outputs only.
+    let proj = candle_core::Module::forward(&projection, queries.as_tensor()).unwrap();
+    let width = texts[0].len();
+    let mut ids = texts.clone();
+    ids[1].resize(width, 0);
+    let ids = Tensor::from_vec(ids.concat(), (2, width), &dev).unwrap();
+    let mut m = vec![1u32; 2 * (num_queries + width)];
+    let row1 = num_queries + width;
+    m[row1 + num_queries + texts[1].len()..].iter_mut().for_each(|x| *x = 0);
+    let mask = Tensor::from_vec(m, (2, num_queries + width), &dev).unwrap();
+    let embeds = Tensor::cat(&[&proj, &model.embed(&ids).unwrap()], 1).unwrap();
+    let logits = model.forward_embeds(&embeds, &mask).unwrap();
+    let labels: Vec<Vec<i64>> = texts
+        .iter()
+        .zip(prompt_lens)
+        .map(|(t, p)| {
+            let mut row = vec![IGNORE_INDEX; num_queries + width];
+            for (i, &tok) in t.iter().enumerate().skip(p) {
+                row[num_queries + i] = tok as i64;
+            }
+            row
+        })
+        .collect();
+    let want = causal_lm_loss(&logits, &labels).unwrap().to_scalar::<f32>().unwrap();
+    assert!((l - want).abs() <= 1e-6, "llama_lm_loss {l} vs by hand {want}");
+
+    let grads = loss.backward().unwrap();
+    let g = grads.get(queries.as_tensor()).expect("no gradient reached the query input");
+    let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(g.iter().all(|x| x.is_finite()), "non-finite query gradient");
+    assert!(g.iter().any(|&x| x != 0.0), "all-zero query gradient");
+    for v in varmap.all_vars() {
+        assert!(grads.get(v.as_tensor()).is_some(), "language_projection got no gradient");
+    }
+
+    // A text without the LLaMA tokenizer's <s> is refused.
+    let e = llama_lm_loss(&projection, &model, queries.as_tensor(), &[vec![11, 12, eos]], &[1])
+        .expect_err("no BOS")
+        .to_string();
+    assert!(e.contains("BOS"), "{e}");
 }

@@ -5,11 +5,11 @@
 mod common;
 mod llm_common;
 
+mod llava;
 mod llm_grad;
 mod llm_llama;
 mod llm_opt;
 mod llm_t5;
-mod llava;
 mod parity_hf;
 mod parity_lavis;
 mod parity_objectives;
