@@ -16,7 +16,7 @@ use qformer::llava::{
     canonical_tensors, check_tensors, load_dir, FeatureSelectStrategy, LlavaConfig,
     LlavaForConditionalGeneration, NamingScheme, VisionFeatureLayer,
 };
-use qformer::llm::causal_lm_loss;
+use qformer::llm::{causal_lm_loss, generate, GenerationConfig};
 
 use crate::common::{max_abs_diff, test_device};
 
@@ -288,4 +288,39 @@ fn llava_projector_vars_get_gradients_through_the_frozen_llm() {
         "directional derivative: finite difference {fd:.6e} vs |g|² {sq:.6e} (rel {rel:.2e})"
     );
     assert!(rel < 2e-2, "finite difference {fd} vs |g|² {sq}");
+}
+
+/// Greedy and 3-beam generation through the shared decoder over the merged embeddings: the new
+/// ids equal HF `generate`'s token for token (6 new tokens, EOS 2), for every case.
+#[test]
+fn llava_greedy_and_beam_ids_match_hf_generate() {
+    let (exp, json) = expected();
+    let pv = &exp["pixel_values"];
+    let (m, _) = model(DIRS[0].0);
+    let ids_of = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let max_new = json["generation"]["max_new_tokens"].as_u64().unwrap() as usize;
+    let eos = json["generation"]["eos_token_id"].as_u64().unwrap() as u32;
+    for c in json["cases"].as_array().unwrap() {
+        let (i, j) = (c["image"].as_u64().unwrap() as usize, c["prompt"].as_u64().unwrap());
+        let ids = ids_tensor(&ids_row(&exp[&format!("input_ids_{i}_{j}")]));
+        let feats = m.image_features(&pv.narrow(0, i, 1).unwrap()).unwrap();
+        let embeds = m.merge_image_features(&ids, &feats).unwrap();
+        let mask = Tensor::ones(ids.dims(), DType::U32, ids.device()).unwrap();
+        for (beams, key) in [(1, "greedy_ids"), (3, "beam3_ids")] {
+            let cfg = GenerationConfig {
+                max_new_tokens: max_new,
+                num_beams: beams,
+                eos_token_ids: vec![eos],
+                pad_token_id: 0,
+                ..Default::default()
+            };
+            let got = generate(m.language_model(), &embeds, &mask, &cfg).unwrap();
+            let mut got = got[0].clone();
+            let want = ids_of(&c[key]);
+            got.truncate(want.len());
+            assert_eq!(got, want, "case {i}/{j} {key}");
+        }
+    }
 }
