@@ -1,5 +1,6 @@
 //! `blip2 generate`: prompted generation from one image with a `Blip2ForConditionalGeneration`
-//! directory, as HF 4.57 `generate` does it.
+//! directory, as HF 4.57 `generate` does it; a `LlavaForConditionalGeneration` directory goes to
+//! [`super::generate_llava`].
 
 use std::path::PathBuf;
 
@@ -12,11 +13,13 @@ use crate::common::generator::Blip2Generator;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM).
+    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), or an HF
+    /// `LlavaForConditionalGeneration` directory.
     #[arg(long)]
     pub model: PathBuf,
-    #[arg(long)]
-    pub image: PathBuf,
+    /// The image (BLIP-2: exactly one). LLaVA: one per `<image>` in the prompt, in order.
+    #[arg(long, required = true)]
+    pub image: Vec<PathBuf>,
     #[arg(long, default_value = "")]
     pub prompt: String,
     #[arg(long, default_value_t = 20)]
@@ -41,6 +44,14 @@ struct Output<'a> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    if super::generate_llava::is_llava_dir(&args.model) {
+        return super::generate_llava::run(args);
+    }
+    anyhow::ensure!(
+        args.image.len() == 1,
+        "a BLIP-2 model takes exactly one --image (got {})",
+        args.image.len()
+    );
     // HF refuses these too: a penalty of 0 divides by zero, a negative one flips logit signs.
     anyhow::ensure!(
         args.repetition_penalty.is_finite() && args.repetition_penalty > 0.0,
@@ -56,7 +67,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         repetition_penalty: args.repetition_penalty,
         ..gen.generation_config()
     };
-    let ids = gen.generate(&[args.image], &[args.prompt], &cfg)?;
+    let ids = gen.generate(&args.image, &[args.prompt], &cfg)?;
     let ids = &ids[0];
     let text = gen.decode(ids)?;
     if args.json {

@@ -9,6 +9,7 @@ pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod generate_llava;
 pub mod plot;
 pub mod pretrain;
 pub mod quickstart;

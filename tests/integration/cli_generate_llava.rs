@@ -1,0 +1,138 @@
+//! `blip2 generate` on an HF `LlavaForConditionalGeneration` directory vs transformers 4.57.6
+//! (`LlavaProcessor` + `generate`) on tests/fixtures/llava-tiny and llava-tiny-oldnames (same
+//! weights, older Hub tensor names, checked against llava-tiny's `expected.*`): the processor's
+//! expanded `input_ids`, greedy and 3-beam ids (6 new tokens), and the `<image>` count error.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Tensor};
+
+use crate::common::{blip2, load_tensors, stdout_json};
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+/// HF rows may be padded after EOS; ours end at EOS.
+fn trim_after_eos(row: &[u64], eos: u64) -> Vec<u64> {
+    match row.iter().position(|&t| t == eos) {
+        Some(i) => row[..=i].to_vec(),
+        None => row.to_vec(),
+    }
+}
+
+fn row(t: &Tensor) -> Vec<u64> {
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u64)
+        .collect()
+}
+
+fn check_dir(name: &str) {
+    let exp_dir = dir("llava-tiny");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp_dir.join("expected.json")).unwrap())
+            .unwrap();
+    let tensors: HashMap<String, Tensor> = load_tensors(&exp_dir.join("expected.safetensors"));
+    let images = expected["images"].as_array().unwrap();
+    let eos = expected["generation"]["eos_token_id"].as_u64().unwrap();
+    let max_new = expected["generation"]["max_new_tokens"].as_u64().unwrap().to_string();
+    let mut checked = 0;
+    for case in expected["cases"].as_array().unwrap() {
+        let (i, j) = (case["image"].as_u64().unwrap(), case["prompt"].as_u64().unwrap());
+        let image = exp_dir.join(images[i as usize].as_str().unwrap());
+        let prompt = case["prompt_text"].as_str().unwrap();
+        let want_input = row(&tensors[&format!("input_ids_{i}_{j}")]);
+        for (key, beams) in [("greedy_ids", "1"), ("beam3_ids", "3")] {
+            let out = blip2([
+                "generate".as_ref(),
+                "--model".as_ref(),
+                dir(name).as_os_str(),
+                "--image".as_ref(),
+                image.as_os_str(),
+                "--prompt".as_ref(),
+                prompt.as_ref(),
+                "--max-new-tokens".as_ref(),
+                max_new.as_ref(),
+                "--num-beams".as_ref(),
+                beams.as_ref(),
+                "--json".as_ref(),
+            ] as [&std::ffi::OsStr; 12]);
+            let got = stdout_json(&out);
+            assert_eq!(ids(&got["input_ids"]), want_input, "{name} case {i}/{j}: input_ids");
+            let want = trim_after_eos(&ids(&case[key]), eos);
+            assert_eq!(ids(&got["ids"]), want, "{name} case {i}/{j}: {key}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{name}: only {checked} runs");
+}
+
+#[test]
+fn llava_generate_from_image_files_matches_hf() {
+    check_dir("llava-tiny");
+}
+
+#[test]
+fn llava_generate_oldnames_matches_hf() {
+    check_dir("llava-tiny-oldnames");
+}
+
+#[test]
+fn llava_generate_prints_text_without_json() {
+    let d = dir("llava-tiny");
+    let out = blip2([
+        "generate".as_ref(),
+        "--model".as_ref(),
+        d.as_os_str(),
+        "--image".as_ref(),
+        d.join("images/img0.png").as_os_str(),
+        "--prompt".as_ref(),
+        "USER: <image>\nWhat color is the circle? ASSISTANT:".as_ref(),
+        "--max-new-tokens".as_ref(),
+        "6".as_ref(),
+    ] as [&std::ffi::OsStr; 9]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HuGBk\u{7}Hu\n");
+}
+
+#[test]
+fn llava_image_marker_count_mismatch_is_one_error_line() {
+    let d = dir("llava-tiny");
+    let img = d.join("images/img0.png");
+    let prompt = "USER: <image>\nWhat color is the circle? ASSISTANT:";
+    let cases: [(Vec<&std::ffi::OsStr>, &str, &str); 2] = [
+        (vec![img.as_os_str(), img.as_os_str()], prompt, "1 <image> marker(s) but 2 --image"),
+        (
+            vec![img.as_os_str()],
+            "USER: <image><image> hi ASSISTANT:",
+            "2 <image> marker(s) but 1 --image",
+        ),
+    ];
+    for (images, prompt, want) in cases {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["generate".as_ref(), "--model".as_ref(), d.as_os_str()];
+        for im in images {
+            args.push("--image".as_ref());
+            args.push(im);
+        }
+        args.extend(
+            ["--prompt".as_ref(), prompt.as_ref(), "--json".as_ref()] as [&std::ffi::OsStr; 3]
+        );
+        let out = blip2(args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].starts_with("error:") && lines[0].contains(want), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
