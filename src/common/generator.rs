@@ -16,9 +16,10 @@ use qformer::model::{Blip2Qformer, ImageInput};
 use qformer::weights::{detect_parts, load, LoadOptions, TensorSet};
 use tokenizers::Tokenizer;
 
-/// Which LLM family the checkpoint holds.
+/// Which LLM family the checkpoint holds, as far as prompts and outputs go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LlmKind {
+    /// Decoder-only: OPT, and LLaMA (whose tokenizer adds `<s>` as OPT's adds `</s>`).
     Opt,
     T5,
 }
@@ -87,6 +88,7 @@ impl Blip2Generator {
         let fallback_eos = match &llm_cfg.text {
             qformer::llm::TextConfig::Opt(c) => c.eos_token_id,
             qformer::llm::TextConfig::T5(c) => c.eos_token_id,
+            qformer::llm::TextConfig::Llama(c) => c.eos_token_ids().first().copied().unwrap_or(2),
         };
         let eos_token_ids = read_eos(dir, fallback_eos)?;
         Ok(Self {
@@ -99,9 +101,10 @@ impl Blip2Generator {
         })
     }
 
+    /// The prompt handling: LLaMA is decoder-only like OPT (BOS + prompt, left padded).
     pub fn kind(&self) -> LlmKind {
         match self.llm.language_model {
-            LanguageModel::Opt(_) => LlmKind::Opt,
+            LanguageModel::Opt(_) | LanguageModel::Llama(_) => LlmKind::Opt,
             LanguageModel::T5(_) => LlmKind::T5,
         }
     }
@@ -128,7 +131,7 @@ impl Blip2Generator {
         Ok(Tensor::from_vec(data, (paths.len(), 3, h, w), &self.device)?)
     }
 
-    /// Prompt ids as the HF tokenizer gives them (OPT: `</s>` + prompt; T5: prompt + `</s>`).
+    /// Prompt ids as the HF tokenizer gives them (OPT: `</s>` + prompt; LLaMA: `<s>` + prompt; T5: prompt + `</s>`).
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
         let enc = self
             .tokenizer

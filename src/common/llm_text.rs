@@ -14,6 +14,9 @@ pub enum LlmKind {
     Opt,
     /// Encoder-decoder: a prefix-LM split of the caption.
     T5,
+    /// Decoder-only LLaMA / Vicuna: tokenized as for OPT (the tokenizer's post-processor adds
+    /// the `<s>` BOS), the loss taken by `llama_lm_loss`.
+    Llama,
 }
 
 pub struct CaptionTokenizer {
@@ -56,12 +59,12 @@ impl CaptionTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Captions as LAVIS tokenizes them. OPT: `prompt + caption + "\n"` with the tokenizer's BOS,
+    /// Captions as LAVIS tokenizes them. OPT / LLaMA: `prompt + caption + "\n"` with the tokenizer's BOS,
     /// truncated to `max_txt_len`, the BOS + prompt tokens taking no loss. FLAN-T5: caption ids
     /// (the prefix-LM split happens in the loss).
     pub fn texts(&self, captions: &[String]) -> Result<StageTwoText> {
         match self.kind {
-            LlmKind::Opt => {
+            LlmKind::Opt | LlmKind::Llama => {
                 let prompt_len = self.ids(&self.prompt, true)?.len();
                 let mut texts = Vec::with_capacity(captions.len());
                 for c in captions {

@@ -14,6 +14,7 @@ mod cli_generate;
 mod cli_generate_llava;
 mod cli_pretrain;
 mod cli_pretrain_bert;
+mod cli_pretrain_llama;
 mod cli_pretrain_stage2;
 mod cli_quickstart;
 mod cli_retrieval;

@@ -30,11 +30,12 @@ impl Module for LanguageProjection {
     }
 }
 
-/// Either LLM of a BLIP-2 checkpoint.
+/// The LLM of a BLIP-2 checkpoint.
 #[derive(Debug, Clone)]
 pub enum LanguageModel {
     Opt(OptForCausalLm),
     T5(T5ForConditionalGeneration),
+    Llama(LlamaForCausalLm),
 }
 
 impl LanguageModel {
@@ -43,6 +44,7 @@ impl LanguageModel {
         Ok(match cfg {
             TextConfig::Opt(c) => Self::Opt(OptForCausalLm::load(vb, c)?),
             TextConfig::T5(c) => Self::T5(T5ForConditionalGeneration::load(vb, c)?),
+            TextConfig::Llama(c) => Self::Llama(LlamaForCausalLm::load(vb, c)?),
         })
     }
 
@@ -51,6 +53,7 @@ impl LanguageModel {
         match self {
             Self::Opt(m) => m.embed(ids),
             Self::T5(m) => m.embed(ids),
+            Self::Llama(m) => m.embed(ids),
         }
     }
 
@@ -58,6 +61,13 @@ impl LanguageModel {
         match self {
             Self::Opt(m) => m.config().pad_token_id,
             Self::T5(m) => m.config().pad_token_id,
+            // LLaMA checkpoints often have no pad id; padded positions are masked anyway.
+            Self::Llama(m) => m
+                .config()
+                .pad_token_id
+                .as_ref()
+                .and_then(|p| p.to_vec().first().copied())
+                .unwrap_or(0),
         }
     }
 }
@@ -212,8 +222,8 @@ impl Blip2Llm {
         prepend_queries(&queries, &self.language_model.embed(ids)?, mask)
     }
 
-    /// Prompted generation input from unpadded prompt ids (OPT: BOS + prompt, left padded;
-    /// T5: prompt + `</s>`, right padded).
+    /// Prompted generation input from unpadded prompt ids (OPT / LLaMA: BOS + prompt, left
+    /// padded; T5: prompt + `</s>`, right padded).
     // query_output: [B, Q, Hq] -> (embeds [B, Q+L, D], mask [B, Q+L])
     pub fn prompt_inputs(
         &self,
@@ -221,7 +231,7 @@ impl Blip2Llm {
         prompts: &[Vec<u32>],
     ) -> Result<(Tensor, Tensor)> {
         let side = match self.language_model {
-            LanguageModel::Opt(_) => PaddingSide::Left,
+            LanguageModel::Opt(_) | LanguageModel::Llama(_) => PaddingSide::Left,
             LanguageModel::T5(_) => PaddingSide::Right,
         };
         let (ids, mask) =
@@ -231,7 +241,8 @@ impl Blip2Llm {
 
     /// OPT stage-two LM loss (LAVIS `blip2_opt.forward`). `texts`: BOS + prompt + caption + "\n"
     /// ids, unpadded; `prompt_lens`: tokens of BOS + prompt per row, which take no loss. Labels are
-    /// -100 on queries, prompt and padding; the loss is HF's shifted mean CE.
+    /// -100 on queries, prompt and padding; the loss is HF's shifted mean CE. With a LLaMA
+    /// language model the same texts go to [`llama_lm_loss`] (which checks the config's BOS).
     // query_output: [B, Q, Hq] -> scalar
     pub fn opt_lm_loss(
         &self,
@@ -241,6 +252,9 @@ impl Blip2Llm {
     ) -> Result<Tensor> {
         let opt = match &self.language_model {
             LanguageModel::Opt(m) => m,
+            LanguageModel::Llama(m) => {
+                return llama_lm_loss(&self.projection, m, query_output, texts, prompt_lens)
+            }
             LanguageModel::T5(_) => candle_core::bail!("opt_lm_loss needs an OPT language model"),
         };
         if texts.len() != prompt_lens.len() {
@@ -272,7 +286,9 @@ impl Blip2Llm {
     ) -> Result<Tensor> {
         let t5 = match &self.language_model {
             LanguageModel::T5(m) => m,
-            LanguageModel::Opt(_) => candle_core::bail!("t5_lm_loss needs a T5 language model"),
+            LanguageModel::Opt(_) | LanguageModel::Llama(_) => {
+                candle_core::bail!("t5_lm_loss needs a T5 language model")
+            }
         };
         if encoder_texts.len() != targets.len() {
             candle_core::bail!(
@@ -313,7 +329,7 @@ impl Blip2Llm {
     ) -> Result<Tensor> {
         let eos = match &self.language_model {
             LanguageModel::T5(m) => m.config().eos_token_id,
-            LanguageModel::Opt(_) => {
+            LanguageModel::Opt(_) | LanguageModel::Llama(_) => {
                 candle_core::bail!("t5_prefix_lm_loss needs a T5 language model")
             }
         };

@@ -1,4 +1,5 @@
-//! HF `text_config` of a BLIP-2 checkpoint: OPT or T5, with HF defaults for every absent field.
+//! HF `text_config` of a BLIP-2 checkpoint: OPT, T5 or LLaMA, with HF defaults for every absent
+//! field.
 
 use serde::Deserialize;
 
@@ -244,6 +245,8 @@ impl T5Config {
 pub enum TextConfig {
     Opt(OptConfig),
     T5(T5Config),
+    /// LLaMA / Vicuna (LAVIS `blip2_vicuna_instruct`).
+    Llama(super::llama::LlamaConfig),
 }
 
 /// The fields of a BLIP-2 `config.json` the LLM bridge needs.
@@ -285,9 +288,15 @@ impl Blip2LlmConfig {
                 c.validate()?;
                 TextConfig::T5(c)
             }
+            "llama" => {
+                let c: super::llama::LlamaConfig =
+                    serde_json::from_value(tc.clone()).map_err(bad)?;
+                c.validate()?;
+                TextConfig::Llama(c)
+            }
             other => {
                 return Err(Error::Config(format!(
-                    "text_config.model_type {other:?} is not supported (opt or t5)"
+                    "text_config.model_type {other:?} is not supported (opt, t5 or llama)"
                 )))
             }
         };
@@ -308,6 +317,7 @@ impl Blip2LlmConfig {
         match &self.text {
             TextConfig::Opt(c) => c.hidden_size,
             TextConfig::T5(c) => c.d_model,
+            TextConfig::Llama(c) => c.hidden_size,
         }
     }
 }

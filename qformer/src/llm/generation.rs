@@ -220,6 +220,7 @@ impl IncrementalDecoder for T5ForConditionalGeneration {
 pub enum DecodeState {
     Opt(OptDecodeState),
     T5(T5DecodeState),
+    Llama(LlamaDecodeState),
 }
 
 impl IncrementalDecoder for LanguageModel {
@@ -229,6 +230,7 @@ impl IncrementalDecoder for LanguageModel {
         match self {
             Self::Opt(x) => x.prefill(e, m).map(|(l, s)| (l, DecodeState::Opt(s))),
             Self::T5(x) => x.prefill(e, m).map(|(l, s)| (l, DecodeState::T5(s))),
+            Self::Llama(x) => x.prefill(e, m).map(|(l, s)| (l, DecodeState::Llama(s))),
         }
     }
 
@@ -240,6 +242,9 @@ impl IncrementalDecoder for LanguageModel {
             (Self::T5(x), DecodeState::T5(s)) => {
                 x.step(tokens, s).map(|(l, s)| (l, DecodeState::T5(s)))
             }
+            (Self::Llama(x), DecodeState::Llama(s)) => {
+                x.step(tokens, s).map(|(l, s)| (l, DecodeState::Llama(s)))
+            }
             _ => candle_core::bail!("decode state does not belong to this language model"),
         }
     }
@@ -248,6 +253,7 @@ impl IncrementalDecoder for LanguageModel {
         match (self, state) {
             (Self::Opt(x), DecodeState::Opt(s)) => x.reorder(s, idx).map(DecodeState::Opt),
             (Self::T5(x), DecodeState::T5(s)) => x.reorder(s, idx).map(DecodeState::T5),
+            (Self::Llama(x), DecodeState::Llama(s)) => x.reorder(s, idx).map(DecodeState::Llama),
             _ => candle_core::bail!("decode state does not belong to this language model"),
         }
     }
@@ -256,6 +262,7 @@ impl IncrementalDecoder for LanguageModel {
         match self {
             Self::Opt(x) => x.output_prefix(),
             Self::T5(x) => x.output_prefix(),
+            Self::Llama(x) => x.output_prefix(),
         }
     }
 }

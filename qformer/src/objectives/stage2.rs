@@ -5,14 +5,15 @@
 use candle_core::{Result, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use crate::llm::Blip2Llm;
+use crate::llm::{llama_lm_loss, Blip2Llm, LanguageModel};
 use crate::model::{Blip2Qformer, ImageInput};
 
 /// The text side of a stage-two batch, already tokenized with the LLM's tokenizer.
 #[derive(Debug, Clone)]
 pub enum StageTwoText {
-    /// OPT: per row BOS + prompt + caption + "\n" ids (unpadded); the first `prompt_lens[i]`
-    /// tokens (BOS + prompt) take no loss.
+    /// OPT or LLaMA: per row BOS + prompt + caption + "\n" ids (unpadded); the first
+    /// `prompt_lens[i]` tokens (BOS + prompt) take no loss. LLaMA rows go to `llama_lm_loss`,
+    /// which checks they start with the config's BOS.
     Opt { texts: Vec<Vec<u32>>, prompt_lens: Vec<usize> },
     /// FLAN-T5 prefix LM: caption ids without `</s>`, split at a random point per row.
     T5PrefixLm { captions: Vec<Vec<u32>> },
@@ -38,9 +39,12 @@ pub fn stage_two_loss(
     let image_embeds = model.image_embeds(batch.image)?;
     let query_output = model.query_pass(&image_embeds, train, rng)?.query_output()?;
     match &batch.text {
-        StageTwoText::Opt { texts, prompt_lens } => {
-            llm.opt_lm_loss(&query_output, texts, prompt_lens)
-        }
+        StageTwoText::Opt { texts, prompt_lens } => match &llm.language_model {
+            LanguageModel::Llama(m) => {
+                llama_lm_loss(&llm.projection, m, &query_output, texts, prompt_lens)
+            }
+            _ => llm.opt_lm_loss(&query_output, texts, prompt_lens),
+        },
         StageTwoText::T5PrefixLm { captions } => {
             llm.t5_prefix_lm_loss(&query_output, captions, rng)
         }

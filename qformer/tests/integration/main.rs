@@ -6,6 +6,7 @@ mod common;
 mod llm_common;
 
 mod llava;
+mod llm_blip2_llama;
 mod llm_grad;
 mod llm_llama;
 mod llm_opt;

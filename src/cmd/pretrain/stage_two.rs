@@ -42,7 +42,7 @@ impl StageTwoLlm {
     /// Loads the LLM of `model.llm` frozen and the projection (continued or fresh).
     pub fn load(cfg: &RunConfig, qformer_hidden: usize, device: &Device) -> Result<Self> {
         let Some(dir) = &cfg.model.llm else {
-            bail!("stage = \"stage2\" needs model.llm: a BLIP-2 OPT or FLAN-T5 directory in HF layout (config.json with text_config, language_model.* weights, the LLM's tokenizer.json)");
+            bail!("stage = \"stage2\" needs model.llm: a BLIP-2 OPT, FLAN-T5 or LLaMA directory in HF layout (config.json with text_config, language_model.* weights, the LLM's tokenizer.json)");
         };
         let config_path = dir.join("config.json");
         let mut llm_cfg = Blip2LlmConfig::from_json_file(&config_path)
@@ -84,6 +84,7 @@ impl StageTwoLlm {
         let kind = match llm_cfg.text {
             TextConfig::Opt(_) => LlmKind::Opt,
             TextConfig::T5(_) => LlmKind::T5,
+            TextConfig::Llama(_) => LlmKind::Llama,
         };
         let captions = CaptionTokenizer::from_file(
             dir.join("tokenizer.json"),
@@ -96,6 +97,7 @@ impl StageTwoLlm {
             match llm_cfg.text {
                 TextConfig::Opt(_) => "OPT",
                 TextConfig::T5(_) => "FLAN-T5",
+                TextConfig::Llama(_) => "LLaMA",
             },
             dir.display(),
             if continued { "continued" } else { "fresh" }

@@ -108,7 +108,9 @@ impl Models {
     pub fn opt(&self) -> &OptForCausalLm {
         match &self.llm.language_model {
             LanguageModel::Opt(m) => m,
-            LanguageModel::T5(_) => unreachable!("the quickstart config names an OPT"),
+            LanguageModel::T5(_) | LanguageModel::Llama(_) => {
+                unreachable!("the quickstart config names an OPT")
+            }
         }
     }
 
