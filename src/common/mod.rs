@@ -10,3 +10,9 @@ pub mod generator;
 pub mod inputs;
 pub mod llm_text;
 pub mod model_dir;
+
+/// A CLI-side error as the training loop carries it: one line with the whole context chain (the
+/// loop's `train::Error` cannot hold an `anyhow::Error`).
+pub fn train_error(e: anyhow::Error) -> train::Error {
+    train::Error::Msg(format!("{e:#}"))
+}

@@ -9,21 +9,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::cli_pretrain_stage2::{fixed_batch_config, metrics, ok, pretrain};
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn read_json(p: &Path) -> serde_json::Value {
@@ -80,66 +73,21 @@ fn build_llama_blip2(dir: &Path) -> PathBuf {
     out
 }
 
-fn write_config(dir: &Path, model: &Path) -> PathBuf {
-    let cfg = format!(
-        r#"stage = "stage2"
-seed = 3
-[model]
-init_from = "{m}"
-llm = "{m}"
-prompt = "a photo of"
-[data]
-synthetic = 8
-image_size = 32
-max_txt_len = 24
-[optimizer]
-lr = 1e-3
-max_grad_norm = 1.0
-[schedule]
-kind = "linear_warmup_cosine"
-warmup_steps = 1
-warmup_lr = 1e-5
-min_lr = 1e-5
-[batch]
-size = 8
-micro_batches = 2
-[steps]
-epochs = 6
-max_steps = 6
-[checkpointing]
-every_steps = 2
-[logging]
-every_steps = 1
-"#,
-        m = model.display()
-    );
-    let path = dir.join("stage2-llama.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
-
 /// On one fixed batch of 8 synthetic samples, the caption loss through the frozen LLaMA falls by
 /// a margin in six steps; the run's model directory generates.
 #[test]
 fn stage_two_trains_through_a_frozen_llama_and_its_model_generates() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = build_llama_blip2(dir.path());
-    let cfg = write_config(dir.path(), &model_dir);
+    let cfg = fixed_batch_config(dir.path(), &model_dir);
     let run = dir.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .args(["pretrain", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = pretrain(&["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]);
     ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("frozen LLaMA"), "{stdout}");
     assert!(stdout.contains("language_projection continued"), "{stdout}");
-    let lm: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|r| r["losses"]["caption_lm"].as_f64().unwrap())
-        .collect();
+    let lm: Vec<f64> =
+        metrics(&run).iter().map(|r| r["losses"]["caption_lm"].as_f64().unwrap()).collect();
     assert_eq!(lm.len(), 6);
     assert!(lm.iter().all(|l| l.is_finite() && *l > 0.0), "{lm:?}");
     assert!(lm[5] < 0.985 * lm[0], "caption loss {lm:?}");
@@ -184,12 +132,9 @@ fn stage_two_llama_needs_the_tokenizer_bos() {
     let mut t = read_json(&tok);
     t["post_processor"] = serde_json::Value::Null;
     std::fs::write(&tok, serde_json::to_string(&t).unwrap()).unwrap();
-    let cfg = write_config(dir.path(), &model_dir);
+    let cfg = fixed_batch_config(dir.path(), &model_dir);
     let run = dir.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .args(["pretrain", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = pretrain(&["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("BOS"), "{err}");

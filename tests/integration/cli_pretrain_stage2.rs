@@ -8,7 +8,7 @@ fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny").join(rel)
 }
 
-fn pretrain(args: &[&str]) -> Output {
+pub(crate) fn pretrain(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_blip2"))
         .arg("pretrain")
         .args(args)
@@ -16,7 +16,7 @@ fn pretrain(args: &[&str]) -> Output {
         .expect("run blip2")
 }
 
-fn ok(out: &Output) {
+pub(crate) fn ok(out: &Output) {
     assert!(
         out.status.success(),
         "stdout:\n{}\nstderr:\n{}",
@@ -26,7 +26,11 @@ fn ok(out: &Output) {
 }
 
 fn write_config(dir: &Path, llm: &str) -> PathBuf {
-    let opt = fixture(llm);
+    write_config_for(dir, &fixture(llm))
+}
+
+/// The stage-two run config of these tests, `model.init_from` = `model.llm` = `model`.
+pub(crate) fn write_config_for(dir: &Path, model: &Path) -> PathBuf {
     let cfg = format!(
         r#"stage = "stage2"
 seed = 3
@@ -57,14 +61,27 @@ every_steps = 2
 [logging]
 every_steps = 1
 "#,
-        opt = opt.display()
+        opt = model.display()
     );
     let path = dir.join("stage2.toml");
     std::fs::write(&path, cfg).unwrap();
     path
 }
 
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
+/// [`write_config_for`] on one fixed batch: 8 synthetic samples (the whole data set, every step),
+/// six steps.
+pub(crate) fn fixed_batch_config(dir: &Path, model: &Path) -> PathBuf {
+    let cfg = write_config_for(dir, model);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("synthetic = 40", "synthetic = 8")
+        .replace("epochs = 2", "epochs = 6")
+        .replace("max_steps = 4", "max_steps = 6");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+pub(crate) fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -166,13 +183,7 @@ fn stage_two_trains_through_a_frozen_flan_t5_with_the_prefix_lm_loss() {
 fn stage_two_loss_falls_on_a_fixed_batch() {
     for llm in ["opt", "t5"] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write_config(dir.path(), llm);
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("synthetic = 40", "synthetic = 8")
-            .replace("epochs = 2", "epochs = 6")
-            .replace("max_steps = 4", "max_steps = 6");
-        std::fs::write(&cfg, text).unwrap();
+        let cfg = fixed_batch_config(dir.path(), &fixture(llm));
         let run = dir.path().join("run");
         ok(&pretrain(&["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]));
         let lm: Vec<f64> =

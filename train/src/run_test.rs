@@ -171,7 +171,6 @@ fn settings(dir: &Path, total: u64, every: SaveEvery) -> Settings {
             min_lr: 1e-3,
             total_steps: total,
         },
-        total_steps: total,
         stop_after: total,
         guard: GuardConfig::default(),
         checkpoints: Some(CheckpointSettings {

@@ -41,11 +41,10 @@ pub struct Settings {
     pub rng_stream: String,
     pub optimizer: AdamWConfig,
     pub max_grad_norm: Option<f64>,
+    /// The learning rate by position; its horizon is the whole run's length.
     pub schedule: LrSchedule,
-    /// Optimizer steps of the whole run.
-    pub total_steps: u64,
-    /// Stop (with a checkpoint) after this many steps without changing the schedule: a planned
-    /// interruption. At most `total_steps`.
+    /// Stop here (with a checkpoint when checkpoints are on): the run's length, or fewer steps
+    /// for a planned interruption that leaves the schedule's horizon as it is.
     pub stop_after: u64,
     pub guard: GuardConfig,
     /// `None`: no checkpoints (a run that cannot be resumed, like the quickstart's phases).
@@ -80,7 +79,6 @@ impl Settings {
             optimizer: cfg.optimizer.adamw(),
             max_grad_norm: cfg.optimizer.max_grad_norm,
             schedule: cfg.lr_schedule(steps_per_epoch),
-            total_steps,
             stop_after: stop_after.unwrap_or(total_steps).min(total_steps),
             guard: cfg.guard.clone(),
             checkpoints: Some(CheckpointSettings {

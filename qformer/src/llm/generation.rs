@@ -66,96 +66,103 @@ fn last_logits(logits: &Tensor) -> Result<Tensor> {
     logits.narrow(1, t - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)
 }
 
-/// OPT decode state: its cache and the mask over every position so far.
+/// A decoder-only LM with a KV cache (OPT, LLaMA): what incremental decoding needs of it.
+pub trait CachedCausalLm {
+    // ids: [B, T] -> [B, T, E]
+    fn embed(&self, ids: &Tensor) -> Result<Tensor>;
+    // h: [B, T, E] -> [B, T, V]
+    fn lm_head(&self, h: &Tensor) -> Result<Tensor>;
+    /// Hidden states of `inputs_embeds`, which follow the cached positions; `attention_mask`
+    /// covers the cached and the new positions.
+    // inputs_embeds: [B, T, E], attention_mask: [B, S] -> ([B, T, E], cache)
+    fn hidden_with_cache(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<KvCache>,
+    ) -> Result<(Tensor, KvCache)>;
+}
+
+impl CachedCausalLm for OptForCausalLm {
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        OptForCausalLm::embed(self, ids)
+    }
+    fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
+        OptForCausalLm::lm_head(self, h)
+    }
+    fn hidden_with_cache(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<KvCache>,
+    ) -> Result<(Tensor, KvCache)> {
+        self.forward_hidden(inputs_embeds, attention_mask, cache)
+    }
+}
+
+impl CachedCausalLm for LlamaForCausalLm {
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        LlamaForCausalLm::embed(self, ids)
+    }
+    fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
+        LlamaForCausalLm::lm_head(self, h)
+    }
+    fn hidden_with_cache(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<KvCache>,
+    ) -> Result<(Tensor, KvCache)> {
+        // Positions continue from the cache as HF `generate` computes them: cumsum(mask) - 1.
+        self.forward_hidden_cached(inputs_embeds, attention_mask, cache)
+    }
+}
+
+/// Decoder-only decode state: the KV cache and the mask over every position so far.
 #[derive(Debug, Clone)]
-pub struct OptDecodeState {
+pub struct CausalDecodeState {
     pub cache: KvCache,
     pub attention_mask: Tensor,
 }
 
-impl IncrementalDecoder for OptForCausalLm {
-    type State = OptDecodeState;
+impl<M: CachedCausalLm> IncrementalDecoder for M {
+    type State = CausalDecodeState;
 
     fn prefill(
         &self,
         inputs_embeds: &Tensor,
         attention_mask: &Tensor,
-    ) -> Result<(Tensor, OptDecodeState)> {
+    ) -> Result<(Tensor, CausalDecodeState)> {
         // LM head on the last position only (HF `logits_to_keep=1`): over the whole prefix it
         // would cost as much as decoding a short answer.
-        let (hidden, cache) = self.forward_hidden(inputs_embeds, attention_mask, None)?;
+        let (hidden, cache) = self.hidden_with_cache(inputs_embeds, attention_mask, None)?;
         let t = hidden.dim(1)?;
         let logits = self.lm_head(&hidden.narrow(1, t - 1, 1)?)?;
         Ok((
             last_logits(&logits)?,
-            OptDecodeState { cache, attention_mask: attention_mask.clone() },
+            CausalDecodeState { cache, attention_mask: attention_mask.clone() },
         ))
     }
 
-    fn step(&self, tokens: &[u32], state: OptDecodeState) -> Result<(Tensor, OptDecodeState)> {
-        let dev = state.attention_mask.device();
-        let b = tokens.len();
-        let ids = Tensor::from_vec(tokens.to_vec(), (b, 1), dev)?;
-        let one = Tensor::ones((b, 1), state.attention_mask.dtype(), dev)?;
-        let mask = Tensor::cat(&[&state.attention_mask, &one], 1)?;
-        let emb = self.embed(&ids)?;
-        let (logits, cache) = self.forward_embeds(&emb, &mask, Some(state.cache))?;
-        Ok((last_logits(&logits)?, OptDecodeState { cache, attention_mask: mask }))
-    }
-
-    fn reorder(&self, state: &OptDecodeState, idx: &[u32]) -> Result<OptDecodeState> {
-        let idx = Tensor::from_slice(idx, idx.len(), state.attention_mask.device())?;
-        Ok(OptDecodeState {
-            cache: state.cache.index_select(&idx)?,
-            attention_mask: state.attention_mask.index_select(&idx, 0)?,
-        })
-    }
-
-    fn output_prefix(&self) -> Vec<u32> {
-        Vec::new()
-    }
-}
-
-/// LLaMA decode state: its cache and the mask over every position so far.
-#[derive(Debug, Clone)]
-pub struct LlamaDecodeState {
-    pub cache: KvCache,
-    pub attention_mask: Tensor,
-}
-
-impl IncrementalDecoder for LlamaForCausalLm {
-    type State = LlamaDecodeState;
-
-    fn prefill(
+    fn step(
         &self,
-        inputs_embeds: &Tensor,
-        attention_mask: &Tensor,
-    ) -> Result<(Tensor, LlamaDecodeState)> {
-        // LM head on the last position only (HF `logits_to_keep=1`).
-        let (hidden, cache) = self.forward_hidden_cached(inputs_embeds, attention_mask, None)?;
-        let t = hidden.dim(1)?;
-        let logits = self.lm_head(&hidden.narrow(1, t - 1, 1)?)?;
-        Ok((
-            last_logits(&logits)?,
-            LlamaDecodeState { cache, attention_mask: attention_mask.clone() },
-        ))
-    }
-
-    fn step(&self, tokens: &[u32], state: LlamaDecodeState) -> Result<(Tensor, LlamaDecodeState)> {
+        tokens: &[u32],
+        state: CausalDecodeState,
+    ) -> Result<(Tensor, CausalDecodeState)> {
         let dev = state.attention_mask.device();
         let b = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), (b, 1), dev)?;
         let one = Tensor::ones((b, 1), state.attention_mask.dtype(), dev)?;
         let mask = Tensor::cat(&[&state.attention_mask, &one], 1)?;
         let emb = self.embed(&ids)?;
-        // The new token's position: cumsum(mask) - 1 at the last column (HF `generate`).
-        let (logits, cache) = self.forward_embeds_cached(&emb, &mask, Some(state.cache))?;
-        Ok((last_logits(&logits)?, LlamaDecodeState { cache, attention_mask: mask }))
+        let (hidden, cache) = self.hidden_with_cache(&emb, &mask, Some(state.cache))?;
+        let logits = self.lm_head(&hidden)?;
+        Ok((last_logits(&logits)?, CausalDecodeState { cache, attention_mask: mask }))
     }
 
-    fn reorder(&self, state: &LlamaDecodeState, idx: &[u32]) -> Result<LlamaDecodeState> {
+    fn reorder(&self, state: &CausalDecodeState, idx: &[u32]) -> Result<CausalDecodeState> {
         let idx = Tensor::from_slice(idx, idx.len(), state.attention_mask.device())?;
-        Ok(LlamaDecodeState {
+        Ok(CausalDecodeState {
             cache: state.cache.index_select(&idx)?,
             attention_mask: state.attention_mask.index_select(&idx, 0)?,
         })
@@ -218,9 +225,9 @@ impl IncrementalDecoder for T5ForConditionalGeneration {
 /// Decode state of either LLM.
 #[derive(Debug, Clone)]
 pub enum DecodeState {
-    Opt(OptDecodeState),
+    Opt(CausalDecodeState),
     T5(T5DecodeState),
-    Llama(LlamaDecodeState),
+    Llama(CausalDecodeState),
 }
 
 impl IncrementalDecoder for LanguageModel {

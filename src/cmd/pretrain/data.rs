@@ -18,6 +18,8 @@ use datasets::{
 use train::RunConfig;
 use train::{Batches, Fetched, StepBatch};
 
+use crate::common::train_error;
+
 /// `tokenizer`: the Q-Former's (stage one); `None` in stage two, whose captions are tokenized
 /// with the LLM's tokenizer.
 pub fn loader(
@@ -157,10 +159,6 @@ pub fn micro_ranges(n: usize, micro_batches: usize) -> Vec<Range<usize>> {
     (0..n).step_by(per).map(|start| start..(start + per).min(n)).collect()
 }
 
-fn to_train(e: anyhow::Error) -> train::Error {
-    train::Error::Msg(format!("{e:#}"))
-}
-
 impl<B> Batches for LoaderBatches<'_, B> {
     type Batch = B;
 
@@ -176,7 +174,7 @@ impl<B> Batches for LoaderBatches<'_, B> {
         };
         let batch = match epoch.next() {
             None => return Ok(Fetched::EndOfEpoch),
-            Some(b) => b.map_err(|e| to_train(e.into()))?,
+            Some(b) => b.map_err(|e| train_error(e.into()))?,
         };
         let skipped = batch.skipped.len() as u64;
         let ranges = micro_ranges(batch.batch_size, self.micro_batches);
@@ -195,7 +193,7 @@ impl<B> Batches for LoaderBatches<'_, B> {
             .into_iter()
             .map(|r| (self.build)(&batch, r))
             .collect::<Result<Vec<_>>>()
-            .map_err(to_train)?;
+            .map_err(train_error)?;
         Ok(Fetched::Step(StepBatch {
             micro,
             samples: batch.batch_size as u64,

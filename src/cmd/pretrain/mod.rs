@@ -29,6 +29,7 @@ use train::{Extras, ParamStore, RunConfig, RunSummary, Settings};
 use crate::common::device::parse_device;
 use crate::common::feature_cache::FeatureCache;
 use crate::common::model_dir::save_model_dir;
+use crate::common::train_error;
 use data::LoaderBatches;
 use model::RunModel;
 use stage_two::StageTwoLlm;
@@ -210,7 +211,7 @@ fn stage_two(run: &Run) -> Result<RunSummary> {
 }
 
 fn model_error(dir: &Path, e: anyhow::Error) -> train::Error {
-    train::Error::Msg(format!("writing the model to {}: {e:#}", dir.display()))
+    train_error(e.context(format!("writing the model to {}", dir.display())))
 }
 
 /// Pixels `[n, 3, H, W]` of samples `r` of a loader batch.

@@ -39,6 +39,7 @@ use train::{rng, DecayRule, EpochSampler, Extras, ParamStore, RunSummary, Sample
 use crate::common::device::parse_device;
 use crate::common::feature_cache::FeatureCache;
 use crate::common::llm_text::{CaptionTokenizer, LlmKind};
+use crate::common::train_error;
 use evaluate::Context as VqaContext;
 use models::Models;
 use plan::Plan;
@@ -394,12 +395,12 @@ fn train_stage_one(
         let items: Vec<_> = idx.iter().map(|&i| &world.train[i]).collect();
         let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
         let captions: Vec<&str> = items.iter().map(|i| i.caption.as_str()).collect();
-        let tok = qtok.encode(&captions, Padding::Longest).map_err(|e| to_train(e.into()))?;
+        let tok = qtok.encode(&captions, Padding::Longest).map_err(|e| train_error(e.into()))?;
         let input_ids = Tensor::from_vec(tok.input_ids.clone(), (tok.batch, tok.seq_len), &dev)?;
         let rows: Vec<Vec<u32>> =
             tok.attention_mask.chunks(tok.seq_len).map(<[u32]>::to_vec).collect();
         Ok(StageOneBatch {
-            image: ImageBatch::Features(features.batch(&keys).map_err(to_train)?),
+            image: ImageBatch::Features(features.batch(&keys).map_err(train_error)?),
             input_ids,
             attention_mask: PaddingMask::from_rows(&rows)?,
             image_ids: Some(items.iter().map(|i| i.image_id as i64).collect()),
@@ -439,8 +440,8 @@ fn train_stage_two(
         let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
         let texts: Vec<String> = items.iter().map(|i| i.caption.clone()).collect();
         Ok(StageTwoMicro {
-            image: ImageBatch::Features(features.batch(&keys).map_err(to_train)?),
-            text: captions.texts(&texts).map_err(to_train)?,
+            image: ImageBatch::Features(features.batch(&keys).map_err(train_error)?),
+            text: captions.texts(&texts).map_err(train_error)?,
         })
     };
     let mut batches = SampledBatches::new(sampler, plan.stage2.batch, false, Box::new(build));
@@ -450,11 +451,6 @@ fn train_stage_two(
 
 /// LAVIS `blip2_opt`'s `max_txt_len`: the world's captions are far shorter.
 const LLM_MAX_TXT_LEN: usize = 32;
-
-/// An error of the quickstart's own data code, as the training loop carries it.
-fn to_train(e: anyhow::Error) -> train::Error {
-    train::Error::Msg(format!("{e:#}"))
-}
 
 fn vocab_id(tok: &tokenizers::Tokenizer, s: &str) -> Result<u32> {
     tok.token_to_id(s).with_context(|| format!("{s:?} is not in the tokenizer"))

@@ -48,7 +48,6 @@ impl PhaseOptim {
                 min_lr: self.lr * MIN_LR_RATIO,
                 total_steps: self.steps,
             },
-            total_steps: self.steps,
             stop_after: self.steps,
             guard: GuardConfig::default(),
             checkpoints: None,

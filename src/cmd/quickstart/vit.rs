@@ -34,6 +34,7 @@ use train::{
 
 use super::plan::PhaseOptim;
 use super::world::World;
+use crate::common::train_error;
 
 const TEXT_HEADS: usize = 4;
 
@@ -245,8 +246,7 @@ pub fn pretrain_vit(
                 data.captions[i].choose(&mut pick).expect("every image has captions").as_str()
             })
             .collect();
-        let (ids, padding) = token_tensors(tokenizer, &captions, &dev)
-            .map_err(|e| train::Error::Msg(format!("{e:#}")))?;
+        let (ids, padding) = token_tensors(tokenizer, &captions, &dev).map_err(train_error)?;
         let rows = Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), &dev)?;
         Ok(ImageCaptionBatch { pixels: data.pixels.index_select(&rows, 0)?, ids, padding })
     };

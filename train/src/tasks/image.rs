@@ -17,14 +17,4 @@ impl ImageBatch {
             ImageBatch::Features(t) => ImageInput::VisionFeatures(t),
         }
     }
-
-    pub fn len(&self) -> candle_core::Result<usize> {
-        match self {
-            ImageBatch::Pixels(t) | ImageBatch::Features(t) => t.dim(0),
-        }
-    }
-
-    pub fn is_empty(&self) -> candle_core::Result<bool> {
-        Ok(self.len()? == 0)
-    }
 }
