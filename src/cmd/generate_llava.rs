@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use datasets::image::{clip_transform, decode_file, ClipImageProcessorConfig, DecodeLimits};
 use qformer::llava::{load_dir, LlavaForConditionalGeneration};
+use qformer::llm::llama::TokenIds;
 use qformer::llm::{generate_with_history, GenerationConfig};
 use serde::Serialize;
 use tokenizers::Tokenizer;
@@ -36,13 +37,9 @@ struct Output<'a> {
     input_ids: &'a [u32],
 }
 
-/// One id or a list of ids from a JSON value.
+/// One id or a list of ids from a JSON value, read as the LLaMA config reads them.
 fn token_ids(v: Option<&serde_json::Value>) -> Option<Vec<u32>> {
-    match v? {
-        serde_json::Value::Number(n) => n.as_u64().map(|x| vec![x as u32]),
-        serde_json::Value::Array(a) => a.iter().map(|x| x.as_u64().map(|x| x as u32)).collect(),
-        _ => None,
-    }
+    serde_json::from_value::<TokenIds>(v?.clone()).ok().map(|ids| ids.to_vec())
 }
 
 /// `(eos ids, pad id)`: `generation_config.json`, else the text config; pad falls back to the

@@ -9,6 +9,8 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::atomic::replace_file;
+
 pub const INDEX_FILE: &str = "index.json";
 /// What the cached tensors are.
 pub const WHAT: &str = "frozen ViT output before ln_vision, eval transform";
@@ -39,13 +41,13 @@ impl FeatureIndex {
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
     }
 
-    /// Written aside and renamed, so a reader never sees half an index.
+    /// Written aside, synced and renamed, so a reader never sees half an index.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(INDEX_FILE);
-        let tmp = dir.join(format!("{INDEX_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        let json = serde_json::to_string_pretty(self)?;
+        replace_file(&path, |tmp| {
+            std::fs::write(tmp, &json).with_context(|| format!("writing {}", tmp.display()))
+        })
     }
 }
 
