@@ -2,6 +2,7 @@
 //! Training lives in the `train` crate, benchmark workloads in `workloads`.
 
 pub mod config;
+pub mod connector;
 pub mod error;
 pub mod llava;
 pub mod llm;
