@@ -5,6 +5,7 @@
 mod common;
 mod llm_common;
 
+mod connector_splice;
 mod llava;
 mod llm_blip2_llama;
 mod llm_grad;
