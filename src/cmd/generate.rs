@@ -20,8 +20,14 @@ pub struct GenerateArgs {
     /// The image (BLIP-2: exactly one). LLaVA: one per `<image>` in the prompt, in order.
     #[arg(long, required = true)]
     pub image: Vec<PathBuf>,
+    /// The text exactly as the model reads it, with the system's image marker (`<image>` for
+    /// LLaVA) where each image goes.
     #[arg(long, default_value = "")]
     pub prompt: String,
+    /// A question put into the system's own template instead of `--prompt`: LLaVA-1.5
+    /// `USER: <image>\n{Q} ASSISTANT:`, BLIP-2 LAVIS' zero-shot VQA `Question: {Q} Short answer:`.
+    #[arg(long, conflicts_with = "prompt")]
+    pub question: Option<String>,
     #[arg(long, default_value_t = 20)]
     pub max_new_tokens: usize,
     #[arg(long, default_value_t = 0)]
@@ -43,8 +49,21 @@ struct Output<'a> {
     text: &'a str,
 }
 
-pub fn run(args: GenerateArgs) -> Result<()> {
-    if super::generate_llava::is_llava_dir(&args.model) {
+/// LLaVA-1.5's chat template for one image and one question (llava-hf model cards).
+pub const LLAVA_QUESTION_TEMPLATE: &str = "USER: <image>\n{} ASSISTANT:";
+
+/// `template` with `{}` replaced by `question`, verbatim.
+fn fill(template: &str, question: &str) -> String {
+    template.replacen("{}", question, 1)
+}
+
+pub fn run(mut args: GenerateArgs) -> Result<()> {
+    let llava = super::generate_llava::is_llava_dir(&args.model);
+    if let Some(q) = args.question.take() {
+        let template = if llava { LLAVA_QUESTION_TEMPLATE } else { eval::vqa::zero_shot::DEFAULT_PROMPT };
+        args.prompt = fill(template, &q);
+    }
+    if llava {
         return super::generate_llava::run(args);
     }
     anyhow::ensure!(

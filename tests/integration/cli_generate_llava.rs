@@ -136,3 +136,54 @@ fn llava_image_marker_count_mismatch_is_one_error_line() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// `--question Q` fills LLaVA-1.5's template: the same input ids and tokens as the fixture's
+/// `--prompt "USER: <image>\nQ ASSISTANT:"` cases; `--question` beside `--prompt` is refused.
+#[test]
+fn llava_generate_question_fills_the_llava_template() {
+    let exp_dir = dir("llava-tiny");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp_dir.join("expected.json")).unwrap())
+            .unwrap();
+    let tensors: HashMap<String, Tensor> = load_tensors(&exp_dir.join("expected.safetensors"));
+    let images = expected["images"].as_array().unwrap();
+    let eos = expected["generation"]["eos_token_id"].as_u64().unwrap();
+    let questions = expected["questions"].as_array().expect("questions");
+    let mut checked = 0;
+    for case in expected["cases"].as_array().unwrap() {
+        let (i, j) = (case["image"].as_u64().unwrap(), case["prompt"].as_u64().unwrap());
+        let image = exp_dir.join(images[i as usize].as_str().unwrap());
+        let question = questions[j as usize].as_str().unwrap();
+        let out = blip2([
+            "generate".as_ref(),
+            "--model".as_ref(),
+            exp_dir.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+            "--question".as_ref(),
+            question.as_ref(),
+            "--max-new-tokens".as_ref(),
+            "6".as_ref(),
+            "--json".as_ref(),
+        ] as [&std::ffi::OsStr; 10]);
+        let got = stdout_json(&out);
+        assert_eq!(ids(&got["input_ids"]), row(&tensors[&format!("input_ids_{i}_{j}")]));
+        assert_eq!(ids(&got["ids"]), trim_after_eos(&ids(&case["greedy_ids"]), eos));
+        checked += 1;
+    }
+    assert!(checked >= 2);
+    let out = blip2([
+        "generate".as_ref(),
+        "--model".as_ref(),
+        exp_dir.as_os_str(),
+        "--image".as_ref(),
+        exp_dir.join("images/img0.png").as_os_str(),
+        "--question".as_ref(),
+        "Q".as_ref(),
+        "--prompt".as_ref(),
+        "P".as_ref(),
+    ] as [&std::ffi::OsStr; 9]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--question") && err.contains("--prompt"), "{err}");
+}
