@@ -7,6 +7,7 @@ pub mod error;
 pub mod llava;
 pub mod llm;
 pub mod masks;
+pub mod minigpt4;
 pub mod model;
 pub mod nn;
 pub mod objectives;

@@ -12,6 +12,7 @@ mod llm_grad;
 mod llm_llama;
 mod llm_opt;
 mod llm_t5;
+mod minigpt4;
 mod parity_hf;
 mod parity_lavis;
 mod parity_objectives;
