@@ -150,6 +150,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         repetition_penalty: args.repetition_penalty,
         eos_token_ids,
         pad_token_id,
+        stop_sequences: Vec::new(),
     };
     // HF's repetition penalty sees the whole `input_ids` (image tokens included).
     let history = vec![input_ids.clone()];

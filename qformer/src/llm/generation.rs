@@ -22,6 +22,19 @@ pub struct GenerationConfig {
     pub eos_token_ids: Vec<u32>,
     /// Fills finished greedy rows and beam outputs shorter than the longest.
     pub pad_token_id: u32,
+    /// A sequence ends after the step at which its generated ids end with one of these (the
+    /// stop ids stay in the output), as MiniGPT-4's `StoppingCriteriaSub`. Greedy: per row (HF
+    /// ORs a criterion's verdict into each row's unfinished flag; MiniGPT-4's one-bool criterion
+    /// is the same at batch 1, the only way it is used). Beams: a candidate ending in a stop
+    /// sequence is a finished hypothesis, as one ending in EOS.
+    pub stop_sequences: Vec<Vec<u32>>,
+}
+
+impl GenerationConfig {
+    /// Whether generated ids `ids` end with one of [`Self::stop_sequences`].
+    pub fn ends_with_stop(&self, ids: &[u32]) -> bool {
+        self.stop_sequences.iter().any(|s| !s.is_empty() && ids.ends_with(s))
+    }
 }
 
 impl Default for GenerationConfig {
@@ -34,6 +47,7 @@ impl Default for GenerationConfig {
             repetition_penalty: 1.0,
             eos_token_ids: vec![2],
             pad_token_id: 1,
+            stop_sequences: Vec::new(),
         }
     }
 }
@@ -399,7 +413,8 @@ fn greedy<M: IncrementalDecoder>(
             }
             out[i].push(next[i]);
             history[i].push(next[i]);
-            finished[i] = cfg.eos_token_ids.contains(&next[i]);
+            finished[i] =
+                cfg.eos_token_ids.contains(&next[i]) || cfg.ends_with_stop(&out[i][prefix.len()..]);
         }
         if finished.iter().all(|&f| f) || step + 1 == cfg.max_new_tokens {
             break;
@@ -486,8 +501,18 @@ fn beam_search<M: IncrementalDecoder>(
                     .then((a.1 * vocab + a.2 as usize).cmp(&(b.1 * vocab + b.2 as usize)))
             });
             cand.truncate(keep);
-            let hits: Vec<bool> =
-                cand.iter().map(|c| last_step || cfg.eos_token_ids.contains(&c.2)).collect();
+            let hits: Vec<bool> = cand
+                .iter()
+                .map(|c| {
+                    last_step
+                        || cfg.eos_token_ids.contains(&c.2)
+                        || (!cfg.stop_sequences.is_empty() && {
+                            let mut seq = running[bi][c.1].clone();
+                            seq.push(c.2);
+                            cfg.ends_with_stop(&seq)
+                        })
+                })
+                .collect();
             // Next running beams: best `nb` candidates that did not stop.
             let mut order: Vec<usize> = (0..keep).collect();
             let run_score = |k: usize| cand[k].0 + if hits[k] { NEG } else { 0.0 };

@@ -288,6 +288,7 @@ fn gen_config(v: &serde_json::Value) -> GenerationConfig {
         repetition_penalty: 1.0,
         eos_token_ids: vec![json_u32(&v["eos_token_id"])],
         pad_token_id: json_u32(&v["pad_token_id"]),
+        stop_sequences: Vec::new(),
     }
 }
 

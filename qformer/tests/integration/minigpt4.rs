@@ -178,3 +178,43 @@ fn minigpt4_parts_file_errors_name_the_culprit() {
         assert!(e.contains(tensor) && e.contains(&got) && e.contains("[64, 48]"), "{e}");
     }
 }
+
+#[test]
+fn minigpt4_greedy_ids_with_the_stop_sequences_match_the_reference() {
+    let (exp, json) = expected();
+    let m = MiniGpt4::from_parts_file(dir().join("minigpt4.toml"), &test_device()).unwrap();
+    let image_embeds = m.image_embeds(&exp["pixel_values"]).unwrap();
+    let stops: Vec<Vec<u32>> = json["stop_ids"].as_array().unwrap().iter().map(ids).collect();
+    let llm_cfg = m.language_model().config();
+    let cfg = qformer::llm::GenerationConfig {
+        max_new_tokens: json["generation"]["max_new_tokens"].as_u64().unwrap() as usize,
+        eos_token_ids: llm_cfg.eos_token_ids(),
+        pad_token_id: 0,
+        stop_sequences: stops.clone(),
+        ..Default::default()
+    };
+    let mut stopped = 0;
+    for c in json["cases"].as_array().unwrap() {
+        let i = c["image"].as_u64().unwrap() as usize;
+        let img = image_embeds.narrow(0, i, 1).unwrap();
+        let s = splice(&[prompt_pieces(c)], &img, m.language_model(), PadSide::Left).unwrap();
+        let got = qformer::llm::generate(m.language_model(), &s.embeds, &s.attention_mask, &cfg)
+            .unwrap()
+            .remove(0);
+        assert_eq!(got, ids(&c["greedy_ids"]), "greedy ids, case {c}");
+        if c["stopped_on_###"].as_bool().unwrap() {
+            stopped += 1;
+            assert!(stops.iter().any(|s| got.ends_with(s)));
+        }
+    }
+    assert!(stopped > 0, "the fixture has cases that stop on ###");
+    // Without the stop sequences the stopped cases run on past `###`.
+    let no_stop = qformer::llm::GenerationConfig { stop_sequences: Vec::new(), ..cfg };
+    let c = json["cases"].as_array().unwrap().iter().find(|c| c["stopped_on_###"] == true).unwrap();
+    let img = image_embeds.narrow(0, c["image"].as_u64().unwrap() as usize, 1).unwrap();
+    let s = splice(&[prompt_pieces(c)], &img, m.language_model(), PadSide::Left).unwrap();
+    let got = qformer::llm::generate(m.language_model(), &s.embeds, &s.attention_mask, &no_stop)
+        .unwrap()
+        .remove(0);
+    assert!(got.len() > ids(&c["greedy_ids"]).len());
+}

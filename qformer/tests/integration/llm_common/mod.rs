@@ -119,5 +119,6 @@ pub fn gen_config(settings: &serde_json::Value, eos: u32, pad: u32) -> Generatio
             .map(|v| v as u32)
             .unwrap_or(eos)],
         pad_token_id: pad,
+        stop_sequences: Vec::new(),
     }
 }
