@@ -13,8 +13,8 @@ use crate::common::generator::Blip2Generator;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), or an HF
-    /// `LlavaForConditionalGeneration` directory.
+    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), an HF
+    /// `LlavaForConditionalGeneration` directory, or a MiniGPT-4 parts file (`.toml`).
     #[arg(long)]
     pub model: PathBuf,
     /// The image (BLIP-2: exactly one). LLaVA: one per `<image>` in the prompt, in order.
@@ -25,7 +25,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "")]
     pub prompt: String,
     /// A question put into the system's own template instead of `--prompt`: LLaVA-1.5
-    /// `USER: <image>\n{Q} ASSISTANT:`, BLIP-2 LAVIS' zero-shot VQA `Question: {Q} Short answer:`.
+    /// `USER: <image>\n{Q} ASSISTANT:`, MiniGPT-4 `###Human: <Img><ImageHere></Img> {Q}
+    /// ###Assistant: `, BLIP-2 LAVIS' zero-shot VQA `Question: {Q} Short answer:`.
     #[arg(long, conflicts_with = "prompt")]
     pub question: Option<String>,
     #[arg(long, default_value_t = 20)]
@@ -58,9 +59,13 @@ fn fill(template: &str, question: &str) -> String {
 }
 
 pub fn run(mut args: GenerateArgs) -> Result<()> {
+    if super::generate_minigpt4::is_parts_file(&args.model) {
+        return super::generate_minigpt4::run(args);
+    }
     let llava = super::generate_llava::is_llava_dir(&args.model);
     if let Some(q) = args.question.take() {
-        let template = if llava { LLAVA_QUESTION_TEMPLATE } else { eval::vqa::zero_shot::DEFAULT_PROMPT };
+        let template =
+            if llava { LLAVA_QUESTION_TEMPLATE } else { eval::vqa::zero_shot::DEFAULT_PROMPT };
         args.prompt = fill(template, &q);
     }
     if llava {

@@ -44,7 +44,10 @@ fn token_ids(v: Option<&serde_json::Value>) -> Option<Vec<u32>> {
 
 /// `(eos ids, pad id)`: `generation_config.json`, else the text config; pad falls back to the
 /// first EOS (as HF's `generate` does).
-fn eos_and_pad(dir: &Path, text_cfg: &qformer::llm::LlamaConfig) -> Result<(Vec<u32>, u32)> {
+pub(super) fn eos_and_pad(
+    dir: &Path,
+    text_cfg: &qformer::llm::LlamaConfig,
+) -> Result<(Vec<u32>, u32)> {
     let path = dir.join("generation_config.json");
     let gen: serde_json::Value = if path.exists() {
         let text = std::fs::read_to_string(&path)

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod generate_llava;
+pub mod generate_minigpt4;
 pub mod plot;
 pub mod pretrain;
 pub mod quickstart;

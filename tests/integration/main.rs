@@ -12,6 +12,7 @@ mod cli_eval_vqa;
 mod cli_export;
 mod cli_generate;
 mod cli_generate_llava;
+mod cli_generate_minigpt4;
 mod cli_pretrain;
 mod cli_pretrain_bert;
 mod cli_pretrain_llama;

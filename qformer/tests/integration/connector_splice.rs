@@ -42,11 +42,8 @@ fn cases(m: &LlavaForConditionalGeneration, with_answer: bool) -> (Vec<Case>, Te
     let mut out = Vec::new();
     for c in json["cases"].as_array().unwrap() {
         let (i, j) = (c["image"].as_u64().unwrap() as usize, c["prompt"].as_u64().unwrap());
-        let ids: Vec<u32> = exp[&format!("input_ids_{i}_{j}")]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let ids: Vec<u32> =
+            exp[&format!("input_ids_{i}_{j}")].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
         // The expanded ids hold one run of image tokens: text before, the image, text after.
         let first = ids.iter().position(|&t| t == image_id).unwrap();
         let last = ids.iter().rposition(|&t| t == image_id).unwrap();

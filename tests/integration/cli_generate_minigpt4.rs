@@ -1,0 +1,70 @@
+//! `blip2 generate --model minigpt4.toml` against the MiniGPT-4 reference on
+//! tests/fixtures/minigpt4-tiny: `--question` fills MiniGPT-4's template and `--prompt` takes the
+//! same text as written; both give the reference's greedy ids (stopping after `###`) and its
+//! answer text; a marker/image count mismatch is refused.
+
+use std::path::PathBuf;
+
+use crate::common::{blip2, stdout_json};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minigpt4-tiny")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn minigpt4_generate_matches_the_reference_by_question_and_by_prompt() {
+    let d = dir();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap()).unwrap();
+    let images = exp["images"].as_array().unwrap();
+    let instructions = exp["instructions"].as_array().unwrap();
+    let toml = d.join("minigpt4.toml");
+    let mut stopped = 0;
+    for case in exp["cases"].as_array().unwrap() {
+        let image = d.join(images[case["image"].as_u64().unwrap() as usize].as_str().unwrap());
+        let instruction = instructions[case["instruction"].as_u64().unwrap() as usize].as_str();
+        let by =
+            [("--question", instruction.unwrap()), ("--prompt", case["prompt"].as_str().unwrap())];
+        for (flag, text) in by {
+            let out = blip2([
+                "generate".as_ref(),
+                "--model".as_ref(),
+                toml.as_os_str(),
+                "--image".as_ref(),
+                image.as_os_str(),
+                flag.as_ref(),
+                text.as_ref(),
+                "--max-new-tokens".as_ref(),
+                "6".as_ref(),
+                "--json".as_ref(),
+            ] as [&std::ffi::OsStr; 10]);
+            let got = stdout_json(&out);
+            assert_eq!(ids(&got["ids"]), ids(&case["greedy_ids"]), "{flag} {text:?}");
+            assert_eq!(got["text"], case["greedy_text"], "{flag} {text:?}");
+        }
+        stopped += case["stopped_on_###"].as_bool().unwrap() as usize;
+    }
+    assert!(stopped > 0, "no case exercises the ### stop");
+}
+
+#[test]
+fn minigpt4_generate_refuses_a_marker_image_mismatch() {
+    let d = dir();
+    let img = d.join("images/img0.png");
+    let out = blip2([
+        "generate".as_ref(),
+        "--model".as_ref(),
+        d.join("minigpt4.toml").as_os_str(),
+        "--image".as_ref(),
+        img.as_os_str(),
+        "--prompt".as_ref(),
+        "###Human: no image here ###Assistant: ".as_ref(),
+    ] as [&std::ffi::OsStr; 7]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0 <ImageHere> marker(s)") && err.contains("1 --image"), "{err}");
+}
