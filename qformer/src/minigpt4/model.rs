@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::llm::llama::{LlamaConfig, LlamaForCausalLm};
 use crate::model::{Blip2Qformer, ImageInput};
 use crate::nn::Linear;
-use crate::weights::{load_hf_dir, LoadOptions};
+use crate::weights::{detect_parts, load, load_hf_dir, read_lavis_pth, LoadOptions, TensorSet};
 
 const PROJ_WEIGHT: &str = "llama_proj.weight";
 const PROJ_BIAS: &str = "llama_proj.bias";
@@ -45,8 +45,11 @@ impl MiniGpt4 {
     }
 
     /// Builds the model from resolved parts.
+    ///
+    /// `qformer` may be an HF BLIP-2 directory (any BLIP-2 class; tensors for the LLM side are
+    /// ignored) or a LAVIS `.pth` (with `vision`).
     pub fn load(parts: Parts, trainable: bool, device: &Device) -> Result<Self> {
-        let blip2 = load_blip2(&parts.qformer, device)?;
+        let blip2 = load_blip2(&parts.qformer, parts.vision.as_deref(), device)?;
         let llm = load_llama(&parts.llm, device)?;
         let in_dim = blip2.config().qformer_config.hidden_size;
         let out_dim = llm.config().hidden_size;
@@ -147,7 +150,26 @@ impl Connector for MiniGpt4 {
     }
 }
 
-fn load_blip2(path: &Path, device: &Device) -> Result<Blip2Qformer> {
+/// An HF BLIP-2 directory, or a LAVIS `.pth` read with the config (and, when it has none, the
+/// ViT) of the HF directory `vision`.
+fn load_blip2(path: &Path, vision: Option<&Path>, device: &Device) -> Result<Blip2Qformer> {
+    let opts =
+        LoadOptions { allow_known_unused: true, device: device.clone(), ..Default::default() };
+    if path.is_file() && path.extension().is_some_and(|e| e == "pth") {
+        let vision = vision.ok_or_else(|| {
+            Error::Config(format!(
+                "{}: a LAVIS .pth qformer needs `vision = \"DIR\"` (an HF BLIP-2 directory for config.json and the ViT)",
+                path.display()
+            ))
+        })?;
+        let (cfg, hf) = TensorSet::from_hf_dir(vision, device)?;
+        let mut set = read_lavis_pth(path, device)?;
+        if !set.contains("vision_model.embeddings.patch_embedding.weight") {
+            set = set.merge(hf.vision_encoder_only())?;
+        }
+        let parts = detect_parts(&cfg, &set);
+        return Ok(load(&cfg, &set, parts, &opts)?.model);
+    }
     if !path.is_dir() {
         return Err(Error::Msg(format!(
             "{}: qformer must be an HF BLIP-2 directory (config.json + model.safetensors)",
