@@ -1,7 +1,7 @@
 //! The MiniGPT-4 model: `llama_proj(qformer(query_tokens, ln_vision(vit(pixels))))` as LLaMA
 //! input rows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -13,9 +13,9 @@ use super::parts::Parts;
 use crate::connector::Connector;
 use crate::error::{Error, Result};
 use crate::llm::llama::{LlamaConfig, LlamaForCausalLm};
-use crate::model::{Blip2Qformer, ImageInput};
+use crate::model::{Blip2Qformer, ImageInput, ModelParts};
 use crate::nn::Linear;
-use crate::weights::{load_hf_dir, LoadOptions};
+use crate::weights::{canonical_tensors, load, read_lavis_pth, LoadOptions, TensorSet};
 
 const PROJ_WEIGHT: &str = "llama_proj.weight";
 const PROJ_BIAS: &str = "llama_proj.bias";
@@ -45,8 +45,11 @@ impl MiniGpt4 {
     }
 
     /// Builds the model from resolved parts.
+    ///
+    /// `qformer` may be an HF BLIP-2 directory (any BLIP-2 class; tensors for the LLM side are
+    /// ignored) or a LAVIS `.pth` (with `vision`).
     pub fn load(parts: Parts, trainable: bool, device: &Device) -> Result<Self> {
-        let blip2 = load_blip2(&parts.qformer, device)?;
+        let blip2 = load_blip2(&parts.qformer, parts.vision.as_deref(), device)?;
         let llm = load_llama(&parts.llm, device)?;
         let in_dim = blip2.config().qformer_config.hidden_size;
         let out_dim = llm.config().hidden_size;
@@ -147,16 +150,39 @@ impl Connector for MiniGpt4 {
     }
 }
 
-fn load_blip2(path: &Path, device: &Device) -> Result<Blip2Qformer> {
-    if !path.is_dir() {
+/// An HF BLIP-2 directory, or a LAVIS `.pth` read with the config (and, when it has none, the
+/// ViT) of the HF directory `vision`. Only the query path is built: the text embeddings, text
+/// FFNs, heads and LLM-side tensors a source may carry are dropped, not required.
+fn load_blip2(path: &Path, vision: Option<&Path>, device: &Device) -> Result<Blip2Qformer> {
+    let opts = LoadOptions { device: device.clone(), ..Default::default() };
+    let (mut cfg, set) = if path.is_file() && path.extension().is_some_and(|e| e == "pth") {
+        let vision = vision.ok_or_else(|| {
+            Error::Config(format!(
+                "{}: a LAVIS .pth qformer needs `vision = \"DIR\"` (an HF BLIP-2 directory for config.json and the ViT)",
+                path.display()
+            ))
+        })?;
+        let (cfg, hf) = TensorSet::from_hf_dir(vision, device)?;
+        let mut set = read_lavis_pth(path, device)?;
+        if !set.contains("vision_model.embeddings.patch_embedding.weight") {
+            set = set.merge(hf.vision_encoder_only())?;
+        }
+        (cfg, set)
+    } else if path.is_dir() {
+        TensorSet::from_hf_dir(path, device)?
+    } else {
         return Err(Error::Msg(format!(
-            "{}: qformer must be an HF BLIP-2 directory (config.json + model.safetensors)",
+            "{}: qformer must be an HF BLIP-2 directory (config.json + model.safetensors) or a LAVIS .pth",
             path.display()
         )));
-    }
-    let opts =
-        LoadOptions { allow_known_unused: true, device: device.clone(), ..Default::default() };
-    Ok(load_hf_dir(path, &opts)?.model)
+    };
+    // MiniGPT-4 deletes the Q-Former's text side; the query path does not read it.
+    cfg.qformer_config.use_qformer_text_input = false;
+    let parts = ModelParts { vision: true, text: false, stage_one_heads: false, lm_head: false };
+    let wanted: HashSet<String> =
+        canonical_tensors(&cfg, parts).into_iter().map(|s| s.name).collect();
+    let set = set.filter(|n| wanted.contains(n));
+    Ok(load(&cfg, &set, parts, &opts)?.model)
 }
 
 fn load_llama(dir: &Path, device: &Device) -> Result<LlamaForCausalLm> {

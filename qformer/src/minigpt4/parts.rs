@@ -26,6 +26,10 @@ fn default_max_txt_len() -> usize {
 pub struct PartsFile {
     /// An HF BLIP-2 directory (any BLIP-2 class) or a LAVIS `.pth`.
     pub qformer: String,
+    /// An HF BLIP-2 directory whose `config.json` (and ViT, when the `.pth` has none) a LAVIS
+    /// `.pth` `qformer` is read with; required for a `.pth`, unused for a directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<String>,
     /// An HF `LlamaForCausalLM` directory.
     pub llm: String,
     /// `pretrained_minigpt4.pth` or a `.safetensors` with `llama_proj.weight/bias`; absent: a
@@ -46,6 +50,7 @@ pub struct PartsFile {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parts {
     pub qformer: PathBuf,
+    pub vision: Option<PathBuf>,
     pub llm: PathBuf,
     pub projection: Option<PathBuf>,
     pub prompt_template: String,
@@ -64,6 +69,7 @@ impl Parts {
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(Self {
             qformer: base.join(&file.qformer),
+            vision: file.vision.as_ref().map(|p| base.join(p)),
             llm: base.join(&file.llm),
             projection: file.projection.as_ref().map(|p| base.join(p)),
             prompt_template: file.prompt_template,

@@ -218,3 +218,80 @@ fn minigpt4_greedy_ids_with_the_stop_sequences_match_the_reference() {
         .remove(0);
     assert!(got.len() > ids(&c["greedy_ids"]).len());
 }
+
+#[test]
+fn minigpt4_from_a_lavis_pth_qformer_gives_the_same_image_embeds_and_parts_files_round_trip() {
+    use qformer::minigpt4::{write, Parts, PartsFile};
+    use qformer::weights::{write_lavis_pth, TensorSet};
+    let (exp, _) = expected();
+    let dev = test_device();
+    let d = dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, set) = TensorSet::from_hf_dir(d.join("blip2"), &dev).unwrap();
+    write_lavis_pth(tmp.path().join("blip2.pth"), &cfg, &set).unwrap();
+    let file = PartsFile {
+        qformer: "blip2.pth".into(),
+        vision: Some(d.join("blip2").display().to_string()),
+        llm: d.join("llama").display().to_string(),
+        projection: Some(d.join("pretrained_minigpt4.pth").display().to_string()),
+        prompt_template: "###Human: {} ###Assistant: ".into(),
+        end_sym: "###".into(),
+        image_marker: "<ImageHere>".into(),
+        max_txt_len: 160,
+    };
+    let toml_path = tmp.path().join("parts.toml");
+    write(&toml_path, &file).unwrap();
+    let parts = Parts::from_file(&toml_path).unwrap();
+    assert_eq!(parts.qformer, tmp.path().join("blip2.pth"));
+    assert_eq!(parts.max_txt_len, 160);
+    let m = MiniGpt4::from_parts_file(&toml_path, &dev).unwrap();
+    close(
+        "llama_proj_output (LAVIS .pth)",
+        &m.image_embeds(&exp["pixel_values"]).unwrap(),
+        &exp["llama_proj_output"],
+    );
+
+    // Without `vision` a .pth is refused, naming the key.
+    write(&toml_path, &PartsFile { vision: None, ..file }).unwrap();
+    let e = MiniGpt4::from_parts_file(&toml_path, &dev).err().expect("refused").to_string();
+    assert!(e.contains("vision"), "{e}");
+}
+
+#[test]
+fn minigpt4_needs_no_text_side_tensors_from_the_blip2_dir() {
+    let (exp, _) = expected();
+    let dev = test_device();
+    let d = dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let blip2 = tmp.path().join("blip2");
+    std::fs::create_dir(&blip2).unwrap();
+    std::fs::copy(d.join("blip2/config.json"), blip2.join("config.json")).unwrap();
+    let all = candle_core::safetensors::load(d.join("blip2/model.safetensors"), &dev).unwrap();
+    let is_text_ffn = |n: &str| {
+        n.split('.')
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0].parse::<usize>().is_ok() && (w[1] == "intermediate" || w[1] == "output"))
+    };
+    let kept: HashMap<String, Tensor> = all
+        .into_iter()
+        .filter(|(n, _)| {
+            n.starts_with("vision_model.")
+                || n.starts_with("query_tokens")
+                || (n.starts_with("qformer.") && !is_text_ffn(n))
+        })
+        .collect();
+    candle_core::safetensors::save(&kept, blip2.join("model.safetensors")).unwrap();
+    let body = format!(
+        "qformer = \"blip2\"\nllm = {:?}\nprojection = {:?}\n",
+        d.join("llama").display().to_string(),
+        d.join("pretrained_minigpt4.pth").display().to_string()
+    );
+    let f = write_parts(tmp.path(), &body);
+    let m = MiniGpt4::from_parts_file(&f, &dev).unwrap();
+    close(
+        "llama_proj_output (no text side)",
+        &m.image_embeds(&exp["pixel_values"]).unwrap(),
+        &exp["llama_proj_output"],
+    );
+}
