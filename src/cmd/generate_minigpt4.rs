@@ -3,7 +3,7 @@
 //! one BOS in front, the images' `llama_proj(Q-Former)` rows spliced in at the markers, greedy
 //! or beam search that stops after the end symbol (`###`) as well as at EOS.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -62,82 +62,141 @@ fn answer_text(decoded: &str, end_sym: &str) -> String {
     before.rsplit("Assistant:").next().unwrap_or("").trim().to_string()
 }
 
+/// A MiniGPT-4 loaded for generation: the model, its LLM's tokenizer, the BLIP-2 image
+/// processor, and the BOS and stop sequences its prompts and generations use.
+pub struct MiniGpt4Chat {
+    model: MiniGpt4,
+    tokenizer: Tokenizer,
+    processor: ImageProcessorConfig,
+    bos: u32,
+    stop: Vec<Vec<u32>>,
+    eos_token_ids: Vec<u32>,
+    pad_token_id: u32,
+    device: Device,
+}
+
+impl MiniGpt4Chat {
+    pub fn load(parts_file: &Path, device: &Device) -> Result<Self> {
+        let model = MiniGpt4::from_parts_file(parts_file, device)
+            .with_context(|| format!("loading MiniGPT-4 from {}", parts_file.display()))?;
+        let parts = model.parts().clone();
+        let tok_path = parts.llm.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| anyhow!("reading tokenizer {}: {e}", tok_path.display()))?;
+        let llm = model.language_model();
+        let bos = llm
+            .config()
+            .bos_token_id
+            .as_ref()
+            .and_then(|b| b.to_vec().first().copied())
+            .ok_or_else(|| anyhow!("{}: config.json has no bos_token_id", parts.llm.display()))?;
+        let processor = ImageProcessorConfig::from_file(&model.preprocessor_config_path())?;
+        let stop = stop_sequences(&tokenizer, &parts.end_sym)?;
+        let (eos_token_ids, pad_token_id) =
+            super::generate_llava::eos_and_pad(&parts.llm, llm.config())?;
+        Ok(Self {
+            model,
+            tokenizer,
+            processor,
+            bos,
+            stop,
+            eos_token_ids,
+            pad_token_id,
+            device: device.clone(),
+        })
+    }
+
+    /// The prompt for one question in MiniGPT-4's template.
+    pub fn question_prompt(&self, question: &str) -> String {
+        let p = self.model.parts();
+        question_prompt(&p.prompt_template, &p.image_marker, question)
+    }
+
+    /// Generation settings from the command's flags, with the model's EOS, pad and stop ids.
+    pub fn generation_config(&self, base: GenerationConfig) -> GenerationConfig {
+        GenerationConfig {
+            eos_token_ids: self.eos_token_ids.clone(),
+            pad_token_id: self.pad_token_id,
+            stop_sequences: self.stop.clone(),
+            ..base
+        }
+    }
+
+    /// The new ids for `prompt` (text as the model reads it, one image marker per image).
+    pub fn generate(
+        &self,
+        images: &[PathBuf],
+        prompt: &str,
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<u32>> {
+        let parts = self.model.parts();
+        let text_pieces: Vec<&str> = prompt.split(parts.image_marker.as_str()).collect();
+        if text_pieces.len() - 1 != images.len() {
+            bail!(
+                "the prompt has {} {} marker(s) but {} --image file(s) were given",
+                text_pieces.len() - 1,
+                parts.image_marker,
+                images.len()
+            );
+        }
+        let ids = text_pieces
+            .iter()
+            .map(|p| {
+                self.tokenizer
+                    .encode(*p, false)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| anyhow!("tokenizing prompt piece {p:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rows = vec![minigpt4_pieces(self.bos, ids)];
+        let mut pixels = Vec::new();
+        let (mut h, mut w) = (self.processor.size.height, self.processor.size.width);
+        for p in images {
+            let img = decode_file(p, DecodeLimits::default()).context("reading an input image")?;
+            let t = eval_transform(&img, &self.processor);
+            (h, w) = (t.height, t.width);
+            pixels.extend(t.data);
+        }
+        let pv = Tensor::from_vec(pixels, (images.len(), 3, h, w), &self.device)?;
+        let image_rows = self.model.image_embeds(&pv)?;
+        let llm = self.model.language_model();
+        let s = splice(&rows, &image_rows, llm, PadSide::Left)?;
+        // `generate(inputs_embeds=...)` without input ids: the penalty sees the new tokens only.
+        let mut out = generate_with_history(llm, &s.embeds, &s.attention_mask, None, cfg)?;
+        Ok(out.remove(0))
+    }
+
+    /// MiniGPT-4's answer text of generated ids.
+    pub fn answer(&self, ids: &[u32]) -> Result<String> {
+        let decoded =
+            self.tokenizer.decode(ids, true).map_err(|e| anyhow!("decoding ids {ids:?}: {e}"))?;
+        Ok(answer_text(&decoded, &self.model.parts().end_sym))
+    }
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
     anyhow::ensure!(
         args.repetition_penalty.is_finite() && args.repetition_penalty > 0.0,
         "--repetition-penalty must be a positive number (got {})",
         args.repetition_penalty
     );
-    let device = Device::Cpu;
-    let model = MiniGpt4::from_parts_file(&args.model, &device)
-        .with_context(|| format!("loading MiniGPT-4 from {}", args.model.display()))?;
-    let parts = model.parts().clone();
+    let chat = MiniGpt4Chat::load(&args.model, &Device::Cpu)?;
     let prompt = match &args.question {
-        Some(q) => question_prompt(&parts.prompt_template, &parts.image_marker, q),
+        Some(q) => chat.question_prompt(q),
         None => args.prompt.clone(),
     };
-    let tok_path = parts.llm.join("tokenizer.json");
-    let tokenizer = Tokenizer::from_file(&tok_path)
-        .map_err(|e| anyhow!("reading tokenizer {}: {e}", tok_path.display()))?;
-    let text_pieces: Vec<&str> = prompt.split(parts.image_marker.as_str()).collect();
-    if text_pieces.len() - 1 != args.image.len() {
-        bail!(
-            "the prompt has {} {} marker(s) but {} --image file(s) were given",
-            text_pieces.len() - 1,
-            parts.image_marker,
-            args.image.len()
-        );
-    }
-    let ids = text_pieces
-        .iter()
-        .map(|p| {
-            tokenizer
-                .encode(*p, false)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| anyhow!("tokenizing prompt piece {p:?}: {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let llm = model.language_model();
-    let bos = llm
-        .config()
-        .bos_token_id
-        .as_ref()
-        .and_then(|b| b.to_vec().first().copied())
-        .ok_or_else(|| anyhow!("{}: config.json has no bos_token_id", parts.llm.display()))?;
-    let rows = vec![minigpt4_pieces(bos, ids)];
-
-    let processor = ImageProcessorConfig::from_file(&model.preprocessor_config_path())?;
-    let mut pixels = Vec::new();
-    let (mut h, mut w) = (processor.size.height, processor.size.width);
-    for p in &args.image {
-        let img = decode_file(p, DecodeLimits::default()).context("reading an input image")?;
-        let t = eval_transform(&img, &processor);
-        (h, w) = (t.height, t.width);
-        pixels.extend(t.data);
-    }
-    let pv = Tensor::from_vec(pixels, (args.image.len(), 3, h, w), &device)?;
-    let image_rows = model.image_embeds(&pv)?;
-    let s = splice(&rows, &image_rows, llm, PadSide::Left)?;
-
-    let (eos_token_ids, pad_token_id) =
-        super::generate_llava::eos_and_pad(&parts.llm, llm.config())?;
-    let cfg = GenerationConfig {
+    let cfg = chat.generation_config(GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         min_new_tokens: args.min_new_tokens,
         num_beams: args.num_beams,
         length_penalty: args.length_penalty,
         repetition_penalty: args.repetition_penalty,
-        eos_token_ids,
-        pad_token_id,
-        stop_sequences: stop_sequences(&tokenizer, &parts.end_sym)?,
-    };
-    // `generate(inputs_embeds=...)` without input ids: the penalty sees the new tokens only.
-    let out = generate_with_history(llm, &s.embeds, &s.attention_mask, None, &cfg)?;
-    let ids = &out[0];
-    let decoded = tokenizer.decode(ids, true).map_err(|e| anyhow!("decoding ids {ids:?}: {e}"))?;
-    let text = answer_text(&decoded, &parts.end_sym);
+        ..Default::default()
+    });
+    let ids = chat.generate(&args.image, &prompt, &cfg)?;
+    let text = chat.answer(&ids)?;
     if args.json {
-        println!("{}", serde_json::to_string(&Output { ids, text: &text })?);
+        println!("{}", serde_json::to_string(&Output { ids: &ids, text: &text })?);
     } else {
         println!("{text}");
     }

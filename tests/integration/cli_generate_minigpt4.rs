@@ -68,3 +68,72 @@ fn minigpt4_generate_refuses_a_marker_image_mismatch() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("0 <ImageHere> marker(s)") && err.contains("1 --image"), "{err}");
 }
+
+/// `blip2 eval vqa --model minigpt4.toml` answers each question as `generate --question` does
+/// with the LAVIS-cleaned question (lower case, `.!\"()*#:;~` dropped), writes one result per
+/// question in file order and scores them.
+#[test]
+fn minigpt4_eval_vqa_answers_as_generate_does() {
+    let d = dir();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let vqa = root.join("tests/fixtures/vqa-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let res = tmp.path().join("results.json");
+    let toml = d.join("minigpt4.toml");
+    let images = d.join("images");
+    let out = blip2([
+        "eval".as_ref(),
+        "vqa".as_ref(),
+        "--model".as_ref(),
+        toml.as_os_str(),
+        "--questions".as_ref(),
+        vqa.join("questions.json").as_os_str(),
+        "--annotations".as_ref(),
+        vqa.join("annotations.json").as_os_str(),
+        "--images".as_ref(),
+        images.as_os_str(),
+        "--image-pattern".as_ref(),
+        "img{image_id}.png".as_ref(),
+        "--num-beams".as_ref(),
+        "1".as_ref(),
+        "--max-new-tokens".as_ref(),
+        "6".as_ref(),
+        "--out".as_ref(),
+        res.as_os_str(),
+        "--json".as_ref(),
+    ] as [&std::ffi::OsStr; 19]);
+    let scores = stdout_json(&out);
+    assert!(scores["overall"].is_number(), "{scores}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&res).unwrap()).unwrap();
+    let questions: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vqa.join("questions.json")).unwrap())
+            .unwrap();
+    let qs = questions["questions"].as_array().unwrap();
+    let rows = results.as_array().unwrap();
+    assert_eq!(rows.len(), qs.len());
+    for (q, row) in qs.iter().zip(rows) {
+        assert_eq!(row["question_id"], q["question_id"]);
+        let cleaned: String = q["question"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .chars()
+            .filter(|c| !".!\"()*#:;~".contains(*c))
+            .collect();
+        let image = images.join(format!("img{}.png", q["image_id"]));
+        let got = stdout_json(&blip2([
+            "generate".as_ref(),
+            "--model".as_ref(),
+            toml.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+            "--question".as_ref(),
+            cleaned.trim_end().as_ref(),
+            "--max-new-tokens".as_ref(),
+            "6".as_ref(),
+            "--json".as_ref(),
+        ] as [&std::ffi::OsStr; 10]));
+        assert_eq!(row["answer"], got["text"], "question {}", q["question_id"]);
+    }
+}

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use ::eval::vqa::zero_shot::{answer_all, read_items, write_results, AnswerGenerator};
+use ::eval::vqa::zero_shot::{
+    answer_all, read_items, write_results, AnswerGenerator, VqaItem, DEFAULT_PROMPT,
+};
 use ::eval::vqa::{
     vqa_accuracy_with_questions, AnswerDecoder, PythonSum, VqaAnnotations, VqaQuestions, VqaResults,
 };
@@ -15,11 +17,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qformer::llm::GenerationConfig;
 
 use super::vqa_score::{print_scores, PythonVersion};
+use crate::cmd::generate_minigpt4::{is_parts_file, MiniGpt4Chat};
 use crate::common::generator::{Blip2Generator, LlmKind};
 
 #[derive(Debug, Args)]
 pub struct VqaArgs {
-    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM).
+    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), or a MiniGPT-4 parts file
+    /// (`.toml`).
     #[arg(long)]
     pub model: PathBuf,
     /// Question file (`v2_OpenEnded_mscoco_val2014_questions.json` layout).
@@ -34,8 +38,10 @@ pub struct VqaArgs {
     /// Image file name of an image id (`{image_id}` or zero-padded `{image_id:012}`).
     #[arg(long, default_value = "COCO_val2014_{image_id:012}.jpg")]
     pub image_pattern: String,
-    #[arg(long, default_value = ::eval::vqa::zero_shot::DEFAULT_PROMPT)]
-    pub prompt: String,
+    /// The prompt with `{}` for the question. Default: LAVIS' `Question: {} Short answer:` for
+    /// BLIP-2, the model's own question template for MiniGPT-4.
+    #[arg(long)]
+    pub prompt: Option<String>,
     #[arg(long, default_value_t = 5)]
     pub num_beams: usize,
     #[arg(long, default_value_t = 10)]
@@ -73,10 +79,59 @@ impl AnswerGenerator for Answerer<'_> {
     }
 }
 
+/// MiniGPT-4 answers one question at a time (its prompt holds one image).
+struct MiniGpt4Answerer<'a> {
+    chat: &'a MiniGpt4Chat,
+    cfg: GenerationConfig,
+}
+
+impl AnswerGenerator for MiniGpt4Answerer<'_> {
+    fn answer_batch(
+        &mut self,
+        images: &[PathBuf],
+        prompts: &[String],
+    ) -> std::result::Result<Vec<String>, String> {
+        images
+            .iter()
+            .zip(prompts)
+            .map(|(image, prompt)| {
+                let ids = self
+                    .chat
+                    .generate(std::slice::from_ref(image), prompt, &self.cfg)
+                    .map_err(|e| crate::one_line(&e))?;
+                self.chat.answer(&ids).map_err(|e| format!("{e:#}"))
+            })
+            .collect()
+    }
+}
+
 pub fn run(args: VqaArgs) -> Result<()> {
     let questions = VqaQuestions::read(&args.questions)?;
     let annotations = VqaAnnotations::read(&args.annotations)?;
-    let items = read_items(&args.questions, &args.images, &args.image_pattern, &args.prompt)?;
+    if is_parts_file(&args.model) {
+        let chat = MiniGpt4Chat::load(&args.model, &Device::Cpu)?;
+        let prompt = args.prompt.clone().unwrap_or_else(|| chat.question_prompt("{}"));
+        let items = read_items(&args.questions, &args.images, &args.image_pattern, &prompt)?;
+        let cfg = chat.generation_config(GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            min_new_tokens: args.min_new_tokens,
+            num_beams: args.num_beams,
+            length_penalty: args.length_penalty.unwrap_or(1.0),
+            ..Default::default()
+        });
+        let mut answerer = MiniGpt4Answerer { chat: &chat, cfg };
+        // The answer text is already MiniGPT-4's (cut at `###`, stripped).
+        return score(
+            &args,
+            &items,
+            AnswerDecoder::FlanT5,
+            &mut answerer,
+            &questions,
+            &annotations,
+        );
+    }
+    let prompt = args.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.to_string());
+    let items = read_items(&args.questions, &args.images, &args.image_pattern, &prompt)?;
     let gen = Blip2Generator::load(&args.model, &Device::Cpu)?;
     let (decoder, default_lp) = match gen.kind() {
         LlmKind::Opt => (AnswerDecoder::Opt, 0.0),
@@ -89,15 +144,26 @@ pub fn run(args: VqaArgs) -> Result<()> {
         length_penalty: args.length_penalty.unwrap_or(default_lp),
         ..gen.generation_config()
     };
+    let mut answerer = Answerer { gen: &gen, cfg };
+    score(&args, &items, decoder, &mut answerer, &questions, &annotations)
+}
+
+/// Answers every item, writes the results file when asked, prints the VQA accuracy.
+fn score<G: AnswerGenerator>(
+    args: &VqaArgs,
+    items: &[VqaItem],
+    decoder: AnswerDecoder,
+    answerer: &mut G,
+    questions: &VqaQuestions,
+    annotations: &VqaAnnotations,
+) -> Result<()> {
     let bar = ProgressBar::new(items.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} questions {elapsed} eta {eta}")
             .context("progress bar template")?,
     );
-    let mut answerer = Answerer { gen: &gen, cfg };
-    let preds = answer_all(&items, args.batch_size, decoder, &mut answerer, |n| {
-        bar.set_position(n as u64)
-    })?;
+    let preds =
+        answer_all(items, args.batch_size, decoder, answerer, |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     if let Some(out) = &args.out {
         write_results(out, &preds)?;
@@ -112,6 +178,6 @@ pub fn run(args: VqaArgs) -> Result<()> {
         PythonVersion::Py311 => PythonSum::LeftFold,
         PythonVersion::Py312 => PythonSum::Neumaier,
     };
-    let acc = vqa_accuracy_with_questions(&questions, &annotations, &results, summation)?;
+    let acc = vqa_accuracy_with_questions(questions, annotations, &results, summation)?;
     print_scores(&acc, args.json)
 }
