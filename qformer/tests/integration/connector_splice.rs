@@ -112,7 +112,7 @@ fn spliced_batch_gives_hf_logits_and_losses_with_either_padding() {
     let (cs, pv) = cases(&m, true);
     for c in &cs {
         let feats = image_rows(&m, std::slice::from_ref(c), &pv);
-        let loss = connector_lm_loss(&m, &[c.pieces.clone()], &feats).unwrap();
+        let loss = connector_lm_loss(&m, std::slice::from_ref(&c.pieces), &feats).unwrap();
         let got = loss.to_scalar::<f32>().unwrap();
         assert!((got - c.loss).abs() <= 1e-5, "loss {got} vs HF {}", c.loss);
     }
