@@ -137,3 +137,37 @@ fn minigpt4_eval_vqa_answers_as_generate_does() {
         assert_eq!(row["answer"], got["text"], "question {}", q["question_id"]);
     }
 }
+
+/// `blip2 caption --model minigpt4.toml` prints, per image, what `generate --question` gives for
+/// MiniGPT-4's "Describe this image in detail." with the same search settings.
+#[test]
+fn minigpt4_caption_is_the_described_image() {
+    let d = dir();
+    let toml = d.join("minigpt4.toml");
+    let images: Vec<PathBuf> = (0..2).map(|i| d.join(format!("images/img{i}.png"))).collect();
+    let settings = ["--num-beams", "2", "--max-new-tokens", "5", "--min-new-tokens", "1"];
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["caption".into(), "--model".into(), toml.clone().into(), "--image".into()];
+    args.extend(images.iter().map(|p| p.clone().into_os_string()));
+    args.extend(settings.iter().map(std::ffi::OsString::from));
+    let out = blip2(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> =
+        String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), images.len());
+    for (image, line) in images.iter().zip(&lines) {
+        let mut g: Vec<std::ffi::OsString> = vec![
+            "generate".into(),
+            "--model".into(),
+            toml.clone().into(),
+            "--image".into(),
+            image.clone().into(),
+            "--question".into(),
+            "Describe this image in detail.".into(),
+            "--json".into(),
+        ];
+        g.extend(settings.iter().map(std::ffi::OsString::from));
+        let got = stdout_json(&blip2(&g));
+        assert_eq!(got["text"].as_str().unwrap(), line);
+    }
+}
