@@ -7,8 +7,8 @@ use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
 
-use crate::cmd::generate_minigpt4::{is_parts_file, MiniGpt4Chat};
 use crate::common::generator::Blip2Generator;
+use crate::common::minigpt4_chat::{is_parts_file, MiniGpt4Chat};
 
 #[derive(Debug, Args)]
 pub struct CaptionArgs {

@@ -59,7 +59,7 @@ fn fill(template: &str, question: &str) -> String {
 }
 
 pub fn run(mut args: GenerateArgs) -> Result<()> {
-    if super::generate_minigpt4::is_parts_file(&args.model) {
+    if crate::common::minigpt4_chat::is_parts_file(&args.model) {
         return super::generate_minigpt4::run(args);
     }
     let llava = super::generate_llava::is_llava_dir(&args.model);

@@ -1,177 +1,18 @@
-//! `blip2 generate` with a MiniGPT-4 parts file (`--model minigpt4.toml`), as MiniGPT-4's chat
-//! does it: the prompt split on the image marker, each piece tokenized without special tokens,
-//! one BOS in front, the images' `llama_proj(Q-Former)` rows spliced in at the markers, greedy
-//! or beam search that stops after the end symbol (`###`) as well as at EOS.
+//! `blip2 generate` with a MiniGPT-4 parts file (`--model minigpt4.toml`), through
+//! [`MiniGpt4Chat`].
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{Device, Tensor};
-use datasets::image::{decode_file, eval_transform, DecodeLimits, ImageProcessorConfig};
-use qformer::connector::{splice, Connector, PadSide};
-use qformer::llm::{generate_with_history, GenerationConfig};
-use qformer::minigpt4::{minigpt4_pieces, MiniGpt4};
+use anyhow::Result;
+use candle_core::Device;
+use qformer::llm::GenerationConfig;
 use serde::Serialize;
-use tokenizers::Tokenizer;
 
 use super::generate::GenerateArgs;
-
-/// Whether `--model` names a MiniGPT-4 parts file rather than a model directory.
-pub fn is_parts_file(path: &Path) -> bool {
-    path.is_file() && path.extension().is_some_and(|e| e == "toml")
-}
+use crate::common::minigpt4_chat::MiniGpt4Chat;
 
 #[derive(Serialize)]
 struct Output<'a> {
     ids: &'a [u32],
     text: &'a str,
-}
-
-/// MiniGPT-4's question prompt: the template with `<Img>{marker}</Img> {question}` in its `{}`.
-pub fn question_prompt(template: &str, marker: &str, question: &str) -> String {
-    template.replacen("{}", &format!("<Img>{marker}</Img> {question}"), 1)
-}
-
-/// The token sequences MiniGPT-4 stops after: the end symbol as it tokenizes on its own (after
-/// a space, `▁###`) and as it tokenizes glued to a preceding word (`###`), the two encodings
-/// MiniGPT-4 lists for Vicuna.
-pub fn stop_sequences(tokenizer: &Tokenizer, end_sym: &str) -> Result<Vec<Vec<u32>>> {
-    let enc = |s: &str| -> Result<Vec<u32>> {
-        Ok(tokenizer
-            .encode(s, false)
-            .map_err(|e| anyhow!("tokenizing the end symbol {end_sym:?}: {e}"))?
-            .get_ids()
-            .to_vec())
-    };
-    let alone = enc(end_sym)?;
-    let word = enc("a")?;
-    let glued = enc(&format!("a{end_sym}"))?;
-    let mut out = vec![alone];
-    if let Some(rest) = glued.strip_prefix(word.as_slice()) {
-        if !rest.is_empty() && !out.contains(&rest.to_vec()) {
-            out.push(rest.to_vec());
-        }
-    }
-    Ok(out)
-}
-
-/// MiniGPT-4's answer text: everything before the end symbol, after the last `Assistant:`,
-/// stripped.
-fn answer_text(decoded: &str, end_sym: &str) -> String {
-    let before = decoded.split(end_sym).next().unwrap_or("");
-    before.rsplit("Assistant:").next().unwrap_or("").trim().to_string()
-}
-
-/// A MiniGPT-4 loaded for generation: the model, its LLM's tokenizer, the BLIP-2 image
-/// processor, and the BOS and stop sequences its prompts and generations use.
-pub struct MiniGpt4Chat {
-    model: MiniGpt4,
-    tokenizer: Tokenizer,
-    processor: ImageProcessorConfig,
-    bos: u32,
-    stop: Vec<Vec<u32>>,
-    eos_token_ids: Vec<u32>,
-    pad_token_id: u32,
-    device: Device,
-}
-
-impl MiniGpt4Chat {
-    pub fn load(parts_file: &Path, device: &Device) -> Result<Self> {
-        let model = MiniGpt4::from_parts_file(parts_file, device)
-            .with_context(|| format!("loading MiniGPT-4 from {}", parts_file.display()))?;
-        let parts = model.parts().clone();
-        let tok_path = parts.llm.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow!("reading tokenizer {}: {e}", tok_path.display()))?;
-        let llm = model.language_model();
-        let bos = llm
-            .config()
-            .bos_token_id
-            .as_ref()
-            .and_then(|b| b.to_vec().first().copied())
-            .ok_or_else(|| anyhow!("{}: config.json has no bos_token_id", parts.llm.display()))?;
-        let processor = ImageProcessorConfig::from_file(&model.preprocessor_config_path())?;
-        let stop = stop_sequences(&tokenizer, &parts.end_sym)?;
-        let (eos_token_ids, pad_token_id) =
-            super::generate_llava::eos_and_pad(&parts.llm, llm.config())?;
-        Ok(Self {
-            model,
-            tokenizer,
-            processor,
-            bos,
-            stop,
-            eos_token_ids,
-            pad_token_id,
-            device: device.clone(),
-        })
-    }
-
-    /// The prompt for one question in MiniGPT-4's template.
-    pub fn question_prompt(&self, question: &str) -> String {
-        let p = self.model.parts();
-        question_prompt(&p.prompt_template, &p.image_marker, question)
-    }
-
-    /// Generation settings from the command's flags, with the model's EOS, pad and stop ids.
-    pub fn generation_config(&self, base: GenerationConfig) -> GenerationConfig {
-        GenerationConfig {
-            eos_token_ids: self.eos_token_ids.clone(),
-            pad_token_id: self.pad_token_id,
-            stop_sequences: self.stop.clone(),
-            ..base
-        }
-    }
-
-    /// The new ids for `prompt` (text as the model reads it, one image marker per image).
-    pub fn generate(
-        &self,
-        images: &[PathBuf],
-        prompt: &str,
-        cfg: &GenerationConfig,
-    ) -> Result<Vec<u32>> {
-        let parts = self.model.parts();
-        let text_pieces: Vec<&str> = prompt.split(parts.image_marker.as_str()).collect();
-        if text_pieces.len() - 1 != images.len() {
-            bail!(
-                "the prompt has {} {} marker(s) but {} --image file(s) were given",
-                text_pieces.len() - 1,
-                parts.image_marker,
-                images.len()
-            );
-        }
-        let ids = text_pieces
-            .iter()
-            .map(|p| {
-                self.tokenizer
-                    .encode(*p, false)
-                    .map(|e| e.get_ids().to_vec())
-                    .map_err(|e| anyhow!("tokenizing prompt piece {p:?}: {e}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let rows = vec![minigpt4_pieces(self.bos, ids)];
-        let mut pixels = Vec::new();
-        let (mut h, mut w) = (self.processor.size.height, self.processor.size.width);
-        for p in images {
-            let img = decode_file(p, DecodeLimits::default()).context("reading an input image")?;
-            let t = eval_transform(&img, &self.processor);
-            (h, w) = (t.height, t.width);
-            pixels.extend(t.data);
-        }
-        let pv = Tensor::from_vec(pixels, (images.len(), 3, h, w), &self.device)?;
-        let image_rows = self.model.image_embeds(&pv)?;
-        let llm = self.model.language_model();
-        let s = splice(&rows, &image_rows, llm, PadSide::Left)?;
-        // `generate(inputs_embeds=...)` without input ids: the penalty sees the new tokens only.
-        let mut out = generate_with_history(llm, &s.embeds, &s.attention_mask, None, cfg)?;
-        Ok(out.remove(0))
-    }
-
-    /// MiniGPT-4's answer text of generated ids.
-    pub fn answer(&self, ids: &[u32]) -> Result<String> {
-        let decoded =
-            self.tokenizer.decode(ids, true).map_err(|e| anyhow!("decoding ids {ids:?}: {e}"))?;
-        Ok(answer_text(&decoded, &self.model.parts().end_sym))
-    }
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {

@@ -6,9 +6,11 @@ pub mod alloc;
 pub mod atomic;
 pub mod device;
 pub mod feature_cache;
+pub mod generation_ids;
 pub mod generator;
 pub mod inputs;
 pub mod llm_text;
+pub mod minigpt4_chat;
 pub mod model_dir;
 
 /// A CLI-side error as the training loop carries it: one line with the whole context chain (the

@@ -36,12 +36,18 @@ fn row(t: &Tensor) -> Vec<u64> {
         .collect()
 }
 
-fn check_dir(name: &str) {
+/// llava-tiny's `expected.json` and `expected.safetensors` (HF's outputs).
+fn expected() -> (serde_json::Value, HashMap<String, Tensor>) {
     let exp_dir = dir("llava-tiny");
-    let expected: serde_json::Value =
+    let json =
         serde_json::from_str(&std::fs::read_to_string(exp_dir.join("expected.json")).unwrap())
             .unwrap();
-    let tensors: HashMap<String, Tensor> = load_tensors(&exp_dir.join("expected.safetensors"));
+    (json, load_tensors(&exp_dir.join("expected.safetensors")))
+}
+
+fn check_dir(name: &str) {
+    let exp_dir = dir("llava-tiny");
+    let (expected, tensors) = expected();
     let images = expected["images"].as_array().unwrap();
     let eos = expected["generation"]["eos_token_id"].as_u64().unwrap();
     let max_new = expected["generation"]["max_new_tokens"].as_u64().unwrap().to_string();
@@ -142,13 +148,11 @@ fn llava_image_marker_count_mismatch_is_one_error_line() {
 #[test]
 fn llava_generate_question_fills_the_llava_template() {
     let exp_dir = dir("llava-tiny");
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(exp_dir.join("expected.json")).unwrap())
-            .unwrap();
-    let tensors: HashMap<String, Tensor> = load_tensors(&exp_dir.join("expected.safetensors"));
+    let (expected, tensors) = expected();
     let images = expected["images"].as_array().unwrap();
     let eos = expected["generation"]["eos_token_id"].as_u64().unwrap();
     let questions = expected["questions"].as_array().expect("questions");
+    let max_new = expected["generation"]["max_new_tokens"].as_u64().unwrap().to_string();
     let mut checked = 0;
     for case in expected["cases"].as_array().unwrap() {
         let (i, j) = (case["image"].as_u64().unwrap(), case["prompt"].as_u64().unwrap());
@@ -163,7 +167,7 @@ fn llava_generate_question_fills_the_llava_template() {
             "--question".as_ref(),
             question.as_ref(),
             "--max-new-tokens".as_ref(),
-            "6".as_ref(),
+            max_new.as_ref(),
             "--json".as_ref(),
         ] as [&std::ffi::OsStr; 10]);
         let got = stdout_json(&out);

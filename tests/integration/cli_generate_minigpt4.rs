@@ -23,6 +23,7 @@ fn minigpt4_generate_matches_the_reference_by_question_and_by_prompt() {
     let images = exp["images"].as_array().unwrap();
     let instructions = exp["instructions"].as_array().unwrap();
     let toml = d.join("minigpt4.toml");
+    let max_new = exp["generation"]["max_new_tokens"].as_u64().unwrap().to_string();
     let mut stopped = 0;
     for case in exp["cases"].as_array().unwrap() {
         let image = d.join(images[case["image"].as_u64().unwrap() as usize].as_str().unwrap());
@@ -39,7 +40,7 @@ fn minigpt4_generate_matches_the_reference_by_question_and_by_prompt() {
                 flag.as_ref(),
                 text.as_ref(),
                 "--max-new-tokens".as_ref(),
-                "6".as_ref(),
+                max_new.as_ref(),
                 "--json".as_ref(),
             ] as [&std::ffi::OsStr; 10]);
             let got = stdout_json(&out);

@@ -33,6 +33,7 @@ pub use clip::{ClipVisionConfig, ClipVisionModel};
 pub use projector::{Activation, MultiModalProjector};
 
 use crate::llm::{LlamaConfig, LlamaForCausalLm};
+use crate::weights::TensorSet;
 use crate::Error;
 
 /// HF `vision_feature_layer`: one hidden-state index or a list of them (negative from the end).
@@ -406,28 +407,7 @@ pub fn load_dir(
 ) -> crate::Result<(LlavaConfig, NamingScheme, HashMap<String, Tensor>)> {
     let dir = dir.as_ref();
     let cfg = LlavaConfig::from_file(dir.join("config.json"))?;
-    let single = dir.join("model.safetensors");
-    let files = if single.exists() {
-        vec![single]
-    } else {
-        let index = dir.join("model.safetensors.index.json");
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::json(&index, e))?;
-        let shards: BTreeSet<String> = v["weight_map"]
-            .as_object()
-            .ok_or_else(|| Error::Msg(format!("{}: no weight_map", index.display())))?
-            .values()
-            .filter_map(|s| s.as_str().map(String::from))
-            .collect();
-        shards.into_iter().map(|s| dir.join(s)).collect()
-    };
-    let mut raw = HashMap::new();
-    for f in files {
-        let part = candle_core::safetensors::load(&f, device)
-            .map_err(|e| Error::Msg(format!("{}: {e}", f.display())))?;
-        raw.extend(part);
-    }
+    let raw = TensorSet::from_hf_weights(dir, device)?.into_map();
     let (scheme, tensors) = canonical_tensors(raw)?;
     check_tensors(&cfg, scheme, &tensors)?;
     Ok((cfg, scheme, tensors))

@@ -35,6 +35,15 @@ impl GenerationConfig {
     pub fn ends_with_stop(&self, ids: &[u32]) -> bool {
         self.stop_sequences.iter().any(|s| !s.is_empty() && ids.ends_with(s))
     }
+
+    /// Whether `ids` followed by `next` would end with a stop sequence (without building the
+    /// extended sequence: beam search asks this of every candidate).
+    pub fn ends_with_stop_after(&self, ids: &[u32], next: u32) -> bool {
+        self.stop_sequences.iter().any(|s| match s.split_last() {
+            Some((&last, head)) => last == next && ids.ends_with(head),
+            None => false,
+        })
+    }
 }
 
 impl Default for GenerationConfig {
@@ -506,11 +515,7 @@ fn beam_search<M: IncrementalDecoder>(
                 .map(|c| {
                     last_step
                         || cfg.eos_token_ids.contains(&c.2)
-                        || (!cfg.stop_sequences.is_empty() && {
-                            let mut seq = running[bi][c.1].clone();
-                            seq.push(c.2);
-                            cfg.ends_with_stop(&seq)
-                        })
+                        || cfg.ends_with_stop_after(&running[bi][c.1], c.2)
                 })
                 .collect();
             // Next running beams: best `nb` candidates that did not stop.
@@ -579,4 +584,28 @@ fn beam_search<M: IncrementalDecoder>(
             out
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GenerationConfig;
+
+    /// The beam-search form (`ids` then `next`) agrees with checking the extended sequence, for
+    /// one- and two-token stop sequences, hits and misses.
+    #[test]
+    fn ends_with_stop_after_agrees_with_the_extended_sequence() {
+        let cfg =
+            GenerationConfig { stop_sequences: vec![vec![7], vec![3, 4]], ..Default::default() };
+        for (ids, next) in [(&[1u32, 2][..], 7u32), (&[1, 3], 4), (&[1, 2], 4), (&[], 4), (&[], 7)]
+        {
+            let mut seq = ids.to_vec();
+            seq.push(next);
+            assert_eq!(
+                cfg.ends_with_stop_after(ids, next),
+                cfg.ends_with_stop(&seq),
+                "{ids:?} {next}"
+            );
+        }
+        assert!(cfg.ends_with_stop_after(&[3], 4) && !cfg.ends_with_stop_after(&[5], 4));
+    }
 }

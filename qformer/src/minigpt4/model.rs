@@ -187,15 +187,7 @@ fn load_blip2(path: &Path, vision: Option<&Path>, device: &Device) -> Result<Bli
 
 fn load_llama(dir: &Path, device: &Device) -> Result<LlamaForCausalLm> {
     let cfg = LlamaConfig::from_file(dir.join("config.json"))?;
-    let file = dir.join("model.safetensors");
-    if !file.exists() {
-        return Err(Error::io(
-            &file,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ));
-    }
-    let tensors = candle_core::safetensors::load(&file, device)
-        .map_err(|e| Error::Msg(format!("{}: {e}", file.display())))?;
+    let tensors = TensorSet::from_hf_weights(dir, device)?.into_map();
     let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device);
     LlamaForCausalLm::load(vb, &cfg).map_err(|e| Error::Msg(format!("{}: {e}", dir.display())))
 }

@@ -100,40 +100,52 @@ impl TensorSet {
     pub fn from_hf_dir(dir: impl AsRef<Path>, device: &Device) -> Result<(Blip2Config, Self)> {
         let dir = dir.as_ref();
         let cfg = Blip2Config::from_file(dir.join("config.json"))?;
+        Ok((cfg, Self::from_hf_weights(dir, device)?))
+    }
+
+    /// The weights of an HF Hub directory, whatever its model: `model.safetensors`, or the shards
+    /// that `model.safetensors.index.json` lists (every tensor it lists must be in a shard).
+    pub fn from_hf_weights(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        let set = if single.exists() {
-            Self::from_safetensors(&single, device)?
-        } else if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::json(&index, e))?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                Error::Msg(format!("{}: no \"weight_map\" object", index.display()))
-            })?;
-            let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-            files.sort();
-            files.dedup();
-            let mut set = Self::empty();
-            for f in files {
-                set = set.merge(Self::from_safetensors(dir.join(f), device)?)?;
-            }
-            let listed: std::collections::BTreeSet<&str> = map.keys().map(|k| k.as_str()).collect();
-            let missing: Vec<&str> = listed.iter().filter(|k| !set.contains(k)).copied().collect();
-            if !missing.is_empty() {
-                return Err(Error::Checkpoint {
-                    source_name: index.display().to_string(),
-                    report: format!("index lists tensors no shard holds: {}", missing.join(", ")),
-                });
-            }
-            set
-        } else {
+        if single.exists() {
+            return Self::from_safetensors(&single, device);
+        }
+        if !index.exists() {
             return Err(Error::Msg(format!(
                 "{}: neither model.safetensors nor model.safetensors.index.json",
                 dir.display()
             )));
-        };
-        Ok((cfg, set))
+        }
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::json(&index, e))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::Msg(format!("{}: no \"weight_map\" object", index.display())))?;
+        let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        files.sort();
+        files.dedup();
+        let mut set = Self::empty();
+        for f in files {
+            set = set.merge(Self::from_safetensors(dir.join(f), device)?)?;
+        }
+        let listed: std::collections::BTreeSet<&str> = map.keys().map(|k| k.as_str()).collect();
+        let missing: Vec<&str> = listed.iter().filter(|k| !set.contains(k)).copied().collect();
+        if !missing.is_empty() {
+            return Err(Error::Checkpoint {
+                source_name: index.display().to_string(),
+                report: format!("index lists tensors no shard holds: {}", missing.join(", ")),
+            });
+        }
+        Ok(set)
+    }
+
+    /// The tensors by name, for a `VarBuilder::from_tensors`.
+    pub fn into_map(self) -> std::collections::HashMap<String, Tensor> {
+        self.tensors.into_iter().collect()
     }
 
     /// Union of two sets; a name in both is an error (naming all of them).

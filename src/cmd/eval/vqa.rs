@@ -17,8 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qformer::llm::GenerationConfig;
 
 use super::vqa_score::{print_scores, PythonVersion};
-use crate::cmd::generate_minigpt4::{is_parts_file, MiniGpt4Chat};
 use crate::common::generator::{Blip2Generator, LlmKind};
+use crate::common::minigpt4_chat::{is_parts_file, MiniGpt4Chat};
 
 #[derive(Debug, Args)]
 pub struct VqaArgs {
