@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::image::clip::{clip_transform, ClipImageProcessorConfig};
 use crate::image::{
     decode_bytes, decode_file, eval_transform, DecodeLimits, ImageProcessorConfig, TrainAugment,
 };
@@ -40,6 +41,9 @@ pub struct LoaderConfig {
     /// Train transform (random resized crop + flip) instead of the eval resize.
     pub augment: Option<TrainAugment>,
     pub image: ImageProcessorConfig,
+    /// HF `CLIPImageProcessor` instead of `augment` / `image` (LLaVA, which never augments);
+    /// the batch's size is its crop, so it must center-crop.
+    pub clip: Option<ClipImageProcessorConfig>,
     pub caption: CaptionCleaner,
     pub padding: Padding,
     pub limits: DecodeLimits,
@@ -196,20 +200,24 @@ fn build_batch(
         .map(|(k, &idx)| {
             let item = &items[idx];
             let img = load_pixels(item, config.limits)?;
-            let tensor = match &config.augment {
-                Some(aug) => {
+            let tensor = match (&config.clip, &config.augment) {
+                (Some(clip), _) => clip_transform(&img, clip),
+                (None, Some(aug)) => {
                     // One stream per (seed, epoch, position): independent of thread timing.
                     let mut rng = ChaCha8Rng::seed_from_u64(cursor.seed ^ 0x9e37_79b9_7f4a_7c15);
                     rng.set_stream(cursor.epoch);
                     rng.set_word_pos(((first_position + k) as u128) << 16);
                     aug.apply(&img, &config.image, &mut rng)
                 }
-                None => eval_transform(&img, &config.image),
+                (None, None) => eval_transform(&img, &config.image),
             };
             Ok::<_, crate::DataError>(tensor)
         })
         .collect();
-    let (h, w) = (config.image.size.height, config.image.size.width);
+    let (h, w) = match &config.clip {
+        Some(clip) => (clip.crop_size.height, clip.crop_size.width),
+        None => (config.image.size.height, config.image.size.width),
+    };
     let mut batch = ImageTextBatch {
         pixel_values: Vec::with_capacity(indices.len() * 3 * h * w),
         batch_size: 0,

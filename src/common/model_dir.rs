@@ -245,18 +245,36 @@ pub fn save_model_dir_with_files(
         // transformers' AutoImageProcessor picks the class by this key.
         obj.entry("image_processor_type").or_insert_with(|| "BlipImageProcessor".into());
     }
+    let json = [
+        (PathBuf::from("config.json"), config.clone()),
+        (PathBuf::from("preprocessor_config.json"), processor_json),
+    ];
+    write_weights_dir(dir, &json, tensors, files)
+}
+
+/// Writes `dir` whole or not at all (an existing one is replaced): the `json` files, the
+/// `tensors` as `model.safetensors` and copies of the side `files` (`(path inside, source)`).
+pub fn write_weights_dir(
+    dir: &Path,
+    json: &[(PathBuf, serde_json::Value)],
+    tensors: &HashMap<String, Tensor>,
+    files: &[(PathBuf, PathBuf)],
+) -> Result<()> {
     replace_dir(dir, |tmp| {
-        write_json(&tmp.join("config.json"), config)?;
-        write_json(&tmp.join("preprocessor_config.json"), &processor_json)?;
+        for (rel, value) in json {
+            write_json(&tmp.join(rel), value)?;
+        }
         let weights = tmp.join("model.safetensors");
         // transformers refuses safetensors files whose metadata names another framework.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::serialize_to_file(tensors.iter(), Some(metadata), &weights)
             .with_context(|| format!("cannot write {}", weights.display()))?;
         // safetensors creates its file owner-only; the directory's other files follow the umask.
-        let permissions = std::fs::metadata(tmp.join("config.json"))?.permissions();
-        std::fs::set_permissions(&weights, permissions)
-            .with_context(|| format!("cannot set the permissions of {}", weights.display()))?;
+        if let Some((rel, _)) = json.first() {
+            let permissions = std::fs::metadata(tmp.join(rel))?.permissions();
+            std::fs::set_permissions(&weights, permissions)
+                .with_context(|| format!("cannot set the permissions of {}", weights.display()))?;
+        }
         for (rel, src) in files {
             let dst = tmp.join(rel);
             if let Some(parent) = dst.parent() {

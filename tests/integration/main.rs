@@ -15,6 +15,7 @@ mod cli_generate_llava;
 mod cli_generate_minigpt4;
 mod cli_pretrain;
 mod cli_pretrain_bert;
+mod cli_pretrain_connector;
 mod cli_pretrain_llama;
 mod cli_pretrain_stage2;
 mod cli_quickstart;

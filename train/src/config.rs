@@ -65,6 +65,34 @@ pub struct ModelConfig {
     /// Stage two: text before every caption (LAVIS `prompt`, "" in pretrain_stage2); it takes
     /// no loss.
     pub prompt: String,
+    /// Train a connector into a LLaMA-family LLM instead of BLIP-2's Q-Former: `llava` (with
+    /// `init_from` an HF LLaVA directory) or `minigpt4` (with `init_from` a MiniGPT-4 parts
+    /// TOML). `stage1` aligns the projector on captions; `stage2` tunes on conversations
+    /// (`data.conversations`).
+    pub connector: Option<ConnectorKind>,
+    /// Train the LLM too (LLaVA stage 2, as LLaVA's own recipe does). Unset: true for LLaVA's
+    /// stage 2, false otherwise.
+    pub train_llm: Option<bool>,
+}
+
+/// The connector a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorKind {
+    /// CLIP grid features through `multi_modal_projector` (LLaVA `plain` template in stage 1,
+    /// `v1` conversations in stage 2).
+    Llava,
+    /// BLIP-2's frozen Q-Former through `llama_proj` (captions in stage 1, `###Human: ...
+    /// ###Assistant: ` in stage 2).
+    Minigpt4,
+}
+
+impl ModelConfig {
+    /// Whether the LLM trains (see [`ModelConfig::train_llm`]).
+    pub fn trains_llm(&self, stage: Stage) -> bool {
+        self.train_llm
+            .unwrap_or(self.connector == Some(ConnectorKind::Llava) && stage == Stage::Stage2)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +110,17 @@ pub struct DataConfig {
     pub max_txt_len: u32,
     /// Batches the loader decodes ahead of the step (each batch's images decode in parallel).
     pub prefetch_batches: usize,
+    /// Random resized crop + flip on the training images (BLIP-2 and MiniGPT-4); LLaVA never
+    /// augments. Off: the eval transform.
+    pub augment: bool,
+    /// Connector stage 2: a LLaVA-format conversation JSON (`[{"id", "image", "conversations":
+    /// [{"from": "human"|"gpt", "value"}...]}]`).
+    pub conversations: Option<PathBuf>,
+    /// The folder the conversations' `image` paths are relative to (default: the JSON's folder).
+    pub images: Option<PathBuf>,
+    /// LLaVA: the longest sequence after image expansion (its `model_max_length`); longer ones
+    /// are cut, as LLaVA cuts them.
+    pub max_seq_len: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,6 +240,10 @@ impl Default for DataConfig {
             image_size: 224,
             max_txt_len: 32, // blip2 pretrain model yaml
             prefetch_batches: 2,
+            augment: true,
+            conversations: None,
+            images: None,
+            max_seq_len: 2048, // LLaVA-1.5 scripts
         }
     }
 }
@@ -299,6 +342,7 @@ impl RunConfig {
                 image_size: 32,
                 max_txt_len: 16,
                 prefetch_batches: 2,
+                ..DataConfig::default()
             },
             optimizer: OptimizerConfig {
                 lr: 1e-3,
@@ -465,7 +509,9 @@ impl RunConfig {
         if self.data.image_size == 0 || self.data.max_txt_len == 0 {
             return bad("data.image_size/max_txt_len", "must be positive", "0".into());
         }
-        if self.data.synthetic.is_none() && self.data.root.is_none() {
+        if self.model.connector.is_some() {
+            self.validate_connector()?;
+        } else if self.data.synthetic.is_none() && self.data.root.is_none() {
             return bad(
                 "data.root",
                 "must be set (a directory with annotations/karpathy_train.json and the images) unless data.synthetic is set",
@@ -504,6 +550,64 @@ impl RunConfig {
             return bad("device", "must be `cpu`, `cuda` or `cuda:N`", format!("`{dev}`"));
         }
         Ok(())
+    }
+
+    /// The keys a connector run needs and the ones it cannot use.
+    fn validate_connector(&self) -> Result<()> {
+        let (m, d) = (&self.model, &self.data);
+        let kind = match m.connector {
+            Some(ConnectorKind::Llava) => "llava",
+            Some(ConnectorKind::Minigpt4) => "minigpt4",
+            None => return Ok(()),
+        };
+        let refuse = |key: &str, why: &str| {
+            Err(Error::Config(format!(
+                "{key} cannot be used with model.connector = \"{kind}\": {why}"
+            )))
+        };
+        if m.init_from.is_none() {
+            let what = match m.connector {
+                Some(ConnectorKind::Llava) => "an HF LLaVA directory",
+                _ => "a MiniGPT-4 parts TOML (qformer, llm, projection)",
+            };
+            return Err(Error::Config(format!(
+                "model.connector = \"{kind}\" needs model.init_from: {what}"
+            )));
+        }
+        for (key, set) in [
+            ("model.preset", m.preset.is_some()),
+            ("model.config", m.config.is_some()),
+            ("model.bert", m.bert.is_some()),
+            ("model.vision_weights", m.vision_weights.is_some()),
+            ("model.llm", m.llm.is_some()),
+            ("data.features", d.features.is_some()),
+        ] {
+            if set {
+                return refuse(key, "the connector's model is all in model.init_from");
+            }
+        }
+        if self.validation.every_steps.is_some() {
+            return refuse("validation.every_steps", "connector runs have no validation loss yet");
+        }
+        if m.train_llm == Some(true) && m.connector == Some(ConnectorKind::Minigpt4) {
+            return refuse("model.train_llm = true", "MiniGPT-4 trains llama_proj only");
+        }
+        match self.stage {
+            Stage::Stage1
+                if d.root.is_none() && d.synthetic.is_none() && d.conversations.is_none() =>
+            {
+                Err(Error::Config(
+                    "a connector's stage 1 needs captions: data.root (a directory with annotations/karpathy_train.json and the images), data.conversations (LLaVA's LCS-558K layout) or data.synthetic".into(),
+                ))
+            }
+            Stage::Stage2 if d.conversations.is_none() => Err(Error::Config(
+                "data.conversations must be set for a connector's stage 2 (a LLaVA-format conversation JSON)".into(),
+            )),
+            _ if d.max_seq_len == 0 => {
+                Err(Error::Config("data.max_seq_len must be at least 1 (got 0)".into()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The schedule of this run; `steps_per_epoch` comes from the data loader.
@@ -566,6 +670,10 @@ fn schema() -> toml::Table {
     c.data.root = Some(PathBuf::new());
     c.data.synthetic = Some(1);
     c.data.features = Some(PathBuf::new());
+    c.data.conversations = Some(PathBuf::new());
+    c.data.images = Some(PathBuf::new());
+    c.model.connector = Some(ConnectorKind::Llava);
+    c.model.train_llm = Some(true);
     c.model.preset = Some(String::new());
     c.optimizer.max_grad_norm = Some(1.0);
     c.steps.max_steps = Some(1);

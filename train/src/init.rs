@@ -37,6 +37,36 @@ pub fn init_fresh(vars: &[(String, Var)], rng: &mut TrainRng) -> Result<()> {
     Ok(())
 }
 
+/// `torch.nn.Linear`'s default init (kaiming-uniform with `a = sqrt(5)`): every `weight`
+/// `[out, in]` and its `bias` uniform in `±1/sqrt(in)`, drawn in sorted-name order (a bias
+/// takes the fan-in of the weight beside it).
+pub fn init_torch_linear(vars: &[(String, Var)], rng: &mut TrainRng) -> Result<()> {
+    let mut vars: Vec<&(String, Var)> = vars.iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let fan_in = |name: &str| -> Result<usize> {
+        let weight = match name.strip_suffix("bias") {
+            Some(prefix) => format!("{prefix}weight"),
+            None => name.to_string(),
+        };
+        let w = vars.iter().find(|(n, _)| *n == weight).ok_or_else(|| {
+            Error::Msg(format!("{name}: a Linear's bias needs its weight {weight}"))
+        })?;
+        match w.1.dims() {
+            [_, i] => Ok(*i),
+            d => Err(Error::Msg(format!("{weight}: a Linear weight is 2-D, got {d:?}"))),
+        }
+    };
+    for (name, var) in &vars {
+        let bound = 1.0 / (fan_in(name)? as f64).sqrt();
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
+            .collect();
+        let t = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
 /// Box-Muller: one standard normal draw from two uniforms.
 fn normal(rng: &mut TrainRng) -> f64 {
     let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);

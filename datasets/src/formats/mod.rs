@@ -1,6 +1,7 @@
 //! Annotation and shard readers; each returns typed items and names the file (and field) on
 //! error.
 
+pub mod conversations;
 pub mod gqa;
 pub mod json;
 pub mod karpathy;
@@ -11,6 +12,7 @@ pub mod table;
 pub mod vqa;
 pub mod webdataset;
 
+pub use conversations::{conversation_items, read_conversations, Conversation, Speaker, Turn};
 pub use gqa::{read_gqa, GqaQuestion};
 pub use karpathy::{
     coco_id_from_filename, read_karpathy_eval, read_karpathy_train, EvalImage, RetrievalSplit,

@@ -24,21 +24,32 @@ fn keep_first_words(text: String, max_words: usize) -> String {
 pub struct CaptionCleaner {
     pub prompt: String,
     pub max_words: usize,
+    /// Keep the caption as written (LLaVA reads captions raw): no lowercasing, no punctuation
+    /// stripping, no word limit.
+    pub verbatim: bool,
 }
 
 impl Default for CaptionCleaner {
     fn default() -> Self {
-        CaptionCleaner { prompt: String::new(), max_words: 50 }
+        CaptionCleaner { prompt: String::new(), max_words: 50, verbatim: false }
     }
 }
 
 impl CaptionCleaner {
     pub fn new(prompt: impl Into<String>, max_words: usize) -> Self {
-        CaptionCleaner { prompt: prompt.into(), max_words }
+        CaptionCleaner { prompt: prompt.into(), max_words, verbatim: false }
+    }
+
+    /// Captions as written, with no prompt.
+    pub fn verbatim() -> Self {
+        CaptionCleaner { verbatim: true, ..Self::default() }
     }
 
     /// `prompt + pre_caption(caption)`.
     pub fn clean(&self, caption: &str) -> String {
+        if self.verbatim {
+            return format!("{}{caption}", self.prompt);
+        }
         format!("{}{}", self.prompt, pre_caption(caption, self.max_words))
     }
 }

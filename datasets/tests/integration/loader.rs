@@ -39,6 +39,7 @@ fn config(augment: bool) -> LoaderConfig {
         shuffle: true,
         augment: augment.then(TrainAugment::default),
         image: ImageProcessorConfig::square(16),
+        clip: None,
         caption: CaptionCleaner::default(),
         padding: Padding::MaxLength,
         limits: DecodeLimits::default(),

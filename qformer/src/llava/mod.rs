@@ -463,26 +463,40 @@ impl LlavaForConditionalGeneration {
         tensors: &HashMap<String, Tensor>,
         varmap: &VarMap,
     ) -> crate::Result<Self> {
+        Self::with_trainable(cfg, tensors, varmap, &|name| {
+            name.starts_with("multi_modal_projector.")
+        })
+    }
+
+    /// The tensors whose canonical name `trainable` accepts as `Var`s (f32) put into `varmap`,
+    /// the others as constants: e.g. the projector and the LLM for LLaVA's stage 2.
+    pub fn with_trainable(
+        cfg: &LlavaConfig,
+        tensors: &HashMap<String, Tensor>,
+        varmap: &VarMap,
+        trainable: &dyn Fn(&str) -> bool,
+    ) -> crate::Result<Self> {
         let device = tensors
             .values()
             .next()
             .map(|t| t.device().clone())
             .ok_or_else(|| Error::Msg("no tensors".into()))?;
-        let mut frozen = HashMap::new();
+        // One builder over both: a `Var`'s tensor keeps its identity through an f32 builder, so
+        // the modules built from it are tracked.
+        let mut all = HashMap::new();
         {
             let mut vars = varmap.data().lock().expect("VarMap lock");
             for (name, t) in tensors {
-                if name.starts_with("multi_modal_projector.") {
-                    vars.insert(name.clone(), Var::from_tensor(t)?);
+                if trainable(name) {
+                    let var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+                    all.insert(name.clone(), var.as_tensor().clone());
+                    vars.insert(name.clone(), var);
                 } else {
-                    frozen.insert(name.clone(), t.clone());
+                    all.insert(name.clone(), t.clone());
                 }
             }
         }
-        let dtype = cfg_dtype(tensors);
-        let frozen = VarBuilder::from_tensors(frozen, dtype, &device);
-        let proj = VarBuilder::from_varmap(varmap, dtype, &device);
-        Self::load_parts(frozen, proj, cfg)
+        Self::load(VarBuilder::from_tensors(all, DType::F32, &device), cfg)
     }
 
     pub fn config(&self) -> &LlavaConfig {
@@ -639,8 +653,4 @@ impl LlavaForConditionalGeneration {
         let feats = pixel_values.map(|pv| self.image_features(pv)).transpose()?;
         self.forward_with_features(input_ids, feats.as_ref(), attention_mask, position_ids)
     }
-}
-
-fn cfg_dtype(tensors: &HashMap<String, Tensor>) -> DType {
-    tensors.get("language_model.model.embed_tokens.weight").map(|t| t.dtype()).unwrap_or(DType::F32)
 }

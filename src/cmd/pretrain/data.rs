@@ -28,6 +28,27 @@ pub fn loader(
     tokenizer: Option<TextTokenizer>,
     image_size: usize,
 ) -> Result<Loader> {
+    let items = caption_items(cfg, run_root)?;
+    let config = LoaderConfig {
+        batch_size: cfg.batch.size,
+        prefetch: cfg.data.prefetch_batches,
+        shuffle: true,
+        augment: cfg.data.augment.then(TrainAugment::default),
+        image: ImageProcessorConfig::square(image_size),
+        clip: None,
+        caption: CaptionCleaner::new("", 50),
+        padding: Padding::Longest,
+        limits: DecodeLimits::default(),
+    };
+    Ok(match tokenizer {
+        Some(t) => Loader::new(items, t, config),
+        None => Loader::without_tokenizer(items, config),
+    })
+}
+
+/// The training captions: `data.root/annotations/karpathy_train.json`, or the synthetic world
+/// of `data.synthetic` written into the run directory (once: a resumed run reads the same).
+pub fn caption_items(cfg: &RunConfig, run_root: &Path) -> Result<Vec<ImageTextItem>> {
     let root = match (&cfg.data.root, cfg.data.synthetic) {
         (Some(root), _) => root.clone(),
         (None, Some(n)) => {
@@ -61,20 +82,7 @@ pub fn loader(
     if items.is_empty() {
         bail!("{}: no training captions", ann.display());
     }
-    let config = LoaderConfig {
-        batch_size: cfg.batch.size,
-        prefetch: cfg.data.prefetch_batches,
-        shuffle: true,
-        augment: Some(TrainAugment::default()),
-        image: ImageProcessorConfig::square(image_size),
-        caption: CaptionCleaner::new("", 50),
-        padding: Padding::Longest,
-        limits: DecodeLimits::default(),
-    };
-    Ok(match tokenizer {
-        Some(t) => Loader::new(items, t, config),
-        None => Loader::without_tokenizer(items, config),
-    })
+    Ok(items)
 }
 
 /// The held-out split for validation losses: `annotations/karpathy_val.json` of the data root
@@ -118,6 +126,7 @@ pub fn val_loader(
         shuffle: false,
         augment: None,
         image: ImageProcessorConfig::square(image_size),
+        clip: None,
         caption: CaptionCleaner::new("", 50),
         padding: Padding::Longest,
         limits: DecodeLimits::default(),

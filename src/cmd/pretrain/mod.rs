@@ -1,11 +1,13 @@
 //! `blip2 pretrain`: stage one (ITC + ITM + ITG with a frozen ViT) or stage two (the LLM's loss
-//! through a frozen OPT / FLAN-T5, `stage = "stage2"`), through `train::run`.
+//! through a frozen OPT / FLAN-T5 / LLaMA, `stage = "stage2"`), through `train::run`; or, with
+//! `model.connector`, LLaVA's or MiniGPT-4's stages (`connector.rs`).
 //!
 //! The run directory holds the resolved `config.toml`, `metrics.jsonl`, `curves.png`,
 //! checkpoints (weights, AdamW moments, RNG, loader cursor, guard: `--resume` continues bit for
 //! bit) and, when the run stops, `model/`: the trained model in HF Hub layout, which `score`,
 //! `embed`, `eval` and `generate` open (`best/` too, the best by the validation metric).
 
+mod connector;
 mod data;
 mod model;
 mod stage_two;
@@ -112,6 +114,10 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     let dev = parse_device(&cfg.device)?;
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     cfg.save(&root.join("config.toml"))?;
+    if cfg.model.connector.is_some() {
+        connector::run(&cfg, &root, &args, &dev)?;
+        return Ok(());
+    }
     let built = model::build(&cfg, &root, &dev)?;
     let cache = match &cfg.data.features {
         Some(dir) => Some(

@@ -1,0 +1,395 @@
+//! `blip2 pretrain` with `model.connector`: LLaVA's or MiniGPT-4's two stages through the one
+//! trainer.
+//!
+//! - LLaVA (`model.init_from` = an HF LLaVA directory): stage 1 trains `multi_modal_projector`
+//!   on captions with the `plain` template; stage 2 trains the projector and the LLM on
+//!   conversations with the `v1` template (`model.train_llm = false` keeps the LLM frozen).
+//!   Images go through the directory's CLIP image processor, never augmented.
+//! - MiniGPT-4 (`model.init_from` = a parts TOML): `llama_proj` trains in both stages; stage 1
+//!   on captions, stage 2 on conversations in `###Human: ... ###Assistant: `. Images go through
+//!   the BLIP-2 directory's processor, with MiniGPT-4's random resized crop (no flip) unless
+//!   `data.augment = false`.
+//!
+//! Every sample is tokenized once before the run: those that cannot be read (no image marker,
+//! LLaVA's tokenization mismatch, too long) are left out and counted, so that no step meets
+//! one. The trained model is written as the inference commands open it: a LLaVA directory
+//! (same layout and files as the one it started from), or a MiniGPT-4 directory holding
+//! `minigpt4.toml` and `llama_proj.safetensors`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+
+use datasets::formats::{conversation_items, read_conversations, Conversation};
+use datasets::image::clip::ClipImageProcessorConfig;
+use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
+use datasets::text::{CaptionCleaner, Padding};
+use datasets::{ImageTextBatch, ImageTextItem, Loader, LoaderConfig};
+use qformer::connector::{Connector, Piece};
+use qformer::llava::LlavaForConditionalGeneration;
+use qformer::minigpt4::{MiniGpt4, PartsFile};
+use train::config::{ConnectorKind, Stage};
+use train::init::named_vars;
+use train::tasks::{ConnectorMicro, ConnectorTask, Template, TemplateTokenizer, TrainText};
+use train::{Extras, ParamStore, RunConfig, RunSummary, Settings};
+
+use super::data::{caption_items, LoaderBatches};
+use super::{model_error, pixels, PretrainArgs};
+use crate::common::atomic::replace_dir;
+use crate::common::model_dir::write_weights_dir;
+
+/// The files of an HF LLaVA directory besides its weights, copied into the trained one.
+const LLAVA_SIDE_FILES: &[&str] = &[
+    "preprocessor_config.json",
+    "processor_config.json",
+    "generation_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+];
+
+/// The connector being trained.
+enum ConnectorModel {
+    Llava {
+        model: Box<LlavaForConditionalGeneration>,
+        /// The trainable tensors (canonical names).
+        varmap: VarMap,
+        /// The constant ones (canonical names), written with the trained model.
+        frozen: HashMap<String, Tensor>,
+        dir: PathBuf,
+    },
+    MiniGpt4 {
+        model: Box<MiniGpt4>,
+    },
+}
+
+impl ConnectorModel {
+    fn load(cfg: &RunConfig, dev: &Device) -> Result<Self> {
+        let src = cfg.model.init_from.as_ref().context("model.init_from")?;
+        match cfg.model.connector.context("model.connector")? {
+            ConnectorKind::Llava => {
+                let (lcfg, _, tensors) = qformer::llava::load_dir(src, dev)
+                    .with_context(|| format!("model.init_from {}", src.display()))?;
+                let train_llm = cfg.model.trains_llm(cfg.stage);
+                let trainable = |name: &str| {
+                    name.starts_with("multi_modal_projector.")
+                        || (train_llm && name.starts_with("language_model."))
+                };
+                let varmap = VarMap::new();
+                let model = LlavaForConditionalGeneration::with_trainable(
+                    &lcfg, &tensors, &varmap, &trainable,
+                )
+                .with_context(|| format!("model.init_from {}", src.display()))?;
+                let frozen = tensors.into_iter().filter(|(n, _)| !trainable(n)).collect();
+                println!(
+                    "LLaVA from {}: training the projector{}",
+                    src.display(),
+                    if train_llm { " and the LLM" } else { " (tower and LLM frozen)" }
+                );
+                Ok(Self::Llava { model: Box::new(model), varmap, frozen, dir: src.clone() })
+            }
+            ConnectorKind::Minigpt4 => {
+                let model = MiniGpt4::from_parts_file_trainable(src, dev)
+                    .with_context(|| format!("model.init_from {}", src.display()))?;
+                let vars = model.varmap().context("a trainable MiniGPT-4 has a VarMap")?;
+                if model.parts().projection.is_none() {
+                    let named = named_vars(vars)?;
+                    let mut rng = train::rng::substream(cfg.seed, "init/llama_proj");
+                    train::init::init_torch_linear(&named, &mut rng)?;
+                }
+                println!(
+                    "MiniGPT-4 from {}: training llama_proj ({}), ViT, Q-Former and LLM frozen",
+                    src.display(),
+                    if model.parts().projection.is_some() { "continued" } else { "fresh" }
+                );
+                Ok(Self::MiniGpt4 { model: Box::new(model) })
+            }
+        }
+    }
+
+    fn connector(&self) -> &dyn Connector {
+        match self {
+            Self::Llava { model, .. } => model.as_ref(),
+            Self::MiniGpt4 { model } => model.as_ref(),
+        }
+    }
+
+    fn varmap(&self) -> &VarMap {
+        match self {
+            Self::Llava { varmap, .. } => varmap,
+            Self::MiniGpt4 { model } => model.varmap().expect("built trainable"),
+        }
+    }
+
+    fn tokenizer_path(&self) -> PathBuf {
+        match self {
+            Self::Llava { dir, .. } => dir.join("tokenizer.json"),
+            Self::MiniGpt4 { model } => model.parts().llm.join("tokenizer.json"),
+        }
+    }
+
+    /// The template of `stage`.
+    fn template(&self, stage: Stage) -> Result<Template> {
+        Ok(match (self, stage) {
+            (Self::Llava { .. }, Stage::Stage1) => Template::LlavaPlain,
+            (Self::Llava { dir, .. }, Stage::Stage2) => Template::LlavaV1 {
+                legacy: tokenizer_is_legacy(&dir.join("tokenizer_config.json"))?,
+            },
+            (Self::MiniGpt4 { .. }, Stage::Stage1) => Template::MiniGpt4Caption,
+            (Self::MiniGpt4 { model }, Stage::Stage2) => {
+                let p = model.parts();
+                Template::MiniGpt4Chat {
+                    prompt_template: p.prompt_template.clone(),
+                    image_marker: p.image_marker.clone(),
+                    end_sym: p.end_sym.clone(),
+                }
+            }
+        })
+    }
+
+    /// How the loader turns files into pixels and captions.
+    fn loader_config(&self, cfg: &RunConfig) -> Result<LoaderConfig> {
+        let mut config = LoaderConfig {
+            batch_size: cfg.batch.size,
+            prefetch: cfg.data.prefetch_batches,
+            shuffle: true,
+            augment: None,
+            image: ImageProcessorConfig::default(),
+            clip: None,
+            caption: CaptionCleaner::default(),
+            padding: Padding::Longest,
+            limits: DecodeLimits::default(),
+        };
+        match self {
+            Self::Llava { dir, .. } => {
+                let path = dir.join("preprocessor_config.json");
+                let clip = ClipImageProcessorConfig::from_file(&path)?;
+                if !clip.do_center_crop {
+                    bail!(
+                        "{}: training needs do_center_crop (every image the same size)",
+                        path.display()
+                    );
+                }
+                config.clip = Some(clip);
+                config.caption = CaptionCleaner::verbatim();
+            }
+            Self::MiniGpt4 { model } => {
+                config.image = ImageProcessorConfig::from_file(&model.preprocessor_config_path())?;
+                // MiniGPT-4's `Blip2ImageTrainProcessor`: a random resized crop, no flip.
+                config.augment = cfg
+                    .data
+                    .augment
+                    .then(|| TrainAugment { flip_probability: 0.0, ..TrainAugment::default() });
+            }
+        }
+        Ok(config)
+    }
+
+    /// The trained model as the inference commands open it.
+    fn save(&self, dir: &Path) -> Result<()> {
+        match self {
+            Self::Llava { varmap, frozen, dir: src, .. } => {
+                let mut tensors = frozen.clone();
+                for (name, var) in named_vars(varmap)? {
+                    tensors.insert(name, var.as_tensor().clone());
+                }
+                let files: Vec<(PathBuf, PathBuf)> = LLAVA_SIDE_FILES
+                    .iter()
+                    .map(|f| (PathBuf::from(f), src.join(f)))
+                    .filter(|(_, s)| s.is_file())
+                    .collect();
+                let config_path = src.join("config.json");
+                let text = std::fs::read_to_string(&config_path)
+                    .with_context(|| format!("reading {}", config_path.display()))?;
+                let config: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: invalid JSON", config_path.display()))?;
+                write_weights_dir(dir, &[("config.json".into(), config)], &tensors, &files)
+            }
+            Self::MiniGpt4 { model } => {
+                let vars = named_vars(model.varmap().expect("built trainable"))?;
+                let tensors: HashMap<String, Tensor> =
+                    vars.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+                let p = model.parts();
+                let absolute = |path: &Path| -> Result<String> {
+                    let abs = std::fs::canonicalize(path)
+                        .with_context(|| format!("cannot resolve {}", path.display()))?;
+                    Ok(abs.display().to_string())
+                };
+                let parts = PartsFile {
+                    qformer: absolute(&p.qformer)?,
+                    vision: p.vision.as_deref().map(absolute).transpose()?,
+                    llm: absolute(&p.llm)?,
+                    projection: Some(PROJECTION_FILE.into()),
+                    prompt_template: p.prompt_template.clone(),
+                    end_sym: p.end_sym.clone(),
+                    image_marker: p.image_marker.clone(),
+                    max_txt_len: p.max_txt_len,
+                };
+                replace_dir(dir, |tmp| {
+                    let weights = tmp.join(PROJECTION_FILE);
+                    candle_core::safetensors::save(&tensors, &weights)
+                        .with_context(|| format!("cannot write {}", weights.display()))?;
+                    qformer::minigpt4::write(tmp.join(MINIGPT4_PARTS_FILE), &parts)?;
+                    Ok(())
+                })
+            }
+        }
+    }
+}
+
+/// The trained MiniGPT-4's parts file and projection, inside `RUN_DIR/model`.
+pub const MINIGPT4_PARTS_FILE: &str = "minigpt4.toml";
+const PROJECTION_FILE: &str = "llama_proj.safetensors";
+
+/// `legacy` of a `tokenizer_config.json` (HF's LLaMA tokenizers default to the legacy
+/// behaviour when it is unset or the file is absent).
+fn tokenizer_is_legacy(path: &Path) -> Result<bool> {
+    if !path.is_file() {
+        return Ok(true);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    match v.get("legacy") {
+        None | Some(serde_json::Value::Null) => Ok(true),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(other) => bail!("{}: `legacy` must be true or false, got {other}", path.display()),
+    }
+}
+
+/// The run's samples: conversations (`data.conversations`) or captions.
+struct Samples {
+    items: Vec<ImageTextItem>,
+    /// Indexed by the items' `image_id` when the data is conversations.
+    conversations: Option<Vec<Conversation>>,
+}
+
+impl Samples {
+    fn read(cfg: &RunConfig, run_root: &Path) -> Result<Self> {
+        let Some(path) = &cfg.data.conversations else {
+            return Ok(Self { items: caption_items(cfg, run_root)?, conversations: None });
+        };
+        let conversations = read_conversations(path)?;
+        let folder = match &cfg.data.images {
+            Some(f) => f.clone(),
+            None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let (items, text_only) = conversation_items(&conversations, &folder);
+        if text_only > 0 {
+            println!("{}: {text_only} records without an image left out", path.display());
+        }
+        Ok(Self { items, conversations: Some(conversations) })
+    }
+
+    /// Sample `k` of a loader batch.
+    fn text<'a>(&'a self, b: &'a ImageTextBatch, k: usize) -> TrainText<'a> {
+        match &self.conversations {
+            Some(c) => TrainText::Conversation(&c[b.image_ids[k] as usize].turns),
+            None => TrainText::Caption(&b.captions[k]),
+        }
+    }
+
+    /// Leaves out the items whose text the template cannot read, saying how many and why.
+    fn keep_readable(&mut self, tok: &TemplateTokenizer, cleaner: &CaptionCleaner) -> Result<()> {
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut first: Option<String> = None;
+        let before = self.items.len();
+        let conversations = self.conversations.as_deref();
+        self.items.retain(|item| {
+            let caption;
+            let text = match conversations {
+                Some(c) => TrainText::Conversation(&c[item.image_id as usize].turns),
+                None => {
+                    caption = cleaner.clean(&item.caption);
+                    TrainText::Caption(&caption)
+                }
+            };
+            match tok.pieces(text) {
+                Ok(_) => true,
+                Err(reason) => {
+                    first.get_or_insert_with(|| format!("{}: {reason}", item.key));
+                    let kind = reason.split(':').next().unwrap_or(&reason).to_string();
+                    *reasons.entry(kind).or_insert(0) += 1;
+                    false
+                }
+            }
+        });
+        let left_out = before - self.items.len();
+        if left_out > 0 {
+            let counts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} × {r}")).collect();
+            eprintln!(
+                "warning: {left_out} of {before} samples left out ({}); first: {}",
+                counts.join(", "),
+                first.unwrap_or_default()
+            );
+        }
+        if self.items.is_empty() {
+            bail!(
+                "no sample of the training data can be read by the {:?} template",
+                tok.template()
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn run(cfg: &RunConfig, root: &Path, args: &PretrainArgs, dev: &Device) -> Result<RunSummary> {
+    let model = ConnectorModel::load(cfg, dev)?;
+    let connector = model.connector();
+    let template = model.template(cfg.stage)?;
+    let tokenizer = TemplateTokenizer::from_file(
+        &model.tokenizer_path(),
+        template,
+        cfg.data.max_seq_len as usize,
+        cfg.data.max_txt_len as usize,
+        connector.tokens_per_image(),
+    )?;
+    let loader_config = model.loader_config(cfg)?;
+    let mut samples = Samples::read(cfg, root)?;
+    samples.keep_readable(&tokenizer, &loader_config.caption)?;
+    let n = samples.items.len();
+    let loader = Loader::without_tokenizer(std::mem::take(&mut samples.items), loader_config);
+
+    let build = |b: &ImageTextBatch, r: Range<usize>| -> Result<ConnectorMicro> {
+        let rows = r
+            .clone()
+            .map(|k| {
+                tokenizer
+                    .pieces(samples.text(b, k))
+                    .map_err(|e| anyhow!("sample {}: {e}", b.keys[k]))
+            })
+            .collect::<Result<Vec<Vec<Piece>>>>()?;
+        Ok(ConnectorMicro { pixels: pixels(b, &r, dev)?, rows })
+    };
+    let mut batches = LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 1, &build);
+    let params = ParamStore::from_varmap(model.varmap(), cfg.optimizer.decay_rule);
+    let task = ConnectorTask { model: connector };
+    let write_model =
+        |dir: &Path| -> train::Result<()> { model.save(dir).map_err(|e| model_error(dir, e)) };
+    let extras = Extras { validation: None, write_model: Some(&write_model) };
+    let kind = match cfg.model.connector {
+        Some(ConnectorKind::Llava) => "LLaVA",
+        _ => "MiniGPT-4",
+    };
+    let stage = if cfg.stage == Stage::Stage1 { 1 } else { 2 };
+    let title = format!("blip2 pretrain ({kind} stage {stage})");
+    let steps_per_epoch = (n / cfg.batch.size).max(1) as u64;
+    let settings = Settings::from_config(
+        cfg,
+        root.to_path_buf(),
+        &title,
+        steps_per_epoch,
+        args.stop_after,
+        args.resume.is_some(),
+    );
+    Ok(train::run(&settings, &params, &task, &mut batches, extras)?)
+}
