@@ -16,6 +16,10 @@ samples in:
 - minigpt4_stage1: [BOS] + image + pre_caption(caption) + "\\n" (no special tokens), llama_proj trains.
 - minigpt4_stage2: `###Human: <Img><ImageHere></Img> {question} ###Assistant: ` + answer + "###" on
   the first exchange of each conversation, llama_proj trains.
+- minigpt4_stage2_align: the same template on MiniGPT-4's own stage-2 layout, a `cc_sbu_align`
+  directory (`filter_cap.json`, `image/{id}.jpg`) and a prompt file; the file has one prompt with the
+  marker (the line without it is dropped, as MiniGPT-4 drops it), so the per-batch draw is known. The
+  `.jpg` files hold PNG bytes (both decoders go by content), so that decoding is exact on both sides.
 
 The model computes the loss as HF does with `labels` (mean over the learned tokens of the batch,
 shift inside), images spliced in where the marker is. AdamW (torch, foreach=False) with two groups
@@ -73,7 +77,12 @@ RUNS = {
     "llava_stage2": dict(lr=2e-4),
     "minigpt4_stage1": dict(lr=1e-3),
     "minigpt4_stage2": dict(lr=1e-3),
+    "minigpt4_stage2_align": dict(lr=1e-3),
 }
+ALIGN = [("7", "images/img1.png", "A blue square, on the right."),
+         ("9", "images/img2.png", "Green triangle; yellow square!"),
+         ("11", "images/img3.png", "A white circle.")]
+ALIGN_PROMPTS = ["<Img><ImageHere></Img> Describe this image in detail.", "a line without the marker"]
 WEIGHT_DECAY, BETAS, EPS, MAX_NORM = 0.05, (0.9, 0.999), 1e-8, 1.0
 MAX_TXT_LEN = 32
 
@@ -89,6 +98,15 @@ def write_data():
         json.dump(rows, f, indent=1)
     with open(os.path.join(OUT, "conversations.json"), "w") as f:
         json.dump(CONVERSATIONS, f, indent=1)
+    align = os.path.join(OUT, "cc_sbu_align")
+    os.makedirs(os.path.join(align, "image"), exist_ok=True)
+    for i, im, _ in ALIGN:
+        with open(os.path.join(OUT, im), "rb") as src, open(os.path.join(align, "image", f"{i}.jpg"), "wb") as dst:
+            dst.write(src.read())
+    with open(os.path.join(align, "filter_cap.json"), "w") as f:
+        json.dump({"annotations": [{"image_id": i, "caption": c} for i, _, c in ALIGN]}, f, indent=1)
+    with open(os.path.join(OUT, "alignment.txt"), "w") as f:
+        f.write("\n".join(ALIGN_PROMPTS) + "\n")
 
 
 # ---------------------------------------------------------------- LLaVA (haotian-liu/LLaVA train.py)
@@ -219,6 +237,9 @@ def minigpt4_run(name, stage, lr):
     ids = lambda t: fast(t, add_special_tokens=False).input_ids  # noqa: E731
     if stage == 1:
         samples = [(im, None, pre_caption(c) + "\n") for im, _, c in CAPTIONS]
+    elif name.endswith("align"):
+        prompt = [p for p in ALIGN_PROMPTS if "<ImageHere>" in p][0]
+        samples = [(im, "###Human: {} ###Assistant: ".format(prompt), pre_caption(c) + "###") for _, im, c in ALIGN]
     else:
         samples = []
         for c in CONVERSATIONS:
@@ -290,7 +311,7 @@ def main():
                          "max_grad_norm": MAX_NORM, "max_txt_len": MAX_TXT_LEN}, {}
     for name, run in RUNS.items():
         fn = llava_run if name.startswith("llava") else minigpt4_run
-        out, ts = fn(name, int(name[-1]), run["lr"])
+        out, ts = fn(name, int(name.split("_stage")[1][0]), run["lr"])
         out["lr"] = run["lr"]
         expected[name] = out
         tensors.update({k: v.contiguous() for k, v in ts.items()})

@@ -2,7 +2,8 @@
 //! PyTorch reference trajectories of `tools/connector_train_reference.py`
 //! (`tests/fixtures/connector-train/expected.*`): the loss of every step, the trained projector
 //! after the last, which parts move and which stay, exact resume, and that the written model
-//! generates.
+//! generates. MiniGPT-4's stage 2 runs on conversations and on its own `cc_sbu_align` layout
+//! with a prompt file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,8 +46,14 @@ fn config(dir: &Path, name: &str, extra: &str) -> PathBuf {
     let data = fixtures().join("connector-train");
     let source = match stage {
         "1" => format!("root = \"{}\"", data.display()),
+        "2_align" => format!(
+            "root = \"{}\"\ninstructions = \"{}\"",
+            data.join("cc_sbu_align").display(),
+            data.join("alignment.txt").display()
+        ),
         _ => format!("conversations = \"{}\"", data.join("conversations.json").display()),
     };
+    let stage = &stage[..1];
     let run = &e[name];
     let cfg = format!(
         r#"stage = "stage{stage}"
@@ -216,7 +223,7 @@ fn llava_stage_two_resumes_exactly_and_says_what_it_left_out() {
 
 #[test]
 fn minigpt4_stages_train_llama_proj_like_the_reference_and_the_model_generates() {
-    for name in ["minigpt4_stage1", "minigpt4_stage2"] {
+    for name in ["minigpt4_stage1", "minigpt4_stage2", "minigpt4_stage2_align"] {
         let dir = tempfile::tempdir().unwrap();
         let run = run_and_match(dir.path(), name);
         let model = run.join("model");

@@ -118,6 +118,9 @@ pub struct DataConfig {
     pub conversations: Option<PathBuf>,
     /// The folder the conversations' `image` paths are relative to (default: the JSON's folder).
     pub images: Option<PathBuf>,
+    /// MiniGPT-4 stage 2 on captions (its `cc_sbu_align`): a prompt file, one instruction per
+    /// line holding the image marker (`prompts/alignment.txt`); each batch draws one.
+    pub instructions: Option<PathBuf>,
     /// LLaVA: the longest sequence after image expansion (its `model_max_length`); longer ones
     /// are cut, as LLaVA cuts them.
     pub max_seq_len: u32,
@@ -243,6 +246,7 @@ impl Default for DataConfig {
             augment: true,
             conversations: None,
             images: None,
+            instructions: None,
             max_seq_len: 2048, // LLaVA-1.5 scripts
         }
     }
@@ -600,9 +604,22 @@ impl RunConfig {
                     "a connector's stage 1 needs captions: data.root (a directory with annotations/karpathy_train.json and the images), data.conversations (LLaVA's LCS-558K layout) or data.synthetic".into(),
                 ))
             }
-            Stage::Stage2 if d.conversations.is_none() => Err(Error::Config(
-                "data.conversations must be set for a connector's stage 2 (a LLaVA-format conversation JSON)".into(),
-            )),
+            _ if d.instructions.is_some()
+                && (self.stage == Stage::Stage1 || m.connector == Some(ConnectorKind::Llava)) =>
+            {
+                refuse("data.instructions", "it is MiniGPT-4's stage-2 prompt list")
+            }
+            _ if d.instructions.is_some() && d.conversations.is_some() => {
+                refuse("data.instructions", "conversations bring their own questions")
+            }
+            Stage::Stage2 if d.conversations.is_none() && d.instructions.is_none() => {
+                Err(Error::Config(
+                    "a connector's stage 2 needs data.conversations (a LLaVA-format conversation JSON), or for MiniGPT-4 captions (data.root) with data.instructions".into(),
+                ))
+            }
+            Stage::Stage2 if d.instructions.is_some() && d.root.is_none() && d.synthetic.is_none() => {
+                Err(Error::Config("data.instructions needs captions: set data.root".into()))
+            }
             _ if d.max_seq_len == 0 => {
                 Err(Error::Config("data.max_seq_len must be at least 1 (got 0)".into()))
             }
@@ -672,6 +689,7 @@ fn schema() -> toml::Table {
     c.data.features = Some(PathBuf::new());
     c.data.conversations = Some(PathBuf::new());
     c.data.images = Some(PathBuf::new());
+    c.data.instructions = Some(PathBuf::new());
     c.model.connector = Some(ConnectorKind::Llava);
     c.model.train_llm = Some(true);
     c.model.preset = Some(String::new());

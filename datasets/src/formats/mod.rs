@@ -1,6 +1,7 @@
 //! Annotation and shard readers; each returns typed items and names the file (and field) on
 //! error.
 
+pub mod cc_sbu_align;
 pub mod conversations;
 pub mod gqa;
 pub mod json;
@@ -12,6 +13,7 @@ pub mod table;
 pub mod vqa;
 pub mod webdataset;
 
+pub use cc_sbu_align::{read_cc_sbu_align, read_instruction_prompts, CC_SBU_ALIGN_FILE};
 pub use conversations::{conversation_items, read_conversations, Conversation, Speaker, Turn};
 pub use gqa::{read_gqa, GqaQuestion};
 pub use karpathy::{

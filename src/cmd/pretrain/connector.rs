@@ -24,14 +24,18 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
-use datasets::formats::{conversation_items, read_conversations, Conversation};
+use datasets::formats::{
+    conversation_items, read_conversations, read_instruction_prompts, Conversation,
+};
 use datasets::image::clip::ClipImageProcessorConfig;
 use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
 use datasets::text::{CaptionCleaner, Padding};
-use datasets::{ImageTextBatch, ImageTextItem, Loader, LoaderConfig};
+use datasets::{ImageTextBatch, ImageTextItem, Loader, LoaderConfig, LoaderState};
 use qformer::connector::{Connector, Piece};
 use qformer::llava::LlavaForConditionalGeneration;
 use qformer::minigpt4::{MiniGpt4, PartsFile};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use train::config::{ConnectorKind, Stage};
 use train::init::named_vars;
 use train::tasks::{ConnectorMicro, ConnectorTask, Template, TemplateTokenizer, TrainText};
@@ -266,17 +270,28 @@ fn tokenizer_is_legacy(path: &Path) -> Result<bool> {
     }
 }
 
-/// The run's samples: conversations (`data.conversations`) or captions.
+/// The run's samples: conversations (`data.conversations`) or captions, these with
+/// MiniGPT-4's instructions in its stage 2.
 struct Samples {
     items: Vec<ImageTextItem>,
     /// Indexed by the items' `image_id` when the data is conversations.
     conversations: Option<Vec<Conversation>>,
+    /// `data.instructions`: a batch's captions answer one of these, drawn by [`Self::draw`].
+    instructions: Option<Vec<String>>,
+    seed: u64,
 }
 
 impl Samples {
-    fn read(cfg: &RunConfig, run_root: &Path) -> Result<Self> {
+    fn read(cfg: &RunConfig, run_root: &Path, marker: Option<&str>) -> Result<Self> {
+        let seed = cfg.seed;
         let Some(path) = &cfg.data.conversations else {
-            return Ok(Self { items: caption_items(cfg, run_root)?, conversations: None });
+            let instructions = match (&cfg.data.instructions, marker) {
+                (Some(p), Some(m)) => Some(read_instruction_prompts(p, m)?),
+                (Some(_), None) => bail!("data.instructions: only MiniGPT-4 reads a prompt list"),
+                (None, _) => None,
+            };
+            let items = caption_items(cfg, run_root)?;
+            return Ok(Self { items, conversations: None, instructions, seed });
         };
         let conversations = read_conversations(path)?;
         let folder = match &cfg.data.images {
@@ -287,14 +302,27 @@ impl Samples {
         if text_only > 0 {
             println!("{}: {text_only} records without an image left out", path.display());
         }
-        Ok(Self { items, conversations: Some(conversations) })
+        Ok(Self { items, conversations: Some(conversations), instructions: None, seed })
+    }
+
+    /// The instruction of a batch, as MiniGPT-4 draws one per batch: from the run seed and the
+    /// batch's place in its epoch, so that a resumed run draws the same.
+    fn draw(&self, cursor: &LoaderState) -> Option<&str> {
+        let prompts = self.instructions.as_ref()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x6d69_6e69_6770_7434);
+        rng.set_stream(cursor.epoch);
+        rng.set_word_pos((cursor.position as u128) << 4);
+        Some(&prompts[rng.random_range(0..prompts.len())])
     }
 
     /// Sample `k` of a loader batch.
     fn text<'a>(&'a self, b: &'a ImageTextBatch, k: usize) -> TrainText<'a> {
-        match &self.conversations {
-            Some(c) => TrainText::Conversation(&c[b.image_ids[k] as usize].turns),
-            None => TrainText::Caption(&b.captions[k]),
+        match (&self.conversations, self.draw(&b.state_after)) {
+            (Some(c), _) => TrainText::Conversation(&c[b.image_ids[k] as usize].turns),
+            (None, Some(instruction)) => {
+                TrainText::Instructed { instruction, answer: &b.captions[k] }
+            }
+            (None, None) => TrainText::Caption(&b.captions[k]),
         }
     }
 
@@ -304,11 +332,17 @@ impl Samples {
         let mut first: Option<String> = None;
         let before = self.items.len();
         let conversations = self.conversations.as_deref();
+        // Every prompt of the list reads the same way: the first stands for them all.
+        let instruction = self.instructions.as_ref().map(|p| p[0].as_str());
         self.items.retain(|item| {
             let caption;
-            let text = match conversations {
-                Some(c) => TrainText::Conversation(&c[item.image_id as usize].turns),
-                None => {
+            let text = match (conversations, instruction) {
+                (Some(c), _) => TrainText::Conversation(&c[item.image_id as usize].turns),
+                (None, Some(instruction)) => {
+                    caption = cleaner.clean(&item.caption);
+                    TrainText::Instructed { instruction, answer: &caption }
+                }
+                (None, None) => {
                     caption = cleaner.clean(&item.caption);
                     TrainText::Caption(&caption)
                 }
@@ -354,7 +388,11 @@ pub fn run(cfg: &RunConfig, root: &Path, args: &PretrainArgs, dev: &Device) -> R
         connector.tokens_per_image(),
     )?;
     let loader_config = model.loader_config(cfg)?;
-    let mut samples = Samples::read(cfg, root)?;
+    let marker = match &model {
+        ConnectorModel::MiniGpt4 { model } => Some(model.parts().image_marker.clone()),
+        ConnectorModel::Llava { .. } => None,
+    };
+    let mut samples = Samples::read(cfg, root, marker.as_deref())?;
     samples.keep_readable(&tokenizer, &loader_config.caption)?;
     let n = samples.items.len();
     let loader = Loader::without_tokenizer(std::mem::take(&mut samples.items), loader_config);

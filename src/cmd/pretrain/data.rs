@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use datasets::formats::karpathy::read_karpathy_train;
+use datasets::formats::{read_cc_sbu_align, CC_SBU_ALIGN_FILE};
 use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
 use datasets::synth::{write_world, SynthConfig};
 use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
@@ -46,7 +47,8 @@ pub fn loader(
     })
 }
 
-/// The training captions: `data.root/annotations/karpathy_train.json`, or the synthetic world
+/// The training captions: `data.root/annotations/karpathy_train.json` (or MiniGPT-4's
+/// `filter_cap.json` + `image/` when the root is a `cc_sbu_align` directory), or the synthetic world
 /// of `data.synthetic` written into the run directory (once: a resumed run reads the same).
 pub fn caption_items(cfg: &RunConfig, run_root: &Path) -> Result<Vec<ImageTextItem>> {
     let root = match (&cfg.data.root, cfg.data.synthetic) {
@@ -77,8 +79,15 @@ pub fn caption_items(cfg: &RunConfig, run_root: &Path) -> Result<Vec<ImageTextIt
         (None, None) => bail!("no training data: set data.root (a directory with annotations/karpathy_train.json) or data.synthetic"),
     };
     let ann = root.join("annotations/karpathy_train.json");
-    let items =
-        read_karpathy_train(&ann, &root).with_context(|| format!("reading {}", ann.display()))?;
+    let align = root.join(CC_SBU_ALIGN_FILE);
+    let (items, ann) = if !ann.is_file() && align.is_file() {
+        // MiniGPT-4's cc_sbu_align as it is shipped.
+        (read_cc_sbu_align(&root)?, align)
+    } else {
+        let items = read_karpathy_train(&ann, &root)
+            .with_context(|| format!("reading {}", ann.display()))?;
+        (items, ann)
+    };
     if items.is_empty() {
         bail!("{}: no training captions", ann.display());
     }

@@ -12,7 +12,8 @@
 //! - MiniGPT-4 stage 1: `[BOS]` image, then caption + `"\n"` learned (tokenized without special
 //!   tokens, cut to `max_txt_len` tokens).
 //! - MiniGPT-4 stage 2: `[BOS] ###Human: <Img>` image `</Img> {instruction} ###Assistant: `,
-//!   then answer + `###` learned.
+//!   then answer + `###` learned; the instruction and answer are a conversation's first
+//!   exchange, or a prompt of MiniGPT-4's list and a caption.
 
 use std::path::Path;
 
@@ -51,6 +52,12 @@ pub enum Template {
 pub enum TrainText<'a> {
     Caption(&'a str),
     Conversation(&'a [Turn]),
+    /// A caption as the answer to an instruction that holds the image marker (MiniGPT-4's
+    /// stage 2 on `cc_sbu_align`).
+    Instructed {
+        instruction: &'a str,
+        answer: &'a str,
+    },
 }
 
 /// The tokenizer of a connector run and its limits.
@@ -121,7 +128,7 @@ impl TemplateTokenizer {
                 let (toks, learn) = self.llava_v1(turns, *legacy)?;
                 self.llava_pieces(&toks, &learn)
             }
-            (Template::LlavaV1 { .. }, TrainText::Caption(_)) => {
+            (Template::LlavaV1 { .. }, _) => {
                 Err("LLaVA's v1 template needs a conversation, not a caption".into())
             }
             (Template::MiniGpt4Caption, text) => {
@@ -131,11 +138,18 @@ impl TemplateTokenizer {
                 Ok(vec![Piece::prompt(vec![self.bos]), Piece::Image, Piece::target(target)])
             }
             (Template::MiniGpt4Chat { prompt_template, image_marker, end_sym }, text) => {
-                let TrainText::Conversation(turns) = text else {
-                    return Err("MiniGPT-4's stage-2 template needs a conversation".into());
+                let (instruction, answer) = match text {
+                    TrainText::Conversation(turns) => {
+                        let (question, answer) = first_exchange(turns)?;
+                        (minigpt4_instruction(question, image_marker), answer)
+                    }
+                    TrainText::Instructed { instruction, answer } => {
+                        (instruction.to_string(), answer)
+                    }
+                    TrainText::Caption(_) => {
+                        return Err("MiniGPT-4's stage-2 template needs an instruction (data.instructions) or a conversation".into())
+                    }
                 };
-                let (question, answer) = first_exchange(turns)?;
-                let instruction = minigpt4_instruction(question, image_marker);
                 let prompt = prompt_template.replacen("{}", &instruction, 1);
                 let parts: Vec<&str> = prompt.split(image_marker.as_str()).collect();
                 if parts.len() != 2 {
@@ -296,7 +310,7 @@ impl TemplateTokenizer {
 
 fn caption_of(text: TrainText<'_>) -> std::result::Result<&str, String> {
     match text {
-        TrainText::Caption(c) => Ok(c),
+        TrainText::Caption(c) | TrainText::Instructed { answer: c, .. } => Ok(c),
         // LLaVA's stage-1 data (LCS-558K) is a conversation whose answer is the caption.
         TrainText::Conversation(turns) => first_exchange(turns).map(|(_, a)| a),
     }
@@ -319,4 +333,106 @@ fn minigpt4_instruction(question: &str, marker: &str) -> String {
     }
     let rest = question.replace(LLAVA_IMAGE, "");
     format!("<Img>{marker}</Img> {}", rest.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer(template: Template, max_seq_len: usize) -> TemplateTokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/llava-tiny/tokenizer.json");
+        TemplateTokenizer::from_file(&path, template, max_seq_len, 32, 16).unwrap()
+    }
+
+    fn turn(from: Speaker, value: &str) -> Turn {
+        Turn { from, value: value.into() }
+    }
+
+    /// The learned text of `pieces`, decoded with special tokens.
+    fn learned(tok: &TemplateTokenizer, pieces: &[Piece]) -> Vec<String> {
+        pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Text { ids, learn: true } => Some(tok.tokenizer.decode(ids, false).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn llava_v1_learns_each_answer_with_its_end_of_sequence_and_nothing_else() {
+        let tok = tokenizer(Template::LlavaV1 { legacy: true }, 2048);
+        let turns = [
+            turn(Speaker::Assistant, "dropped"),
+            turn(Speaker::Human, "Where is it?\n<image>"),
+            turn(Speaker::Assistant, "On the right."),
+            turn(Speaker::Human, "And its color?"),
+            turn(Speaker::Assistant, "Blue."),
+        ];
+        let pieces = tok.pieces(TrainText::Conversation(&turns)).unwrap();
+        assert_eq!(pieces.iter().filter(|p| matches!(p, Piece::Image)).count(), 1);
+        let text: Vec<String> =
+            learned(&tok, &pieces).iter().map(|s| s.trim().to_string()).collect();
+        assert_eq!(text, ["On the right.</s>", "Blue.</s>"]);
+        // The image moved to the front of its turn, right after the system prompt and role.
+        let Piece::Text { ids, learn: false } = &pieces[0] else { panic!("{pieces:?}") };
+        assert!(tok.tokenizer.decode(ids, false).unwrap().trim_end().ends_with("USER:"));
+    }
+
+    #[test]
+    fn llava_plain_learns_the_caption_after_the_image() {
+        let tok = tokenizer(Template::LlavaPlain, 2048);
+        let pieces = tok.pieces(TrainText::Caption("a red circle")).unwrap();
+        assert_eq!(pieces[..2], [Piece::prompt(vec![tok.bos]), Piece::Image]);
+        assert_eq!(learned(&tok, &pieces), ["a red circle\n"]);
+    }
+
+    #[test]
+    fn unreadable_samples_say_why() {
+        let tok = tokenizer(Template::LlavaV1 { legacy: true }, 2048);
+        let no_image = [turn(Speaker::Human, "hi"), turn(Speaker::Assistant, "hello")];
+        let e = tok.pieces(TrainText::Conversation(&no_image)).unwrap_err();
+        assert!(e.contains("no <image>"), "{e}");
+        let two_humans = [turn(Speaker::Human, "<image>\nhi"), turn(Speaker::Human, "there")];
+        let e = tok.pieces(TrainText::Conversation(&two_humans)).unwrap_err();
+        assert!(e.contains("turn 1"), "{e}");
+        // 16 image rows do not fit in 10 positions; the text after a fitting image is cut.
+        let short = tokenizer(Template::LlavaPlain, 10);
+        let e = short.pieces(TrainText::Caption("a red circle")).unwrap_err();
+        assert!(e.contains("max_seq_len 10"), "{e}");
+        let fits = tokenizer(Template::LlavaPlain, 19);
+        let pieces = fits.pieces(TrainText::Caption("a red circle on the left")).unwrap();
+        let len: usize = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text { ids, .. } => ids.len(),
+                Piece::Image => 16,
+            })
+            .sum();
+        assert_eq!(len, 19);
+    }
+
+    #[test]
+    fn minigpt4_stage_two_wraps_the_instruction_and_learns_the_answer_with_the_end_symbol() {
+        let tok = tokenizer(
+            Template::MiniGpt4Chat {
+                prompt_template: "###Human: {} ###Assistant: ".into(),
+                image_marker: "<ImageHere>".into(),
+                end_sym: "###".into(),
+            },
+            2048,
+        );
+        let turns = [turn(Speaker::Human, "<image>\nWhat is it?"), turn(Speaker::Assistant, "red")];
+        let pieces = tok.pieces(TrainText::Conversation(&turns)).unwrap();
+        let Piece::Text { ids, .. } = &pieces[1] else { panic!("{pieces:?}") };
+        assert_eq!(tok.tokenizer.decode(ids, false).unwrap().trim(), "###Human: <Img>");
+        assert_eq!(pieces[2], Piece::Image);
+        let Piece::Text { ids, learn: false } = &pieces[3] else { panic!("{pieces:?}") };
+        assert_eq!(
+            tok.tokenizer.decode(ids, false).unwrap().trim(),
+            "</Img> What is it? ###Assistant:"
+        );
+        assert_eq!(learned(&tok, &pieces), ["red###"]);
+    }
 }
