@@ -300,3 +300,74 @@ fn connector_runs_refuse_what_they_cannot_use() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("model.llm cannot be used"), "{err}");
 }
+
+/// llava-tiny split into what LLaVA starts from: a CLIP vision directory and a LLaMA directory.
+fn llava_parts(dir: &Path) -> (PathBuf, PathBuf) {
+    let src = fixtures().join("llava-tiny");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let (clip, llama) = (dir.join("clip"), dir.join("llama"));
+    for d in [&clip, &llama] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mut text = config["text_config"].clone();
+    text["bos_token_id"] = 1.into();
+    text["eos_token_id"] = 2.into();
+    std::fs::write(clip.join("config.json"), config["vision_config"].to_string()).unwrap();
+    std::fs::write(llama.join("config.json"), text.to_string()).unwrap();
+    std::fs::copy(src.join("preprocessor_config.json"), clip.join("preprocessor_config.json"))
+        .unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::copy(src.join(f), llama.join(f)).unwrap();
+    }
+    let (mut vision, mut lm) = (HashMap::new(), HashMap::new());
+    for (name, t) in weights(&src.join("model.safetensors")) {
+        if let Some(rest) = name.strip_prefix("model.vision_tower.") {
+            vision.insert(rest.to_string(), t);
+        } else if let Some(rest) = name.strip_prefix("model.language_model.") {
+            lm.insert(format!("model.{rest}"), t);
+        } else if name == "lm_head.weight" {
+            lm.insert(name, t);
+        }
+    }
+    candle_core::safetensors::save(&vision, clip.join("model.safetensors")).unwrap();
+    candle_core::safetensors::save(&lm, llama.join("model.safetensors")).unwrap();
+    (clip, llama)
+}
+
+/// LLaVA's own start: a CLIP tower and a LLaMA with a fresh, seeded `mlp2x_gelu` projector; the
+/// run writes an original LLaVA checkpoint (LLaMA names, `model.mm_projector.{0,2}`, the tower
+/// named by `mm_vision_tower`).
+#[test]
+fn llava_starts_from_a_clip_tower_and_a_llama_with_a_seeded_projector() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clip, llama) = llava_parts(dir.path());
+    let base = std::fs::read_to_string(config(dir.path(), "llava_stage1", "")).unwrap();
+    let init = format!("init_from = \"{}\"", fixtures().join("llava-tiny").display());
+    let parts = format!("vision_weights = \"{}\"\nllm = \"{}\"", clip.display(), llama.display());
+    let cfg = dir.path().join("fresh.toml");
+    std::fs::write(&cfg, base.replace(&init, &parts).replace("max_steps = 4", "max_steps = 2"))
+        .unwrap();
+    let mut projectors = Vec::new();
+    for run in ["a", "b"] {
+        let out_dir = dir.path().join(run);
+        ok(&pretrain(&["--config", cfg.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]));
+        let l = losses(&out_dir);
+        assert!(l.len() == 2 && l.iter().all(|x| x.is_finite()) && l[1] < l[0], "{l:?}");
+        let model = out_dir.join("model");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["mm_projector_type"], "mlp2x_gelu");
+        let tower = std::fs::canonicalize(&clip).unwrap();
+        assert_eq!(config["mm_vision_tower"], tower.display().to_string());
+        let w = weights(&model.join("model.safetensors"));
+        assert!(w.keys().all(|k| !k.contains("vision")), "the tower stays in its directory");
+        let source = weights(&llama.join("model.safetensors"));
+        let up = "model.layers.0.mlp.up_proj.weight";
+        assert_eq!(max_abs_diff(&w[up], &source[up]), 0.0);
+        projectors.push(w["model.mm_projector.0.weight"].clone());
+        assert_eq!(w["model.mm_projector.2.weight"].dims(), [64, 64]);
+    }
+    assert_eq!(max_abs_diff(&projectors[0], &projectors[1]), 0.0);
+}

@@ -526,7 +526,11 @@ impl RunConfig {
             return bad("data.prefetch_batches", "must be at least 1", "0".into());
         }
         let m = &self.model;
-        if m.preset.is_none() && m.config.is_none() && m.init_from.is_none() {
+        if m.connector.is_none()
+            && m.preset.is_none()
+            && m.config.is_none()
+            && m.init_from.is_none()
+        {
             return bad(
                 "model",
                 "needs one of model.preset (`tiny`), model.config (a config.json) or model.init_from (an HF directory or a LAVIS .pth)",
@@ -569,21 +573,24 @@ impl RunConfig {
                 "{key} cannot be used with model.connector = \"{kind}\": {why}"
             )))
         };
-        if m.init_from.is_none() {
+        let llava_parts = m.vision_weights.is_some() && m.llm.is_some();
+        let is_llava = m.connector == Some(ConnectorKind::Llava);
+        if m.init_from.is_none() && !(is_llava && llava_parts) {
             let what = match m.connector {
-                Some(ConnectorKind::Llava) => "an HF LLaVA directory",
+                Some(ConnectorKind::Llava) => "an HF LLaVA directory (or model.vision_weights = a CLIP directory with model.llm = a LLaMA directory, for a fresh projector)",
                 _ => "a MiniGPT-4 parts TOML (qformer, llm, projection)",
             };
             return Err(Error::Config(format!(
                 "model.connector = \"{kind}\" needs model.init_from: {what}"
             )));
         }
+        let parts_beside_init = m.init_from.is_some() || !is_llava;
         for (key, set) in [
             ("model.preset", m.preset.is_some()),
             ("model.config", m.config.is_some()),
             ("model.bert", m.bert.is_some()),
-            ("model.vision_weights", m.vision_weights.is_some()),
-            ("model.llm", m.llm.is_some()),
+            ("model.vision_weights", m.vision_weights.is_some() && parts_beside_init),
+            ("model.llm", m.llm.is_some() && parts_beside_init),
             ("data.features", d.features.is_some()),
         ] {
             if set {

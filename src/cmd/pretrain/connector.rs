@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
 use datasets::formats::{
@@ -32,12 +32,13 @@ use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
 use datasets::text::{CaptionCleaner, Padding};
 use datasets::{ImageTextBatch, ImageTextItem, Loader, LoaderConfig, LoaderState};
 use qformer::connector::{Connector, Piece};
-use qformer::llava::LlavaForConditionalGeneration;
+use qformer::llava::{LlavaConfig, LlavaForConditionalGeneration, NamingScheme};
 use qformer::minigpt4::{MiniGpt4, PartsFile};
+use qformer::weights::TensorSet;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use train::config::{ConnectorKind, Stage};
-use train::init::named_vars;
+use train::init::{init_torch_linear, named_vars};
 use train::tasks::{ConnectorMicro, ConnectorTask, Template, TemplateTokenizer, TrainText};
 use train::{Extras, ParamStore, RunConfig, RunSummary, Settings};
 
@@ -60,6 +61,33 @@ const LLAVA_SIDE_FILES: &[&str] = &[
     "tokenizer.model",
 ];
 
+/// Where a LLaVA run's model comes from.
+enum LlavaSource {
+    /// An HF LLaVA directory (`model.init_from`).
+    Hf(PathBuf),
+    /// A CLIP vision directory (`model.vision_weights`) and a LLaMA directory (`model.llm`), with
+    /// a fresh projector: LLaVA's own start.
+    Parts { vision: PathBuf, llm: PathBuf },
+}
+
+impl LlavaSource {
+    /// The directory with the image processor's `preprocessor_config.json`.
+    fn processor_dir(&self) -> &Path {
+        match self {
+            Self::Hf(dir) => dir,
+            Self::Parts { vision, .. } => vision,
+        }
+    }
+
+    /// The directory with the tokenizer.
+    fn tokenizer_dir(&self) -> &Path {
+        match self {
+            Self::Hf(dir) => dir,
+            Self::Parts { llm, .. } => llm,
+        }
+    }
+}
+
 /// The connector being trained.
 enum ConnectorModel {
     Llava {
@@ -68,7 +96,7 @@ enum ConnectorModel {
         varmap: VarMap,
         /// The constant ones (canonical names), written with the trained model.
         frozen: HashMap<String, Tensor>,
-        dir: PathBuf,
+        source: LlavaSource,
     },
     MiniGpt4 {
         model: Box<MiniGpt4>,
@@ -77,11 +105,23 @@ enum ConnectorModel {
 
 impl ConnectorModel {
     fn load(cfg: &RunConfig, dev: &Device) -> Result<Self> {
-        let src = cfg.model.init_from.as_ref().context("model.init_from")?;
-        match cfg.model.connector.context("model.connector")? {
+        let m = &cfg.model;
+        match m.connector.context("model.connector")? {
             ConnectorKind::Llava => {
-                let (lcfg, _, tensors) = qformer::llava::load_dir(src, dev)
-                    .with_context(|| format!("model.init_from {}", src.display()))?;
+                let (lcfg, tensors, source) = match (&m.init_from, &m.vision_weights, &m.llm) {
+                    (Some(dir), _, _) => {
+                        let (lcfg, _, tensors) = qformer::llava::load_dir(dir, dev)
+                            .with_context(|| format!("model.init_from {}", dir.display()))?;
+                        (lcfg, tensors, LlavaSource::Hf(dir.clone()))
+                    }
+                    (None, Some(vision), Some(llm)) => {
+                        let (lcfg, tensors) = fresh_llava(vision, llm, cfg.seed, dev)?;
+                        let source = LlavaSource::Parts { vision: vision.clone(), llm: llm.clone() };
+                        (lcfg, tensors, source)
+                    }
+                    _ => bail!("model.connector = \"llava\" needs model.init_from (an HF LLaVA directory) or model.vision_weights (a CLIP directory) with model.llm (a LLaMA directory)"),
+                };
+                let src = source.processor_dir().to_path_buf();
                 let train_llm = cfg.model.trains_llm(cfg.stage);
                 let trainable = |name: &str| {
                     name.starts_with("multi_modal_projector.")
@@ -98,9 +138,10 @@ impl ConnectorModel {
                     src.display(),
                     if train_llm { " and the LLM" } else { " (tower and LLM frozen)" }
                 );
-                Ok(Self::Llava { model: Box::new(model), varmap, frozen, dir: src.clone() })
+                Ok(Self::Llava { model: Box::new(model), varmap, frozen, source })
             }
             ConnectorKind::Minigpt4 => {
+                let src = m.init_from.as_ref().context("model.init_from")?;
                 let model = MiniGpt4::from_parts_file_trainable(src, dev)
                     .with_context(|| format!("model.init_from {}", src.display()))?;
                 let vars = model.varmap().context("a trainable MiniGPT-4 has a VarMap")?;
@@ -135,7 +176,7 @@ impl ConnectorModel {
 
     fn tokenizer_path(&self) -> PathBuf {
         match self {
-            Self::Llava { dir, .. } => dir.join("tokenizer.json"),
+            Self::Llava { source, .. } => source.tokenizer_dir().join("tokenizer.json"),
             Self::MiniGpt4 { model } => model.parts().llm.join("tokenizer.json"),
         }
     }
@@ -144,8 +185,8 @@ impl ConnectorModel {
     fn template(&self, stage: Stage) -> Result<Template> {
         Ok(match (self, stage) {
             (Self::Llava { .. }, Stage::Stage1) => Template::LlavaPlain,
-            (Self::Llava { dir, .. }, Stage::Stage2) => Template::LlavaV1 {
-                legacy: tokenizer_is_legacy(&dir.join("tokenizer_config.json"))?,
+            (Self::Llava { source, .. }, Stage::Stage2) => Template::LlavaV1 {
+                legacy: tokenizer_is_legacy(&source.tokenizer_dir().join("tokenizer_config.json"))?,
             },
             (Self::MiniGpt4 { .. }, Stage::Stage1) => Template::MiniGpt4Caption,
             (Self::MiniGpt4 { model }, Stage::Stage2) => {
@@ -173,8 +214,8 @@ impl ConnectorModel {
             limits: DecodeLimits::default(),
         };
         match self {
-            Self::Llava { dir, .. } => {
-                let path = dir.join("preprocessor_config.json");
+            Self::Llava { source, .. } => {
+                let path = source.processor_dir().join("preprocessor_config.json");
                 let clip = ClipImageProcessorConfig::from_file(&path)?;
                 if !clip.do_center_crop {
                     bail!(
@@ -200,7 +241,29 @@ impl ConnectorModel {
     /// The trained model as the inference commands open it.
     fn save(&self, dir: &Path) -> Result<()> {
         match self {
-            Self::Llava { varmap, frozen, dir: src, .. } => {
+            Self::Llava { varmap, frozen, source: LlavaSource::Parts { vision, llm }, model } => {
+                let mut tensors = HashMap::new();
+                let vars = named_vars(varmap)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone()));
+                for (name, t) in frozen.clone().into_iter().chain(vars) {
+                    // The tower stays in its own directory, which the config names.
+                    if let Some(original) = canonical_to_original(&name) {
+                        tensors.insert(original, t);
+                    }
+                }
+                let config = original_config(llm, vision, model.config())?;
+                let files: Vec<(PathBuf, PathBuf)> = LLAVA_SIDE_FILES
+                    .iter()
+                    .filter(|f| {
+                        f.starts_with("tokenizer")
+                            || f.starts_with("special")
+                            || f.starts_with("added")
+                    })
+                    .map(|f| (PathBuf::from(f), llm.join(f)))
+                    .filter(|(_, s)| s.is_file())
+                    .collect();
+                write_weights_dir(dir, &[("config.json".into(), config)], &tensors, &files)
+            }
+            Self::Llava { varmap, frozen, source: LlavaSource::Hf(src), .. } => {
                 let mut tensors = frozen.clone();
                 for (name, var) in named_vars(varmap)? {
                     tensors.insert(name, var.as_tensor().clone());
@@ -247,6 +310,115 @@ impl ConnectorModel {
             }
         }
     }
+}
+
+/// An HF LLaVA model of the CLIP tower in `vision` (a `CLIPVisionModel` or `CLIPModel`
+/// directory), the LLaMA of `llm` and a fresh projector as LLaVA-1.5 starts its stage 1:
+/// `mlp2x_gelu` in `torch.nn.Linear`'s init, features of the second-to-last layer without the
+/// class token.
+fn fresh_llava(
+    vision: &Path,
+    llm: &Path,
+    seed: u64,
+    dev: &Device,
+) -> Result<(LlavaConfig, HashMap<String, Tensor>)> {
+    let read = |path: PathBuf| -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+    };
+    let clip = read(vision.join("config.json"))?;
+    let mut vision_config = clip.get("vision_config").cloned().unwrap_or(clip);
+    vision_config["model_type"] = "clip_vision_model".into();
+    let mut text_config = read(llm.join("config.json"))?;
+    text_config["model_type"] = "llama".into();
+    let vocab = text_config["vocab_size"].as_u64().unwrap_or(0);
+    let config = serde_json::json!({
+        "model_type": "llava",
+        "vision_config": vision_config,
+        "text_config": text_config,
+        // Training splices the image at its piece, never through this id.
+        "image_token_index": vocab,
+        "projector_hidden_act": "gelu",
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "multimodal_projector_bias": true,
+    });
+    let lcfg = LlavaConfig::from_json(config).with_context(|| {
+        format!("model.vision_weights {} with model.llm {}", vision.display(), llm.display())
+    })?;
+    let mut tensors = HashMap::new();
+    let tower = TensorSet::from_hf_weights(vision, dev)
+        .with_context(|| format!("reading model.vision_weights {}", vision.display()))?;
+    for (name, t) in tower.into_map() {
+        if name.starts_with("vision_model.") {
+            tensors.insert(format!("vision_tower.{name}"), t);
+        }
+    }
+    let lm = TensorSet::from_hf_weights(llm, dev)
+        .with_context(|| format!("reading model.llm {}", llm.display()))?;
+    for (name, t) in lm.into_map() {
+        tensors.insert(format!("language_model.{name}"), t);
+    }
+    let (d_in, d_out) = (lcfg.projector_in_dim(), lcfg.text_config.hidden_size);
+    let projector = VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&projector, DType::F32, dev);
+    for (layer, fan_in) in [("linear_1", d_in), ("linear_2", d_out)] {
+        vb.get((d_out, fan_in), &format!("multi_modal_projector.{layer}.weight"))?;
+        vb.get(d_out, &format!("multi_modal_projector.{layer}.bias"))?;
+    }
+    let named = named_vars(&projector)?;
+    init_torch_linear(&named, &mut train::rng::substream(seed, "init/multi_modal_projector"))?;
+    for (name, var) in named {
+        tensors.insert(name, var.as_tensor().detach());
+    }
+    qformer::llava::check_tensors(&lcfg, NamingScheme::Legacy, &tensors).with_context(|| {
+        format!("model.vision_weights {} with model.llm {}", vision.display(), llm.display())
+    })?;
+    Ok((lcfg, tensors))
+}
+
+/// The name of a canonical tensor in an original LLaVA checkpoint (`model.*`, `lm_head.*`,
+/// `model.mm_projector.{0,2}.*`); `None` for the tower, which LLaVA keeps in its own directory.
+fn canonical_to_original(name: &str) -> Option<String> {
+    if let Some(rest) = name.strip_prefix("language_model.") {
+        return Some(rest.to_string());
+    }
+    let rest = name.strip_prefix("multi_modal_projector.linear_")?;
+    let (k, param) = rest.split_once('.')?;
+    let k: usize = k.parse().ok()?;
+    // `nn.Sequential(Linear, GELU, Linear)`: the linears sit at the even indices.
+    Some(format!("model.mm_projector.{}.{param}", 2 * (k - 1)))
+}
+
+/// The `config.json` of an original LLaVA checkpoint (`LlavaLlamaForCausalLM`): the LLaMA's
+/// own config with the multimodal keys LLaVA-1.5 writes, the tower named by its absolute path.
+fn original_config(llm: &Path, vision: &Path, lcfg: &LlavaConfig) -> Result<serde_json::Value> {
+    let path = llm.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let tower = std::fs::canonicalize(vision)
+        .with_context(|| format!("cannot resolve {}", vision.display()))?;
+    let obj =
+        config.as_object_mut().with_context(|| format!("{}: not a JSON object", path.display()))?;
+    for (key, value) in [
+        ("architectures", serde_json::json!(["LlavaLlamaForCausalLM"])),
+        ("model_type", "llava_llama".into()),
+        ("mm_vision_tower", tower.display().to_string().into()),
+        ("mm_projector_type", "mlp2x_gelu".into()),
+        ("mm_hidden_size", lcfg.vision_config.hidden_size.into()),
+        ("mm_vision_select_layer", (-2).into()),
+        ("mm_vision_select_feature", "patch".into()),
+        ("image_aspect_ratio", "square".into()),
+        ("mm_use_im_start_end", false.into()),
+        ("mm_use_im_patch_token", false.into()),
+        ("use_mm_proj", true.into()),
+    ] {
+        obj.insert(key.into(), value);
+    }
+    Ok(config)
 }
 
 /// The trained MiniGPT-4's parts file and projection, inside `RUN_DIR/model`.
