@@ -11,6 +11,8 @@ pub enum ImageSource {
     Bytes(Vec<u8>),
     /// A remote URL (CapFilt / img2dataset tables); must be downloaded before training.
     Url(String),
+    /// A member of a webdataset tar shard, read in place: `len` bytes at `offset`.
+    ShardMember { shard: std::sync::Arc<PathBuf>, offset: u64, len: u64 },
 }
 
 /// One (image, caption) pair.

@@ -7,6 +7,7 @@ pub mod formats;
 pub mod image;
 pub mod item;
 pub mod loader;
+pub mod sources;
 pub mod synth;
 pub mod text;
 

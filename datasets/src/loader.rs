@@ -20,6 +20,7 @@ use crate::image::{
     decode_bytes, decode_file, eval_transform, DecodeLimits, ImageProcessorConfig, TrainAugment,
 };
 use crate::item::{ImageSource, ImageTextItem};
+use crate::sources::Mixture;
 use crate::text::{CaptionCleaner, Padding, TextTokenizer};
 
 /// The data cursor a checkpoint saves.
@@ -89,6 +90,8 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize>
 /// Loader over a fixed list of items.
 pub struct Loader {
     items: Arc<Vec<ImageTextItem>>,
+    /// The order of an epoch over several sources; `None`: one shuffle (or file order).
+    mixture: Option<Arc<Mixture>>,
     /// `None`: batches carry cleaned captions but no Q-Former token ids (stage two tokenizes
     /// them with the LLM's tokenizer).
     tokenizer: Option<Arc<TextTokenizer>>,
@@ -99,6 +102,7 @@ impl Loader {
     pub fn new(items: Vec<ImageTextItem>, tokenizer: TextTokenizer, config: LoaderConfig) -> Self {
         Loader {
             items: Arc::new(items),
+            mixture: None,
             tokenizer: Some(Arc::new(tokenizer)),
             config: Arc::new(config),
         }
@@ -106,7 +110,20 @@ impl Loader {
 
     /// A loader whose batches have captions but no token ids (`seq_len` 0).
     pub fn without_tokenizer(items: Vec<ImageTextItem>, config: LoaderConfig) -> Self {
-        Loader { items: Arc::new(items), tokenizer: None, config: Arc::new(config) }
+        Loader { items: Arc::new(items), mixture: None, tokenizer: None, config: Arc::new(config) }
+    }
+
+    /// Items laid out source after source, read in `mixture`'s order.
+    pub fn with_mixture(mut self, mixture: Mixture) -> crate::Result<Self> {
+        if mixture.len() != self.items.len() {
+            return Err(crate::DataError::Invalid(format!(
+                "the mixture covers {} items, the loader holds {}",
+                mixture.len(),
+                self.items.len()
+            )));
+        }
+        self.mixture = Some(Arc::new(mixture));
+        Ok(self)
     }
 
     pub fn len(&self) -> usize {
@@ -123,8 +140,12 @@ impl Loader {
         let items = self.items.clone();
         let tokenizer = self.tokenizer.clone();
         let config = self.config.clone();
+        let mixture = self.mixture.clone();
         let handle = std::thread::spawn(move || {
-            let order = epoch_order(items.len(), state.seed, state.epoch, config.shuffle);
+            let order = match mixture {
+                Some(m) => m.order(state.seed, state.epoch),
+                None => epoch_order(items.len(), state.seed, state.epoch, config.shuffle),
+            };
             let bs = config.batch_size.max(1);
             let mut pos = state.position.min(order.len());
             while pos < order.len() {
@@ -179,11 +200,26 @@ fn load_pixels(
     match &item.image {
         ImageSource::Path(p) => decode_file(p, limits),
         ImageSource::Bytes(b) => decode_bytes(b, &item.key, limits),
+        ImageSource::ShardMember { shard, offset, len } => {
+            let bytes = read_member(shard, *offset, *len)?;
+            decode_bytes(&bytes, &item.key, limits)
+        }
         ImageSource::Url(u) => Err(crate::DataError::Image {
             what: item.key.clone(),
             message: format!("{u} is a URL: download it first (img2dataset)"),
         }),
     }
+}
+
+/// `len` bytes at `offset` of `path`.
+fn read_member(path: &std::path::Path, offset: u64, len: u64) -> crate::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e| crate::DataError::Io { path: path.to_path_buf(), source: e };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact(&mut bytes).map_err(io)?;
+    Ok(bytes)
 }
 
 fn build_batch(

@@ -17,6 +17,7 @@ mod cli_pretrain;
 mod cli_pretrain_bert;
 mod cli_pretrain_connector;
 mod cli_pretrain_llama;
+mod cli_pretrain_sources;
 mod cli_pretrain_stage2;
 mod cli_quickstart;
 mod cli_retrieval;

@@ -118,6 +118,10 @@ pub struct DataConfig {
     pub conversations: Option<PathBuf>,
     /// The folder the conversations' `image` paths are relative to (default: the JSON's folder).
     pub images: Option<PathBuf>,
+    /// Training data as it lies on disk, mixed by weight (`[[data.sources]]`: `kind` =
+    /// `webdataset` (`urls`), `karpathy` (`annotations`, `images`), `pairs` / `capfilt` / `table`
+    /// (`path`, `images`), `weight`); instead of `root` / `synthetic`.
+    pub sources: Vec<datasets::sources::SourceSpec>,
     /// MiniGPT-4 stage 2 on captions (its `cc_sbu_align`): a prompt file, one instruction per
     /// line holding the image marker (`prompts/alignment.txt`); each batch draws one.
     pub instructions: Option<PathBuf>,
@@ -247,6 +251,7 @@ impl Default for DataConfig {
             conversations: None,
             images: None,
             instructions: None,
+            sources: Vec::new(),
             max_seq_len: 2048, // LLaVA-1.5 scripts
         }
     }
@@ -515,6 +520,14 @@ impl RunConfig {
         }
         if self.model.connector.is_some() {
             self.validate_connector()?;
+        } else if !self.data.sources.is_empty() {
+            if self.data.root.is_some() || self.data.synthetic.is_some() {
+                return bad(
+                    "data.sources",
+                    "replaces data.root and data.synthetic: set one of them",
+                    "both set".into(),
+                );
+            }
         } else if self.data.synthetic.is_none() && self.data.root.is_none() {
             return bad(
                 "data.root",
@@ -605,7 +618,10 @@ impl RunConfig {
         }
         match self.stage {
             Stage::Stage1
-                if d.root.is_none() && d.synthetic.is_none() && d.conversations.is_none() =>
+                if d.root.is_none()
+                    && d.synthetic.is_none()
+                    && d.conversations.is_none()
+                    && d.sources.is_empty() =>
             {
                 Err(Error::Config(
                     "a connector's stage 1 needs captions: data.root (a directory with annotations/karpathy_train.json and the images), data.conversations (LLaVA's LCS-558K layout) or data.synthetic".into(),
@@ -624,7 +640,12 @@ impl RunConfig {
                     "a connector's stage 2 needs data.conversations (a LLaVA-format conversation JSON), or for MiniGPT-4 captions (data.root) with data.instructions".into(),
                 ))
             }
-            Stage::Stage2 if d.instructions.is_some() && d.root.is_none() && d.synthetic.is_none() => {
+            Stage::Stage2
+                if d.instructions.is_some()
+                    && d.root.is_none()
+                    && d.synthetic.is_none()
+                    && d.sources.is_empty() =>
+            {
                 Err(Error::Config("data.instructions needs captions: set data.root".into()))
             }
             _ if d.max_seq_len == 0 => {

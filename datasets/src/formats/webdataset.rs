@@ -84,6 +84,84 @@ pub fn for_each_shard_sample(path: &Path, mut f: impl FnMut(ShardSample)) -> Res
     Ok(())
 }
 
+/// One sample of a shard as an index entry: where its image lies, and its caption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedSample {
+    pub key: String,
+    /// Byte offset and length of the image member inside the shard.
+    pub image: Option<(u64, u64)>,
+    pub caption: Option<String>,
+}
+
+/// The samples of one shard, read by seeking past the image bodies (only captions are read):
+/// an index for reading images in place later. A shard cut short keeps the samples before the
+/// cut and reports the cut as the error beside them.
+pub fn index_shard(path: &Path) -> Result<(Vec<IndexedSample>, Option<DataError>)> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let tar_err = |message: String| DataError::Tar { path: path.to_path_buf(), message };
+    let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    let mut archive = tar::Archive::new(file);
+    let mut out: Vec<IndexedSample> = Vec::new();
+    let mut json: Option<Vec<u8>> = None;
+    let mut txt: Option<Vec<u8>> = None;
+    let mut current: Option<IndexedSample> = None;
+    let finish = |s: &mut Option<IndexedSample>,
+                  json: &mut Option<Vec<u8>>,
+                  txt: &mut Option<Vec<u8>>,
+                  out: &mut Vec<IndexedSample>| {
+        if let Some(mut sample) = s.take() {
+            let from_json = json
+                .take()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("caption").and_then(|c| c.as_str().map(str::to_string)));
+            let from_txt = txt.take().map(|b| String::from_utf8_lossy(&b).into_owned());
+            sample.caption = from_json.or(from_txt);
+            out.push(sample);
+        }
+    };
+    let entries = archive.entries_with_seek().map_err(|e| tar_err(e.to_string()))?;
+    for entry in entries {
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                finish(&mut current, &mut json, &mut txt, &mut out);
+                return Ok((out, Some(tar_err(e.to_string()))));
+            }
+        };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry.path().map_err(|e| tar_err(e.to_string()))?.to_string_lossy().into_owned();
+        let Some((key, ext)) = split_key(&name) else {
+            continue;
+        };
+        if current.as_ref().is_some_and(|c| c.key != key) {
+            finish(&mut current, &mut json, &mut txt, &mut out);
+        }
+        let sample = current.get_or_insert_with(|| IndexedSample {
+            key: key.to_string(),
+            image: None,
+            caption: None,
+        });
+        let (offset, size) = (entry.raw_file_position(), entry.size());
+        if offset + size > len {
+            let cut = tar_err(format!("member {name} is cut short by the end of the file"));
+            current = None;
+            finish(&mut current, &mut json, &mut txt, &mut out);
+            return Ok((out, Some(cut)));
+        }
+        if IMAGE_EXTS.contains(&ext.as_str()) {
+            sample.image.get_or_insert((offset, size));
+        } else if ext == "json" || ext == "txt" {
+            let mut bytes = Vec::with_capacity(size.min(1 << 16) as usize);
+            entry.read_to_end(&mut bytes).map_err(|e| tar_err(format!("member {name}: {e}")))?;
+            *if ext == "json" { &mut json } else { &mut txt } = Some(bytes);
+        }
+    }
+    finish(&mut current, &mut json, &mut txt, &mut out);
+    Ok((out, None))
+}
+
 /// One sample of a shard to write: its key and its `(extension, bytes)` members.
 pub type ShardMembers = (String, Vec<(String, Vec<u8>)>);
 

@@ -11,5 +11,6 @@ mod fuzz_image;
 mod fuzz_tar;
 mod loader;
 mod preprocess_parity;
+mod sources;
 mod synth;
 mod tokenizer_parity;

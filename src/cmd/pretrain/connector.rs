@@ -30,7 +30,7 @@ use datasets::formats::{
 use datasets::image::clip::ClipImageProcessorConfig;
 use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
 use datasets::text::{CaptionCleaner, Padding};
-use datasets::{ImageTextBatch, ImageTextItem, Loader, LoaderConfig, LoaderState};
+use datasets::{ImageTextBatch, LoaderConfig, LoaderState};
 use qformer::connector::{Connector, Piece};
 use qformer::llava::{LlavaConfig, LlavaForConditionalGeneration, NamingScheme};
 use qformer::minigpt4::{MiniGpt4, PartsFile};
@@ -42,7 +42,7 @@ use train::init::{init_torch_linear, named_vars};
 use train::tasks::{ConnectorMicro, ConnectorTask, Template, TemplateTokenizer, TrainText};
 use train::{Extras, ParamStore, RunConfig, RunSummary, Settings};
 
-use super::data::{caption_items, LoaderBatches};
+use super::data::{caption_items, CaptionData, LoaderBatches};
 use super::{model_error, pixels, PretrainArgs};
 use crate::common::atomic::replace_dir;
 use crate::common::model_dir::write_weights_dir;
@@ -445,7 +445,7 @@ fn tokenizer_is_legacy(path: &Path) -> Result<bool> {
 /// The run's samples: conversations (`data.conversations`) or captions, these with
 /// MiniGPT-4's instructions in its stage 2.
 struct Samples {
-    items: Vec<ImageTextItem>,
+    data: CaptionData,
     /// Indexed by the items' `image_id` when the data is conversations.
     conversations: Option<Vec<Conversation>>,
     /// `data.instructions`: a batch's captions answer one of these, drawn by [`Self::draw`].
@@ -462,8 +462,8 @@ impl Samples {
                 (Some(_), None) => bail!("data.instructions: only MiniGPT-4 reads a prompt list"),
                 (None, _) => None,
             };
-            let items = caption_items(cfg, run_root)?;
-            return Ok(Self { items, conversations: None, instructions, seed });
+            let data = caption_items(cfg, run_root)?;
+            return Ok(Self { data, conversations: None, instructions, seed });
         };
         let conversations = read_conversations(path)?;
         let folder = match &cfg.data.images {
@@ -474,7 +474,8 @@ impl Samples {
         if text_only > 0 {
             println!("{}: {text_only} records without an image left out", path.display());
         }
-        Ok(Self { items, conversations: Some(conversations), instructions: None, seed })
+        let data = CaptionData { items, sources: None };
+        Ok(Self { data, conversations: Some(conversations), instructions: None, seed })
     }
 
     /// The instruction of a batch, as MiniGPT-4 draws one per batch: from the run seed and the
@@ -502,11 +503,11 @@ impl Samples {
     fn keep_readable(&mut self, tok: &TemplateTokenizer, cleaner: &CaptionCleaner) -> Result<()> {
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut first: Option<String> = None;
-        let before = self.items.len();
+        let before = self.data.items.len();
         let conversations = self.conversations.as_deref();
         // Every prompt of the list reads the same way: the first stands for them all.
         let instruction = self.instructions.as_ref().map(|p| p[0].as_str());
-        self.items.retain(|item| {
+        self.data.retain(|item| {
             let caption;
             let text = match (conversations, instruction) {
                 (Some(c), _) => TrainText::Conversation(&c[item.image_id as usize].turns),
@@ -529,7 +530,7 @@ impl Samples {
                 }
             }
         });
-        let left_out = before - self.items.len();
+        let left_out = before - self.data.items.len();
         if left_out > 0 {
             let counts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} × {r}")).collect();
             eprintln!(
@@ -538,7 +539,7 @@ impl Samples {
                 first.unwrap_or_default()
             );
         }
-        if self.items.is_empty() {
+        if self.data.items.is_empty() {
             bail!(
                 "no sample of the training data can be read by the {:?} template",
                 tok.template()
@@ -566,8 +567,10 @@ pub fn run(cfg: &RunConfig, root: &Path, args: &PretrainArgs, dev: &Device) -> R
     };
     let mut samples = Samples::read(cfg, root, marker.as_deref())?;
     samples.keep_readable(&tokenizer, &loader_config.caption)?;
-    let n = samples.items.len();
-    let loader = Loader::without_tokenizer(std::mem::take(&mut samples.items), loader_config);
+    let n = samples.data.items.len();
+    let data =
+        std::mem::replace(&mut samples.data, CaptionData { items: Vec::new(), sources: None });
+    let loader = data.into_loader(None, loader_config)?;
 
     let build = |b: &ImageTextBatch, r: Range<usize>| -> Result<ConnectorMicro> {
         let rows = r

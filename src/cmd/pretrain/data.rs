@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use datasets::formats::karpathy::read_karpathy_train;
 use datasets::formats::{read_cc_sbu_align, CC_SBU_ALIGN_FILE};
 use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
+use datasets::sources::{read_source, Mixture};
 use datasets::synth::{write_world, SynthConfig};
 use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
 use datasets::{
@@ -19,6 +20,7 @@ use datasets::{
 use train::RunConfig;
 use train::{Batches, Fetched, StepBatch};
 
+use crate::common::atomic::replace_file;
 use crate::common::train_error;
 
 /// `tokenizer`: the Q-Former's (stage one); `None` in stage two, whose captions are tokenized
@@ -29,7 +31,7 @@ pub fn loader(
     tokenizer: Option<TextTokenizer>,
     image_size: usize,
 ) -> Result<Loader> {
-    let items = caption_items(cfg, run_root)?;
+    let data = caption_items(cfg, run_root)?;
     let config = LoaderConfig {
         batch_size: cfg.batch.size,
         prefetch: cfg.data.prefetch_batches,
@@ -41,16 +43,108 @@ pub fn loader(
         padding: Padding::Longest,
         limits: DecodeLimits::default(),
     };
-    Ok(match tokenizer {
-        Some(t) => Loader::new(items, t, config),
-        None => Loader::without_tokenizer(items, config),
-    })
+    data.into_loader(tokenizer, config)
 }
+
+/// A run's training samples, source after source, and how an epoch mixes the sources.
+pub struct CaptionData {
+    pub items: Vec<ImageTextItem>,
+    /// `data.sources`: the items of each source and its weight.
+    pub sources: Option<(Vec<usize>, Vec<f64>)>,
+}
+
+impl CaptionData {
+    /// Keeps the items `keep` accepts, the sources' sizes following.
+    pub fn retain(&mut self, mut keep: impl FnMut(&ImageTextItem) -> bool) {
+        let Some((sizes, _)) = &mut self.sources else {
+            self.items.retain(keep);
+            return;
+        };
+        let mut at = 0;
+        let mut kept_sizes = Vec::with_capacity(sizes.len());
+        let mut items = std::mem::take(&mut self.items).into_iter();
+        for &n in sizes.iter() {
+            let before = at;
+            for item in items.by_ref().take(n) {
+                if keep(&item) {
+                    self.items.push(item);
+                    at += 1;
+                }
+            }
+            kept_sizes.push(at - before);
+        }
+        *sizes = kept_sizes;
+    }
+
+    pub fn into_loader(
+        self,
+        tokenizer: Option<TextTokenizer>,
+        config: LoaderConfig,
+    ) -> Result<Loader> {
+        let loader = match tokenizer {
+            Some(t) => Loader::new(self.items, t, config),
+            None => Loader::without_tokenizer(self.items, config),
+        };
+        Ok(match self.sources {
+            Some((sizes, weights)) => loader.with_mixture(Mixture::new(&sizes, &weights)?)?,
+            None => loader,
+        })
+    }
+}
+
+/// `data.sources`, each read and reported in `RUN_DIR/data_report.json` (samples, and what was
+/// left out by reason and by key).
+fn source_items(cfg: &RunConfig, run_root: &Path) -> Result<CaptionData> {
+    let mut items = Vec::new();
+    let (mut sizes, mut weights, mut report) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, spec) in cfg.data.sources.iter().enumerate() {
+        let read =
+            read_source(spec).with_context(|| format!("data.sources[{i}] ({})", spec.name()))?;
+        println!(
+            "data.sources[{i}] {}: {} samples, {} left out (weight {})",
+            spec.name(),
+            read.items.len(),
+            read.skipped_total(),
+            spec.weight
+        );
+        report.push(serde_json::json!({
+            "source": spec.name(),
+            "weight": spec.weight,
+            "samples": read.items.len(),
+            "skipped": read.skipped_total(),
+            "skipped_by_reason": read.skipped,
+            "skipped_keys": read.skipped_keys.iter().map(|s| serde_json::json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
+        }));
+        let base = items.len() as u64;
+        sizes.push(read.items.len());
+        weights.push(spec.weight);
+        // Image ids stay distinct across sources (ITC treats equal ids as positives).
+        items.extend(read.items.into_iter().map(|mut it| {
+            it.image_id += base;
+            it
+        }));
+    }
+    let path = run_root.join(DATA_REPORT);
+    replace_file(&path, |tmp| {
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "sources": report }))?;
+        std::fs::write(tmp, text).with_context(|| format!("writing {}", tmp.display()))
+    })?;
+    if items.is_empty() {
+        bail!("data.sources: no sample to train on (see {})", path.display());
+    }
+    Ok(CaptionData { items, sources: Some((sizes, weights)) })
+}
+
+/// What the sources gave and left out, in the run directory.
+pub const DATA_REPORT: &str = "data_report.json";
 
 /// The training captions: `data.root/annotations/karpathy_train.json` (or MiniGPT-4's
 /// `filter_cap.json` + `image/` when the root is a `cc_sbu_align` directory), or the synthetic world
 /// of `data.synthetic` written into the run directory (once: a resumed run reads the same).
-pub fn caption_items(cfg: &RunConfig, run_root: &Path) -> Result<Vec<ImageTextItem>> {
+pub fn caption_items(cfg: &RunConfig, run_root: &Path) -> Result<CaptionData> {
+    if !cfg.data.sources.is_empty() {
+        return source_items(cfg, run_root);
+    }
     let root = match (&cfg.data.root, cfg.data.synthetic) {
         (Some(root), _) => root.clone(),
         (None, Some(n)) => {
@@ -91,7 +185,7 @@ pub fn caption_items(cfg: &RunConfig, run_root: &Path) -> Result<Vec<ImageTextIt
     if items.is_empty() {
         bail!("{}: no training captions", ann.display());
     }
-    Ok(items)
+    Ok(CaptionData { items, sources: None })
 }
 
 /// The held-out split for validation losses: `annotations/karpathy_val.json` of the data root

@@ -1,0 +1,143 @@
+//! `[[data.sources]]`: webdataset shards indexed by seeking and read in place (the same pixels
+//! as the bytes decoded directly), samples without an image or a caption and a shard cut short
+//! left out by reason, Karpathy + webdataset mixed by weight.
+
+use std::path::Path;
+
+use datasets::formats::webdataset::{index_shard, write_shard};
+use datasets::image::{DecodeLimits, ImageProcessorConfig};
+use datasets::sources::{read_source, Mixture, SourceKind, SourceSpec};
+use datasets::synth::{generate, SynthConfig};
+use datasets::text::{CaptionCleaner, Padding};
+use datasets::{ImageSource, ImageTextItem, Loader, LoaderConfig, LoaderState};
+
+fn png(img: &datasets::image::RgbImage8) -> Vec<u8> {
+    let buf =
+        image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone()).unwrap();
+    let mut c = std::io::Cursor::new(Vec::new());
+    buf.write_to(&mut c, image::ImageFormat::Png).unwrap();
+    c.into_inner()
+}
+
+/// A shard of `n` good samples (jpg-named PNG + json caption, or png + txt), one without an
+/// image and one without a caption; returns the good samples' (key, bytes, caption).
+fn shard(path: &Path, n: usize) -> Vec<(String, Vec<u8>, String)> {
+    let scenes =
+        generate(&SynthConfig { images: n, seed: 3, image_size: 20, ..Default::default() });
+    let mut members = Vec::new();
+    let mut good = Vec::new();
+    for (i, s) in scenes.iter().enumerate() {
+        let key = format!("{i:09}");
+        let bytes = png(&s.scene.render());
+        let caption = s.captions[0].clone();
+        let meta = serde_json::json!({"caption": caption, "status": "success"}).to_string();
+        let m = if i % 2 == 0 {
+            vec![("jpg".to_string(), bytes.clone()), ("json".to_string(), meta.into_bytes())]
+        } else {
+            vec![
+                ("png".to_string(), bytes.clone()),
+                ("txt".to_string(), caption.clone().into_bytes()),
+            ]
+        };
+        members.push((key.clone(), m));
+        good.push((key, bytes, caption));
+    }
+    members.push(("no_image".into(), vec![("txt".into(), b"a caption".to_vec())]));
+    members.push(("no_caption".into(), vec![("jpg".into(), good[0].1.clone())]));
+    write_shard(path, &members).unwrap();
+    good
+}
+
+fn config() -> LoaderConfig {
+    LoaderConfig {
+        batch_size: 4,
+        prefetch: 1,
+        shuffle: false,
+        augment: None,
+        image: ImageProcessorConfig::square(16),
+        clip: None,
+        caption: CaptionCleaner::verbatim(),
+        padding: Padding::Longest,
+        limits: DecodeLimits::default(),
+    }
+}
+
+fn webdataset(urls: String, weight: f64) -> SourceSpec {
+    SourceSpec {
+        kind: SourceKind::Webdataset,
+        urls: Some(urls),
+        annotations: None,
+        path: None,
+        images: None,
+        weight,
+    }
+}
+
+#[test]
+fn shard_members_read_in_place_give_the_pixels_of_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = shard(&dir.path().join("00000.tar"), 6);
+    let read =
+        read_source(&webdataset(format!("{}/{{00000..00000}}.tar", dir.path().display()), 1.0))
+            .unwrap();
+    assert_eq!(read.items.len(), 6);
+    assert_eq!(read.skipped_total(), 2);
+    assert_eq!(read.skipped["no image member"], 1);
+    assert_eq!(read.skipped["no caption (.json caption or .txt)"], 1);
+    let captions: Vec<&str> = read.items.iter().map(|i| i.caption.as_str()).collect();
+    assert_eq!(captions, good.iter().map(|g| g.2.as_str()).collect::<Vec<_>>());
+    // In place versus from the bytes: the same batch.
+    let in_place = Loader::without_tokenizer(read.items.clone(), config());
+    let bytes: Vec<ImageTextItem> = read
+        .items
+        .iter()
+        .zip(&good)
+        .map(|(it, g)| ImageTextItem { image: ImageSource::Bytes(g.1.clone()), ..it.clone() })
+        .collect();
+    let direct = Loader::without_tokenizer(bytes, config());
+    let at = LoaderState { seed: 0, epoch: 0, position: 0 };
+    for (a, b) in in_place.epoch(at).zip(direct.epoch(at)) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.skipped.is_empty());
+        assert_eq!(a.pixel_values, b.pixel_values);
+    }
+}
+
+#[test]
+fn a_shard_cut_short_keeps_what_came_before_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.tar");
+    shard(&full, 6);
+    let bytes = std::fs::read(&full).unwrap();
+    let (whole, _) = index_shard(&full).unwrap();
+    // Cut inside the image of the fourth sample.
+    let (offset, len) = whole[3].image.unwrap();
+    let cut = dir.path().join("cut.tar");
+    std::fs::write(&cut, &bytes[..(offset + len / 2) as usize]).unwrap();
+    let read = read_source(&webdataset(cut.display().to_string(), 1.0)).unwrap();
+    assert_eq!(read.items.len(), 3);
+    let (reason, n) = read.skipped.iter().next().unwrap();
+    assert!(reason.starts_with("shard cut short") && *n == 1, "{reason}");
+    assert!(read.skipped_keys[0].key.starts_with("cut.tar"));
+}
+
+#[test]
+fn a_mixture_orders_an_epoch_over_both_sources_by_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    shard(&dir.path().join("a.tar"), 4);
+    let a = read_source(&webdataset(dir.path().join("a.tar").display().to_string(), 3.0)).unwrap();
+    let b = read_source(&webdataset(dir.path().join("a.tar").display().to_string(), 1.0)).unwrap();
+    let mut items = a.items.clone();
+    items.extend(b.items.clone());
+    let mixture = Mixture::new(&[4, 4], &[3.0, 1.0]).unwrap();
+    let order = mixture.order(1, 0);
+    let loader = Loader::without_tokenizer(items, config()).with_mixture(mixture).unwrap();
+    let batches: Vec<_> =
+        loader.epoch(LoaderState { seed: 1, epoch: 0, position: 0 }).map(|b| b.unwrap()).collect();
+    let n: usize = batches.iter().map(|b| b.batch_size).sum();
+    assert_eq!(n, 8);
+    assert_eq!(order.len(), 8);
+    assert!(Loader::without_tokenizer(a.items, config())
+        .with_mixture(Mixture::new(&[4, 4], &[1.0, 1.0]).unwrap())
+        .is_err());
+}

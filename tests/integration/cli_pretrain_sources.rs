@@ -1,0 +1,124 @@
+//! `blip2 pretrain` on `[[data.sources]]`: the synthetic world's webdataset shards and its
+//! Karpathy JSON mixed 3:1, what each source gave in `data_report.json`, and exact resume
+//! through the mixture and the shard members read in place.
+
+use std::path::{Path, PathBuf};
+
+use super::cli_pretrain_stage2::{metrics, ok, pretrain};
+use super::common::blip2;
+
+fn world(dir: &Path) -> PathBuf {
+    let w = dir.join("world");
+    let out =
+        blip2(["synth", "--out", w.to_str().unwrap(), "--images", "24", "--image-size", "32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    w
+}
+
+/// The tiny preset's model and optimizer on the world's shards (weight 3) and captions
+/// (weight 1); the shard also holds a sample without a caption.
+fn config(dir: &Path, world: &Path) -> PathBuf {
+    let tokenizer_dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny/itm/config.json");
+    let cfg = format!(
+        r#"seed = 4
+[model]
+config = "{model}"
+[data]
+image_size = 32
+max_txt_len = 16
+[[data.sources]]
+kind = "webdataset"
+urls = "{world}/shards/{{00000..00000}}.tar::{extra}"
+weight = 3.0
+[[data.sources]]
+kind = "karpathy"
+annotations = "{world}/annotations/karpathy_train.json"
+images = "{world}"
+weight = 1.0
+[optimizer]
+lr = 1e-3
+max_grad_norm = 1.0
+[schedule]
+kind = "constant"
+[batch]
+size = 8
+[steps]
+epochs = 6
+max_steps = 6
+[checkpointing]
+every_steps = 1
+[logging]
+every_steps = 1
+"#,
+        model = tokenizer_dir.display(),
+        world = world.display(),
+        extra = dir.join("extra.tar").display(),
+    );
+    // A second shard: one sample with an image but no caption.
+    let png = std::fs::read(world.join("images/000000.png")).unwrap();
+    datasets::formats::webdataset::write_shard(
+        &dir.join("extra.tar"),
+        &[("nocap".into(), vec![("png".into(), png)])],
+    )
+    .unwrap();
+    let path = dir.join("run.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+#[test]
+fn mixed_sources_train_report_what_they_left_out_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(dir.path());
+    let cfg = config(dir.path(), &w);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let out = pretrain(&["--config", cfg.to_str().unwrap(), "--out", a.to_str().unwrap()]);
+    ok(&out);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("data_report.json")).unwrap())
+            .unwrap();
+    let sources = report["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 2);
+    assert!(sources[0]["samples"].as_u64().unwrap() > 0);
+    assert_eq!(sources[0]["skipped"], 1);
+    assert_eq!(sources[0]["skipped_keys"][0]["key"], "extra.tar/nocap");
+    assert_eq!(sources[1]["skipped"], 0);
+
+    ok(&pretrain(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+        "--stop-after",
+        "3",
+    ]));
+    ok(&pretrain(&["--resume", b.to_str().unwrap()]));
+    let losses = |run: &Path| -> Vec<String> {
+        metrics(run).iter().map(|r| r["losses"].to_string()).collect()
+    };
+    assert_eq!(losses(&a).len(), 6);
+    assert_eq!(losses(&a), losses(&b));
+    let weights =
+        |run: &Path| std::fs::read(run.join("checkpoints/step-000006/model.safetensors")).unwrap();
+    assert_eq!(weights(&a), weights(&b), "final weights differ");
+}
+
+#[test]
+fn sources_beside_a_data_root_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(dir.path());
+    let cfg = config(dir.path(), &w);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[data]\n", &format!("[data]\nroot = \"{}\"\n", w.display()));
+    std::fs::write(&cfg, text).unwrap();
+    let out = pretrain(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("data.sources"), "{err}");
+}
