@@ -141,3 +141,39 @@ fn a_mixture_orders_an_epoch_over_both_sources_by_weight() {
         .with_mixture(Mixture::new(&[4, 4], &[1.0, 1.0]).unwrap())
         .is_err());
 }
+
+/// Shards written by the `webdataset` library itself (`tools/webdataset_fixture.py`): captions
+/// from `.json`, else `.txt`; a sample without one left out; a corrupt JPEG left out when the
+/// loader decodes it; the shard cut inside an image keeps the sample before the cut.
+#[test]
+fn shards_written_by_the_webdataset_library_read_as_it_reads_them() {
+    let dir = crate::common::fixtures().join("webdataset");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let read =
+        read_source(&webdataset(format!("{}/{{00000..00001}}.tar", dir.display()), 1.0)).unwrap();
+    let (mut keys, mut captions) = (Vec::new(), Vec::new());
+    for shard in ["00000.tar", "00001.tar"] {
+        for (k, c) in expected[shard]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(expected[shard]["captions"].as_array().unwrap())
+        {
+            keys.push(format!("{shard}/{}", k.as_str().unwrap()));
+            captions.push(c.as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(read.items.iter().map(|i| i.key.clone()).collect::<Vec<_>>(), keys);
+    assert_eq!(read.items.iter().map(|i| i.caption.clone()).collect::<Vec<_>>(), captions);
+    let left_out: Vec<&str> = read.skipped_keys.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(left_out, ["00000.tar/000000007", "00001.tar (the rest)"]);
+
+    let loader = Loader::without_tokenizer(read.items, config());
+    let skipped: Vec<String> = loader
+        .epoch(LoaderState { seed: 0, epoch: 0, position: 0 })
+        .flat_map(|b| b.unwrap().skipped.into_iter().map(|s| s.key))
+        .collect();
+    let undecodable = expected["00000.tar"]["undecodable"][0].as_str().unwrap();
+    assert_eq!(skipped, [format!("00000.tar/{undecodable}")]);
+}
