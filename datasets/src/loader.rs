@@ -193,7 +193,8 @@ impl Drop for EpochIter {
     }
 }
 
-fn load_pixels(
+/// The decoded pixels of `item`, wherever they lie.
+pub fn load_pixels(
     item: &ImageTextItem,
     limits: DecodeLimits,
 ) -> crate::Result<crate::image::RgbImage8> {

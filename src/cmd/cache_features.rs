@@ -9,11 +9,13 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 
 use datasets::formats::karpathy::read_karpathy_train;
-use datasets::image::{decode_file, eval_transform, DecodeLimits, ImageProcessorConfig};
-use datasets::ImageSource;
+use datasets::image::{eval_transform, DecodeLimits, ImageProcessorConfig};
+use datasets::loader::load_pixels;
 use qformer::weights::{load_hf_dir, LoadOptions};
+use train::RunConfig;
 
-use crate::common::feature_cache::{FeatureIndex, FeatureShard, WHAT};
+use crate::cmd::pretrain::data::caption_items;
+use crate::common::feature_cache::{FeatureIndex, FeatureShard, SkippedImage, WHAT};
 
 /// Cached features are computed with the EVAL transform (resize only): training from a cache
 /// therefore sees no random crops or flips, unlike LAVIS's train transform.
@@ -26,11 +28,16 @@ pub struct CacheFeaturesArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Karpathy-style caption JSON (`[{"image": ..., "caption": ...}]`).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "config", requires = "images")]
+    pub data: Option<PathBuf>,
     /// Directory the `image` paths are relative to.
     #[arg(long)]
-    pub images: PathBuf,
+    pub images: Option<PathBuf>,
+    /// A `blip2 pretrain` run config whose data to cache: `data.root` or `[[data.sources]]`
+    /// (webdataset shards, tables, ...), as training reads it; `data_report.json` goes into
+    /// `--out`.
+    #[arg(long, conflicts_with_all = ["data", "images"])]
+    pub config: Option<PathBuf>,
     /// Output directory: `features-NNNNN.safetensors` shards and `index.json`.
     #[arg(long)]
     pub out: PathBuf,
@@ -58,44 +65,75 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
     } else {
         ImageProcessorConfig::square(model.config().vision_config.image_size)
     };
-    let items = read_karpathy_train(&args.data, &args.images)
-        .with_context(|| format!("reading {}", args.data.display()))?;
-    // One entry per image (captions share it), in order of first appearance.
-    let mut seen = BTreeSet::new();
-    let images: Vec<_> = items.into_iter().filter(|it| seen.insert(it.image_id)).collect();
-    ensure!(!images.is_empty(), "{}: no images", args.data.display());
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-
+    let (items, what) = match (&args.config, &args.data, &args.images) {
+        (Some(cfg), _, _) => {
+            let run = RunConfig::load(cfg)?;
+            run.validate()?;
+            (caption_items(&run, &args.out)?.items, cfg.display().to_string())
+        }
+        (None, Some(data), Some(images)) => {
+            let items = read_karpathy_train(data, images)
+                .with_context(|| format!("reading {}", data.display()))?;
+            (items, data.display().to_string())
+        }
+        _ => anyhow::bail!("give --data with --images, or --config"),
+    };
+    // One entry per image (captions share it), in order of first appearance; an image that does
+    // not decode is left out and listed in the index.
+    let mut seen = BTreeSet::new();
+    let images: Vec<_> = items.into_iter().filter(|it| seen.insert(it.image_id)).collect();
+    ensure!(!images.is_empty(), "{what}: no images");
+    let mut skipped = Vec::new();
     let mut shards = Vec::new();
-    for (s, shard) in images.chunks(args.shard_size).enumerate() {
-        let mut feats = Vec::new();
+    for shard in images.chunks(args.shard_size) {
+        let (mut feats, mut kept) = (Vec::new(), Vec::new());
         for chunk in shard.chunks(args.batch_size) {
             let mut pixels = Vec::new();
             for it in chunk {
-                let ImageSource::Path(p) = &it.image else {
-                    anyhow::bail!("{}: image {} is not a file", args.data.display(), it.key);
-                };
-                let img = decode_file(p, DecodeLimits::default())?;
-                let t = eval_transform(&img, &image_cfg);
-                pixels.push(Tensor::from_vec(t.data, (t.channels, t.height, t.width), &dev)?);
+                match load_pixels(it, DecodeLimits::default()) {
+                    Ok(img) => {
+                        let t = eval_transform(&img, &image_cfg);
+                        pixels.push(Tensor::from_vec(
+                            t.data,
+                            (t.channels, t.height, t.width),
+                            &dev,
+                        )?);
+                        kept.push(it);
+                    }
+                    Err(e) => {
+                        eprintln!("warning: skipping image {}: {e}", it.key);
+                        skipped.push(SkippedImage { key: it.key.clone(), reason: e.to_string() });
+                    }
+                }
             }
-            feats.push(model.vision_features(&Tensor::stack(&pixels, 0)?)?);
+            if !pixels.is_empty() {
+                feats.push(model.vision_features(&Tensor::stack(&pixels, 0)?)?);
+            }
         }
-        let file = format!("features-{s:05}.safetensors");
+        if kept.is_empty() {
+            continue;
+        }
+        let file = format!("features-{:05}.safetensors", shards.len());
         let path = args.out.join(&file);
         candle_core::safetensors::save(
             &[("features", Tensor::cat(&feats, 0)?)].into_iter().collect(),
             &path,
         )
         .with_context(|| format!("writing {}", path.display()))?;
-        let keys: Vec<String> = shard.iter().map(|it| it.key.clone()).collect();
-        let ids: Vec<u64> = shard.iter().map(|it| it.image_id).collect();
+        let keys: Vec<String> = kept.iter().map(|it| it.key.clone()).collect();
+        let ids: Vec<u64> = kept.iter().map(|it| it.image_id).collect();
         shards.push(FeatureShard { file, keys, image_ids: ids });
-        println!("wrote {} ({} images)", path.display(), shard.len());
+        println!("wrote {} ({} images)", path.display(), kept.len());
     }
-    let index =
-        FeatureIndex { model: args.model.display().to_string(), what: WHAT.to_string(), shards };
+    ensure!(!shards.is_empty(), "{what}: no image decoded");
+    let index = FeatureIndex {
+        model: args.model.display().to_string(),
+        what: WHAT.to_string(),
+        shards,
+        skipped,
+    };
     index.write(&args.out)?;
     Ok(())
 }

@@ -23,6 +23,17 @@ pub struct FeatureIndex {
     pub model: String,
     pub what: String,
     pub shards: Vec<FeatureShard>,
+    /// Images that did not decode, left out of the cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedImage>,
+}
+
+/// An image left out of the cache, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedImage {
+    pub key: String,
+    pub reason: String,
 }
 
 /// One safetensors file: row i of its `features` tensor is image `keys[i]`.

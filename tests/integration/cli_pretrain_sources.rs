@@ -16,7 +16,7 @@ fn world(dir: &Path) -> PathBuf {
 }
 
 /// The tiny preset's model and optimizer on the world's shards (weight 3) and captions
-/// (weight 1); the shard also holds a sample without a caption.
+/// (weight 1); a second shard holds a sample without a caption and one whose image is corrupt.
 fn config(dir: &Path, world: &Path) -> PathBuf {
     let tokenizer_dir =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny/itm/config.json");
@@ -59,7 +59,13 @@ every_steps = 1
     let png = std::fs::read(world.join("images/000000.png")).unwrap();
     datasets::formats::webdataset::write_shard(
         &dir.join("extra.tar"),
-        &[("nocap".into(), vec![("png".into(), png)])],
+        &[
+            ("nocap".into(), vec![("png".into(), png)]),
+            (
+                "corrupt".into(),
+                vec![("jpg".into(), b"\xff\xd8 no".to_vec()), ("txt".into(), b"x".to_vec())],
+            ),
+        ],
     )
     .unwrap();
     let path = dir.join("run.toml");
@@ -121,4 +127,38 @@ fn sources_beside_a_data_root_are_refused() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("data.sources"), "{err}");
+}
+
+/// `cache-features --config` caches what the run's sources hold (the corrupt image left out and
+/// listed) and a run on those sources trains from the cache.
+#[test]
+fn cache_features_reads_the_run_sources_and_training_reads_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(dir.path());
+    let cfg = config(dir.path(), &w);
+    let cache = dir.path().join("cache");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny/itm");
+    let out = blip2([
+        "cache-features",
+        "--model",
+        model.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["skipped"].as_array().unwrap().len(), 1);
+    assert_eq!(index["skipped"][0]["key"], "extra.tar/corrupt");
+    assert!(cache.join("data_report.json").is_file());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[data]\n", &format!("[data]\nfeatures = \"{}\"\n", cache.display()))
+        .replace("max_steps = 6", "max_steps = 2");
+    std::fs::write(&cfg, text).unwrap();
+    let run = dir.path().join("cached");
+    ok(&pretrain(&["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]));
+    assert_eq!(metrics(&run).len(), 2);
 }

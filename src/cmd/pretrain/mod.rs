@@ -8,7 +8,7 @@
 //! `embed`, `eval` and `generate` open (`best/` too, the best by the validation metric).
 
 mod connector;
-mod data;
+pub(crate) mod data;
 mod model;
 mod stage_two;
 
