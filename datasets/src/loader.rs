@@ -38,6 +38,9 @@ pub struct LoaderConfig {
     pub batch_size: usize,
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
+    /// Threads that decode and augment a batch's images: a pool of the loader's own, so that
+    /// decoding does not queue behind the model's kernels; 0 shares rayon's global pool.
+    pub workers: usize,
     pub shuffle: bool,
     /// Train transform (random resized crop + flip) instead of the eval resize.
     pub augment: Option<TrainAugment>,
@@ -142,6 +145,18 @@ impl Loader {
         let config = self.config.clone();
         let mixture = self.mixture.clone();
         let handle = std::thread::spawn(move || {
+            let pool = match config.workers {
+                0 => None,
+                n => match rayon::ThreadPoolBuilder::new().num_threads(n).build() {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        let _ = tx.send(Err(crate::DataError::Invalid(format!(
+                            "cannot start {n} loader threads: {e}"
+                        ))));
+                        return;
+                    }
+                },
+            };
             let order = match mixture {
                 Some(m) => m.order(state.seed, state.epoch),
                 None => epoch_order(items.len(), state.seed, state.epoch, config.shuffle),
@@ -151,14 +166,20 @@ impl Loader {
             while pos < order.len() {
                 let end = (pos + bs).min(order.len());
                 let cursor = LoaderState { position: end, ..state };
-                let batch = build_batch(
-                    &items,
-                    &order[pos..end],
-                    pos,
-                    tokenizer.as_deref(),
-                    &config,
-                    cursor,
-                );
+                let build = || {
+                    build_batch(
+                        &items,
+                        &order[pos..end],
+                        pos,
+                        tokenizer.as_deref(),
+                        &config,
+                        cursor,
+                    )
+                };
+                let batch = match &pool {
+                    Some(p) => p.install(build),
+                    None => build(),
+                };
                 if tx.send(batch).is_err() {
                     return;
                 }

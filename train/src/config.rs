@@ -110,6 +110,9 @@ pub struct DataConfig {
     pub max_txt_len: u32,
     /// Batches the loader decodes ahead of the step (each batch's images decode in parallel).
     pub prefetch_batches: usize,
+    /// Threads of the loader's own that decode and augment images (LAVIS `num_workers`); 0
+    /// shares the process's thread pool with the model.
+    pub num_workers: usize,
     /// Random resized crop + flip on the training images (BLIP-2 and MiniGPT-4); LLaVA never
     /// augments. Off: the eval transform.
     pub augment: bool,
@@ -247,6 +250,7 @@ impl Default for DataConfig {
             image_size: 224,
             max_txt_len: 32, // blip2 pretrain model yaml
             prefetch_batches: 2,
+            num_workers: 4, // LAVIS pretrain_stage1.yaml
             augment: true,
             conversations: None,
             images: None,

@@ -36,6 +36,7 @@ fn config(augment: bool) -> LoaderConfig {
     LoaderConfig {
         batch_size: 4,
         prefetch: 2,
+        workers: 0,
         shuffle: true,
         augment: augment.then(TrainAugment::default),
         image: ImageProcessorConfig::square(16),
@@ -138,4 +139,18 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// The loader's own decode threads change nothing but who decodes: the same batches, augmented
+/// alike, as on the shared pool.
+#[test]
+fn own_worker_threads_give_the_same_batches() {
+    let start = LoaderState { seed: 3, epoch: 1, position: 0 };
+    let shared = Loader::new(items(10), tokenizer(), config(true));
+    let own = Loader::new(items(10), tokenizer(), LoaderConfig { workers: 3, ..config(true) });
+    for (a, b) in shared.epoch(start).zip(own.epoch(start)) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.keys, b.keys);
+        assert_eq!(a.pixel_values, b.pixel_values);
+    }
 }

@@ -52,6 +52,7 @@ fn config() -> LoaderConfig {
     LoaderConfig {
         batch_size: 4,
         prefetch: 1,
+        workers: 0,
         shuffle: false,
         augment: None,
         image: ImageProcessorConfig::square(16),

@@ -205,6 +205,7 @@ impl ConnectorModel {
         let mut config = LoaderConfig {
             batch_size: cfg.batch.size,
             prefetch: cfg.data.prefetch_batches,
+            workers: cfg.data.num_workers,
             shuffle: true,
             augment: None,
             image: ImageProcessorConfig::default(),

@@ -35,6 +35,7 @@ pub fn loader(
     let config = LoaderConfig {
         batch_size: cfg.batch.size,
         prefetch: cfg.data.prefetch_batches,
+        workers: cfg.data.num_workers,
         shuffle: true,
         augment: cfg.data.augment.then(TrainAugment::default),
         image: ImageProcessorConfig::square(image_size),
@@ -226,6 +227,7 @@ pub fn val_loader(
     let config = LoaderConfig {
         batch_size: cfg.batch.eval_size,
         prefetch: 1,
+        workers: cfg.data.num_workers,
         shuffle: false,
         augment: None,
         image: ImageProcessorConfig::square(image_size),
