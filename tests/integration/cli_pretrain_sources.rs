@@ -90,6 +90,17 @@ fn mixed_sources_train_report_what_they_left_out_and_resume_exactly() {
     assert_eq!(sources[0]["skipped"], 1);
     assert_eq!(sources[0]["skipped_keys"][0]["key"], "extra.tar/nocap");
     assert_eq!(sources[1]["skipped"], 0);
+    // The corrupt image is an item of the index, left out when the loader decodes it: listed once
+    // per epoch it was drawn in, and a resumed run lists it as the uninterrupted one does.
+    let skipped = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("data_skipped.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let in_a = skipped(&a);
+    assert!(!in_a.is_empty() && in_a.iter().all(|l| l.contains("extra.tar/corrupt")), "{in_a:?}");
 
     ok(&pretrain(&[
         "--config",
@@ -105,6 +116,7 @@ fn mixed_sources_train_report_what_they_left_out_and_resume_exactly() {
     };
     assert_eq!(losses(&a).len(), 6);
     assert_eq!(losses(&a), losses(&b));
+    assert_eq!(skipped(&b), in_a);
     let weights =
         |run: &Path| std::fs::read(run.join("checkpoints/step-000006/model.safetensors")).unwrap();
     assert_eq!(weights(&a), weights(&b), "final weights differ");

@@ -584,7 +584,8 @@ pub fn run(cfg: &RunConfig, root: &Path, args: &PretrainArgs, dev: &Device) -> R
             .collect::<Result<Vec<Vec<Piece>>>>()?;
         Ok(ConnectorMicro { pixels: pixels(b, &r, dev)?, rows })
     };
-    let mut batches = LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 1, &build);
+    let mut batches = LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 1, &build)
+        .with_skip_log(root);
     let params = ParamStore::from_varmap(model.varmap(), cfg.optimizer.decay_rule);
     let task = ConnectorTask { model: connector };
     let write_model =

@@ -4,7 +4,7 @@
 //! and handed to the training loop one step at a time ([`LoaderBatches`]).
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -16,6 +16,7 @@ use datasets::synth::{write_world, SynthConfig};
 use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
 use datasets::{
     EpochIter, ImageSource, ImageTextBatch, ImageTextItem, Loader, LoaderConfig, LoaderState,
+    SkippedSample,
 };
 use train::RunConfig;
 use train::{Batches, Fetched, StepBatch};
@@ -253,6 +254,8 @@ pub struct LoaderBatches<'a, B> {
     /// another sample of the same micro-batch).
     min_micro_samples: usize,
     build: MicroBuilder<'a, B>,
+    /// Where the samples the loader could not read are listed.
+    skip_log: Option<PathBuf>,
 }
 
 impl<'a, B> LoaderBatches<'a, B> {
@@ -263,8 +266,53 @@ impl<'a, B> LoaderBatches<'a, B> {
         min_micro_samples: usize,
         build: MicroBuilder<'a, B>,
     ) -> Self {
-        Self { loader, seed, epoch: None, micro_batches, min_micro_samples, build }
+        Self { loader, seed, epoch: None, micro_batches, min_micro_samples, build, skip_log: None }
     }
+
+    /// Lists every sample the loader leaves out (an image that does not decode, ...) in
+    /// `RUN_DIR/data_skipped.jsonl`, one `{"key", "reason", "epoch", "position"}` line each; a
+    /// resumed run first drops the lines past its cursor, which it reads again.
+    pub fn with_skip_log(mut self, run_root: &Path) -> Self {
+        self.skip_log = Some(run_root.join(SKIP_LOG));
+        self
+    }
+}
+
+/// The samples a run's loader left out while training.
+pub const SKIP_LOG: &str = "data_skipped.jsonl";
+
+/// Keeps the lines of the skip log at or before `cursor` (in epoch, then position).
+fn truncate_skip_log(path: &Path, cursor: &LoaderState) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let (e, p) = (
+                v["epoch"].as_u64().unwrap_or(u64::MAX),
+                v["position"].as_u64().unwrap_or(u64::MAX),
+            );
+            (e, p) <= (cursor.epoch, cursor.position as u64)
+        })
+        .collect();
+    replace_file(path, |tmp| {
+        let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(tmp, body).with_context(|| format!("writing {}", tmp.display()))
+    })
+}
+
+fn append_skips(path: &Path, skipped: &[SkippedSample], at: &LoaderState) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    for s in skipped {
+        let line = serde_json::json!({"key": s.key, "reason": s.reason, "epoch": at.epoch, "position": at.position});
+        writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The consecutive sample ranges of the micro-batches of a batch of `n`.
@@ -278,6 +326,9 @@ impl<B> Batches for LoaderBatches<'_, B> {
 
     fn start_epoch(&mut self, epoch: u64, cursor: Option<LoaderState>) -> train::Result<()> {
         let at = cursor.unwrap_or(LoaderState { seed: self.seed, epoch, position: 0 });
+        if let (Some(log), Some(c)) = (&self.skip_log, &cursor) {
+            truncate_skip_log(log, c).map_err(train_error)?;
+        }
         self.epoch = Some(self.loader.epoch(at));
         Ok(())
     }
@@ -291,6 +342,9 @@ impl<B> Batches for LoaderBatches<'_, B> {
             Some(b) => b.map_err(|e| train_error(e.into()))?,
         };
         let skipped = batch.skipped.len() as u64;
+        if let (Some(log), false) = (&self.skip_log, batch.skipped.is_empty()) {
+            append_skips(log, &batch.skipped, &batch.state_after).map_err(train_error)?;
+        }
         let ranges = micro_ranges(batch.batch_size, self.micro_batches);
         if ranges.is_empty() || ranges.iter().any(|r| r.len() < self.min_micro_samples) {
             return Ok(Fetched::PassedOver {

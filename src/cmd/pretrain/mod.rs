@@ -173,7 +173,8 @@ fn stage_one(run: &Run) -> Result<RunSummary> {
         Ok(StageOneBatch { image, input_ids, attention_mask, image_ids: None })
     };
     let mut batches =
-        LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 2, &train_batch);
+        LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 2, &train_batch)
+            .with_skip_log(&run.root);
     let mut val = val_loader.as_ref().map(|l| LoaderBatches::new(l, 0, 1, 2, &val_batch));
     let processor = ImageProcessorConfig::square(run.image_size());
     let write_model = |dir: &Path| -> train::Result<()> {
@@ -206,7 +207,8 @@ fn stage_two(run: &Run) -> Result<RunSummary> {
         let text = s2.captions.texts(&b.captions[r.clone()])?;
         Ok(StageTwoMicro { image: run.images(b, &r)?, text })
     };
-    let mut batches = LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 1, &build);
+    let mut batches = LoaderBatches::new(&loader, cfg.seed, cfg.batch.micro_batches, 1, &build)
+        .with_skip_log(&run.root);
     let processor = ImageProcessorConfig::square(run.image_size());
     let write_model = |dir: &Path| -> train::Result<()> {
         s2.save_model(dir, built, &processor).map_err(|e| model_error(dir, e))
