@@ -95,6 +95,9 @@ pub struct Loader {
     items: Arc<Vec<ImageTextItem>>,
     /// The order of an epoch over several sources; `None`: one shuffle (or file order).
     mixture: Option<Arc<Mixture>>,
+    /// `(rank, world)`: this process reads every `world`-th sample of the epoch's order from
+    /// `rank` on, so the ranks of a data-parallel run split each epoch without overlap.
+    rank: (usize, usize),
     /// `None`: batches carry cleaned captions but no Q-Former token ids (stage two tokenizes
     /// them with the LLM's tokenizer).
     tokenizer: Option<Arc<TextTokenizer>>,
@@ -106,6 +109,7 @@ impl Loader {
         Loader {
             items: Arc::new(items),
             mixture: None,
+            rank: (0, 1),
             tokenizer: Some(Arc::new(tokenizer)),
             config: Arc::new(config),
         }
@@ -113,7 +117,13 @@ impl Loader {
 
     /// A loader whose batches have captions but no token ids (`seq_len` 0).
     pub fn without_tokenizer(items: Vec<ImageTextItem>, config: LoaderConfig) -> Self {
-        Loader { items: Arc::new(items), mixture: None, tokenizer: None, config: Arc::new(config) }
+        Loader {
+            items: Arc::new(items),
+            mixture: None,
+            rank: (0, 1),
+            tokenizer: None,
+            config: Arc::new(config),
+        }
     }
 
     /// Items laid out source after source, read in `mixture`'s order.
@@ -129,8 +139,21 @@ impl Loader {
         Ok(self)
     }
 
+    /// Reads rank `rank` of `world`'s share of every epoch (see [`Loader::len`]).
+    pub fn for_rank(mut self, rank: usize, world: usize) -> crate::Result<Self> {
+        if world == 0 || rank >= world {
+            return Err(crate::DataError::Invalid(format!(
+                "rank {rank} of a world of {world}: need rank < world"
+            )));
+        }
+        self.rank = (rank, world);
+        Ok(self)
+    }
+
+    /// Samples of an epoch for this rank.
     pub fn len(&self) -> usize {
-        self.items.len()
+        let (rank, world) = self.rank;
+        (self.items.len() + world - 1 - rank) / world
     }
 
     pub fn is_empty(&self) -> bool {
@@ -144,6 +167,7 @@ impl Loader {
         let tokenizer = self.tokenizer.clone();
         let config = self.config.clone();
         let mixture = self.mixture.clone();
+        let rank = self.rank;
         let handle = std::thread::spawn(move || {
             let pool = match config.workers {
                 0 => None,
@@ -161,6 +185,7 @@ impl Loader {
                 Some(m) => m.order(state.seed, state.epoch),
                 None => epoch_order(items.len(), state.seed, state.epoch, config.shuffle),
             };
+            let order: Vec<usize> = order.into_iter().skip(rank.0).step_by(rank.1).collect();
             let bs = config.batch_size.max(1);
             let mut pos = state.position.min(order.len());
             while pos < order.len() {

@@ -154,3 +154,30 @@ fn own_worker_threads_give_the_same_batches() {
         assert_eq!(a.pixel_values, b.pixel_values);
     }
 }
+
+/// The ranks of a data-parallel run split an epoch: disjoint, together every sample once, each
+/// resumable on its own.
+#[test]
+fn ranks_split_an_epoch_without_overlap() {
+    let start = LoaderState { seed: 2, epoch: 0, position: 0 };
+    let keys = |l: &Loader, at: LoaderState| -> Vec<String> {
+        l.epoch(at).flat_map(|b| b.unwrap().keys).collect()
+    };
+    let all = keys(&Loader::new(items(11), tokenizer(), config(false)), start);
+    let mut union = Vec::new();
+    for rank in 0..3 {
+        let l = Loader::new(items(11), tokenizer(), config(false)).for_rank(rank, 3).unwrap();
+        let mine = keys(&l, start);
+        assert_eq!(mine.len(), l.len());
+        assert_eq!(mine, all.iter().skip(rank).step_by(3).cloned().collect::<Vec<_>>());
+        // Resumed after its first batch, the rank reads on where it stopped.
+        let at = l.epoch(start).next().unwrap().unwrap().state_after;
+        assert_eq!(keys(&l, at), mine[at.position..].to_vec());
+        union.extend(mine);
+    }
+    union.sort();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(union, sorted);
+    assert!(Loader::new(items(2), tokenizer(), config(false)).for_rank(3, 3).is_err());
+}
