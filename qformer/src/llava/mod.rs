@@ -456,8 +456,9 @@ impl LlavaForConditionalGeneration {
         })
     }
 
-    /// Tower and LLM as constants from `tensors` (canonical names, checked), the projector as
-    /// `Var`s put into `varmap` under their canonical names, initialised from `tensors`.
+    /// Tower and LLM as constants from `tensors` (canonical names, checked; bf16/f16 matrices kept
+    /// as stored), the projector as f32 `Var`s put into `varmap` under their canonical names,
+    /// initialised from `tensors`.
     pub fn with_trainable_projector(
         cfg: &LlavaConfig,
         tensors: &HashMap<String, Tensor>,
@@ -473,15 +474,16 @@ impl LlavaForConditionalGeneration {
             let mut vars = varmap.data().lock().expect("VarMap lock");
             for (name, t) in tensors {
                 if name.starts_with("multi_modal_projector.") {
-                    vars.insert(name.clone(), Var::from_tensor(t)?);
+                    // Trained in f32 whatever the checkpoint stores.
+                    vars.insert(name.clone(), Var::from_tensor(&t.to_dtype(DType::F32)?)?);
                 } else {
                     frozen.insert(name.clone(), t.clone());
                 }
             }
         }
-        let dtype = cfg_dtype(tensors);
-        let frozen = VarBuilder::from_tensors(frozen, dtype, &device);
-        let proj = VarBuilder::from_varmap(varmap, dtype, &device);
+        // Frozen matrices stay in the checkpoint's dtype; activations are f32.
+        let frozen = crate::weights::frozen_var_builder(frozen, DType::F32, &device);
+        let proj = VarBuilder::from_varmap(varmap, DType::F32, &device);
         Self::load_parts(frozen, proj, cfg)
     }
 
@@ -639,8 +641,4 @@ impl LlavaForConditionalGeneration {
         let feats = pixel_values.map(|pv| self.image_features(pv)).transpose()?;
         self.forward_with_features(input_ids, feats.as_ref(), attention_mask, position_ids)
     }
-}
-
-fn cfg_dtype(tensors: &HashMap<String, Tensor>) -> DType {
-    tensors.get("language_model.model.embed_tokens.weight").map(|t| t.dtype()).unwrap_or(DType::F32)
 }
