@@ -13,7 +13,8 @@ use workloads::{anchor_gflop, Scale, Stage1StepCase, Workload, DEFAULT_SEED};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// qformer-forward, stage1-step, itm, vit-forward, opt-generate, or matmul (the GEMM ceiling).
+    /// qformer-forward, stage1-step, itm, vit-forward, opt-generate, matmul (the GEMM ceiling), or
+    /// llava-generate (LLaVA-1.5-7B shapes, one prefill + greedy decode).
     pub workload: String,
     /// Timed calls (the median is reported).
     #[arg(long, default_value_t = 5)]
@@ -36,13 +37,30 @@ pub struct BenchArgs {
     /// Shrink every dimension (tests): the numbers mean nothing.
     #[arg(long, hide = true)]
     pub tiny: bool,
+    /// llava-generate: vision-tower and LLM layers (default: LLaVA-1.5-7B's 24 and 32).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// llava-generate: dtype the weight matrices are held in (bf16, f16, f32); activations are f32.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// llava-generate: tokens generated (greedy; the first comes from the prefill).
+    #[arg(long, default_value_t = 16)]
+    pub new_tokens: usize,
+    /// llava-generate: text tokens of the prompt (BOS included), besides the image's tokens.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_tokens: usize,
 }
 
+/// The workload of `blip2 bench` outside the side-by-side set: one generation, not repeated calls.
+const LLAVA_GENERATE: &str = "llava-generate";
+
 pub fn run(args: BenchArgs) -> Result<()> {
-    let workload = Workload::from_name(&args.workload).with_context(|| {
-        let names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
-        format!("unknown workload {:?}: expected one of {}", args.workload, names.join(", "))
-    })?;
+    let workload = Workload::from_name(&args.workload);
+    if workload.is_none() && args.workload != LLAVA_GENERATE {
+        let mut names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
+        names.push(LLAVA_GENERATE);
+        bail!("unknown workload {:?}: expected one of {}", args.workload, names.join(", "));
+    }
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
@@ -55,6 +73,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let threads = candle_core::utils::get_num_threads();
+    let Some(workload) = workload else {
+        return super::bench_llava::run(&args, threads);
+    };
     let scale = if args.tiny { Scale::Tiny } else { Scale::Real };
 
     let t = Instant::now();
@@ -191,7 +212,7 @@ fn process_cpu_ms() -> Result<f64> {
 }
 
 /// Peak resident set (`VmHWM` of /proc/self/status) in MB (MiB, like the anchors' ru_maxrss/1024).
-fn peak_rss_mb() -> Result<f64> {
+pub(crate) fn peak_rss_mb() -> Result<f64> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let line = status

@@ -7,10 +7,10 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use datasets::image::{clip_transform, decode_file, ClipImageProcessorConfig, DecodeLimits};
 use qformer::llava::{load_dir, LlavaForConditionalGeneration};
 use qformer::llm::{generate_with_history, GenerationConfig};
+use qformer::weights::frozen_var_builder;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
@@ -98,7 +98,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
     let (cfg, _, tensors) = load_dir(dir, &device)
         .with_context(|| format!("loading LLaVA model directory {}", dir.display()))?;
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+    // Matrices stay in the checkpoint's dtype (bf16/f16 halves a 7B model); activations are f32.
+    let vb = frozen_var_builder(tensors, DType::F32, &device);
     let model = LlavaForConditionalGeneration::load(vb, &cfg)
         .with_context(|| format!("building LLaVA from {}", dir.display()))?;
     let (eos_token_ids, pad_token_id) = eos_and_pad(dir, &cfg.text_config)?;

@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 pub mod bench;
+mod bench_llava;
 pub mod cache_features;
 pub mod caption;
 pub mod embed;

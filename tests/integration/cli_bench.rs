@@ -81,3 +81,48 @@ fn bad_arguments_fail_with_one_line() {
         assert!(err.contains(culprit), "{err}");
     }
 }
+
+#[test]
+fn llava_generate_reports_prefill_decode_and_memory() {
+    for dtype in ["bf16", "f32"] {
+        let out = blip2([
+            "bench",
+            "llava-generate",
+            "--tiny",
+            "--layers",
+            "1",
+            "--dtype",
+            dtype,
+            "--new-tokens",
+            "4",
+            "--prompt-tokens",
+            "5",
+            "--threads",
+            "1",
+            "--json",
+        ]);
+        let v = stdout_json(&out);
+        assert_eq!(v["workload"], "llava-generate");
+        assert_eq!(v["llm_layers"], 1);
+        assert_eq!(v["vision_layers"], 1);
+        assert_eq!(v["threads"], 1);
+        assert_eq!(v["weight_dtype"], dtype, "matrices held in --dtype");
+        // BOS + 4 more text tokens + the tiny tower's 4 patch tokens.
+        assert_eq!(v["seq_len"].as_u64(), Some(5 + v["image_tokens"].as_u64().unwrap()));
+        let ids = v["generated"].as_array().unwrap();
+        assert_eq!(ids.len(), 4, "{v}");
+        assert!(ids.iter().all(|t| t.as_u64().is_some_and(|t| t < 320)), "{v}");
+        for key in ["prefill_s", "decode_s", "decode_tokens_per_s", "build_s"] {
+            assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
+        }
+        let rss = v["peak_rss_mb"].as_f64().unwrap();
+        let live = v["peak_live_mb"].as_f64().unwrap();
+        assert!(live > 0.0 && live <= rss, "{v}");
+        assert!(!v["cpu_model"].as_str().unwrap().is_empty());
+    }
+    let out = blip2(["bench", "llava-generate", "--tiny", "--dtype", "int8"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--dtype"), "{err}");
+}

@@ -119,8 +119,11 @@ impl ClipEmbeddings {
             vb.pp("patch_embedding"),
         )?;
         let class_embedding = vb.get(cfg.hidden_size, "class_embedding")?;
-        let position_embedding =
-            vb.get((cfg.num_positions(), cfg.hidden_size), "position_embedding.weight")?;
+        // In the class embedding's dtype: a frozen builder keeps tables in their stored half
+        // dtype (`weights::frozen_var_builder`), and this one is added to the activations.
+        let position_embedding = vb
+            .get((cfg.num_positions(), cfg.hidden_size), "position_embedding.weight")?
+            .to_dtype(class_embedding.dtype())?;
         Ok(Self { patch_embedding, class_embedding, position_embedding })
     }
 

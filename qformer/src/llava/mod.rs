@@ -456,8 +456,9 @@ impl LlavaForConditionalGeneration {
         })
     }
 
-    /// Tower and LLM as constants from `tensors` (canonical names, checked), the projector as
-    /// `Var`s put into `varmap` under their canonical names, initialised from `tensors`.
+    /// Tower and LLM as constants from `tensors` (canonical names, checked; bf16/f16 matrices kept
+    /// as stored), the projector as f32 `Var`s put into `varmap` under their canonical names,
+    /// initialised from `tensors`.
     pub fn with_trainable_projector(
         cfg: &LlavaConfig,
         tensors: &HashMap<String, Tensor>,
@@ -481,13 +482,12 @@ impl LlavaForConditionalGeneration {
             .next()
             .map(|t| t.device().clone())
             .ok_or_else(|| Error::Msg("no tensors".into()))?;
-        // One builder over both: a `Var`'s tensor keeps its identity through an f32 builder, so
-        // the modules built from it are tracked.
         let mut all = HashMap::new();
         {
             let mut vars = varmap.data().lock().expect("VarMap lock");
             for (name, t) in tensors {
                 if trainable(name) {
+                    // Trained in f32 whatever the checkpoint stores.
                     let var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
                     all.insert(name.clone(), var.as_tensor().clone());
                     vars.insert(name.clone(), var);
@@ -496,7 +496,9 @@ impl LlavaForConditionalGeneration {
                 }
             }
         }
-        Self::load(VarBuilder::from_tensors(all, DType::F32, &device), cfg)
+        // Frozen matrices stay in the checkpoint's dtype, activations are f32; an f32 `Var`'s
+        // tensor comes out of the builder as itself, so what is built from it is tracked.
+        Self::load(crate::weights::frozen_var_builder(all, DType::F32, &device), cfg)
     }
 
     pub fn config(&self) -> &LlavaConfig {

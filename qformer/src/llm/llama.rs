@@ -462,14 +462,25 @@ impl LlamaForCausalLm {
         &self.embed_tokens
     }
 
-    /// Dtype of the weights.
+    /// Dtype of the activations (the norms' weights): the matrices may be kept in their stored
+    /// bf16/f16 ([`crate::weights::frozen_var_builder`]) while this is f32.
     pub fn dtype(&self) -> DType {
+        self.norm.weight.dtype()
+    }
+
+    /// Dtype the matrices are held in (`embed_tokens`, the projections, the LM head).
+    pub fn weight_dtype(&self) -> DType {
         self.embed_tokens.embeddings().dtype()
     }
 
-    /// Token embeddings. ids: [B, L] -> [B, L, H]
+    /// Token embeddings, in the activation dtype ([`Self::dtype`]). ids: [B, L] -> [B, L, H]
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed_tokens.forward(ids)
+        let e = self.embed_tokens.forward(ids)?;
+        if e.dtype() == self.dtype() {
+            Ok(e)
+        } else {
+            e.to_dtype(self.dtype())
+        }
     }
 
     /// Positions as HF's `generate` derives them from the mask: `cumsum(mask) - 1`, clamped at 0

@@ -188,7 +188,8 @@ fn load_blip2(path: &Path, vision: Option<&Path>, device: &Device) -> Result<Bli
 fn load_llama(dir: &Path, device: &Device) -> Result<LlamaForCausalLm> {
     let cfg = LlamaConfig::from_file(dir.join("config.json"))?;
     let tensors = TensorSet::from_hf_weights(dir, device)?.into_map();
-    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device);
+    // Frozen: the matrices stay in the checkpoint's dtype, activations are f32.
+    let vb = crate::weights::frozen_var_builder(tensors, DType::F32, device);
     LlamaForCausalLm::load(vb, &cfg).map_err(|e| Error::Msg(format!("{}: {e}", dir.display())))
 }
 

@@ -25,6 +25,8 @@ use candle_core::op::Add;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::half_weight;
+
 /// `(x · wᵀ + b) · scale`, remembering which operands want a gradient (fixed when the node is
 /// built: a tensor's `track_op` cannot change later).
 struct LinearProduct {
@@ -78,6 +80,28 @@ fn product<S: BackendStorage>(
     }
     let wt = w_layout.transpose(0, 1)?;
     Ok((x.matmul(w, (1, m, n, k), x_layout, &wt)?, Shape::from((m, n))))
+}
+
+/// [`product`] on the CPU, where the weight may be a frozen bf16/f16 matrix kept as stored
+/// while the input is f32 ([`super::half_weight`]); any other dtype pair gets the weight
+/// converted to the input's dtype for this call.
+fn cpu_product(
+    x: &CpuStorage,
+    x_layout: &Layout,
+    w: &CpuStorage,
+    w_layout: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    if x.dtype() == w.dtype() {
+        return product(x, x_layout, w, w_layout);
+    }
+    if let CpuStorage::F32(xv) = x {
+        if half_weight::is_half_weight(w, w_layout) {
+            let (out, shape) = half_weight::matmul_half_t(xv, x_layout, w, w_layout)?;
+            return Ok((CpuStorage::F32(out), shape));
+        }
+    }
+    let w = w.to_dtype(w_layout, x.dtype())?;
+    product(x, x_layout, &w, &Layout::contiguous(w_layout.shape()))
 }
 
 /// `out [m, n] <- (out + b) · scale`, through storage ops (any backend, any dtype).
@@ -138,7 +162,7 @@ impl LinearProduct {
         if self.heads.is_some() {
             return self.cpu_forward_heads((x, x_layout), (w, w_layout), bias);
         }
-        let (out, shape) = product(x, x_layout, w, w_layout)?;
+        let (out, shape) = cpu_product(x, x_layout, w, w_layout)?;
         if !self.needs_epilogue(bias.is_some()) {
             return Ok((out, shape));
         }
@@ -204,7 +228,7 @@ impl LinearProduct {
         let (CpuStorage::F32(_), Some(bias_f32)) = (x, bias_f32) else {
             return self.generic_forward((x, x_layout), (w, w_layout), bias);
         };
-        let (out, shape) = product(x, x_layout, w, w_layout)?;
+        let (out, shape) = cpu_product(x, x_layout, w, w_layout)?;
         let CpuStorage::F32(scratch) = out else { unreachable!("an f32 product") };
         let (rows, n) = shape.dims2()?;
         if let Some((_, l)) = bias {
@@ -251,7 +275,13 @@ impl LinearProduct {
         // holding them, and a weight's gradient would keep the whole forward graph (and every
         // upstream gradient) alive after the backward. candle detaches the gradients it passes
         // between nodes, but the ones handed to leaves are kept as returned.
-        let dx = if want_x { Some(g.matmul(w)?.detach()) } else { None }; // [m, n] · [n, k]
+        // A frozen half-precision weight is widened for this product only.
+        let dx = if want_x {
+            let w = if w.dtype() == g.dtype() { w.clone() } else { w.to_dtype(g.dtype())? };
+            Some(g.matmul(&w)?.detach()) // [m, n] · [n, k]
+        } else {
+            None
+        };
         let dw = if want_w { Some(g.t()?.matmul(x)?.detach()) } else { None }; // [n, m] · [m, k]
         let db = if want_b { Some(g.sum(0)?.detach()) } else { None };
         Ok((dx, dw, db))
@@ -369,6 +399,15 @@ fn apply(
     heads: Option<HeadSplit>,
 ) -> Result<Tensor> {
     let x = if x.device().is_cpu() { x.clone() } else { x.contiguous()? };
+    // Off the CPU a frozen half-precision weight is widened per call (the CPU multiplies it as
+    // stored, see `cpu_product`).
+    let w_wide;
+    let w = if !x.device().is_cpu() && w.dtype() != x.dtype() {
+        w_wide = w.to_dtype(x.dtype())?;
+        &w_wide
+    } else {
+        w
+    };
     let op = LinearProduct {
         scale,
         wants: [x.track_op(), w.track_op(), b.is_some_and(|b| b.track_op())],

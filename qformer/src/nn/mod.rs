@@ -9,6 +9,7 @@
 mod dropout;
 pub(crate) mod fast_math;
 mod fused;
+pub mod half_weight;
 mod layer_norm;
 mod linear;
 mod linear_product;

@@ -12,6 +12,8 @@ pub mod names;
 mod pickle;
 pub mod pth;
 pub mod report;
+mod safetensors_file;
+mod stored_dtype;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -28,6 +30,8 @@ pub use lavis::{
 };
 pub use names::{canonical_tensors, Group, TensorSpec};
 pub use report::LoadReport;
+pub use safetensors_file::read_safetensors;
+pub use stored_dtype::frozen_var_builder;
 
 /// Tensors under canonical names, with where each came from.
 #[derive(Debug, Clone, Default)]
@@ -82,12 +86,12 @@ impl TensorSet {
         self.ln_vision_eps
     }
 
-    /// Canonical-named safetensors file(s) (HF layout).
+    /// Canonical-named safetensors file(s) (HF layout), every tensor in its stored dtype.
     pub fn from_safetensors(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let source = path.display().to_string();
-        let tensors = candle_core::safetensors::load(path, device)
-            .map_err(|e| Error::Msg(format!("{source}: cannot read safetensors: {e}")))?;
+        // Tensor by tensor in the stored dtype: no second copy of the file is held.
+        let tensors = read_safetensors(path, device)?;
         let mut set = Self::empty();
         for (name, t) in tensors {
             set.insert(name, t, &source);

@@ -6,6 +6,7 @@ mod common;
 mod llm_common;
 
 mod connector_splice;
+mod half_weights;
 mod llava;
 mod llm_blip2_llama;
 mod llm_grad;
