@@ -3,6 +3,7 @@
 //! times them (untimed warm-up calls, then the median of the timed ones), for side-by-side ratios
 //! (`docs/performance.md`).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -13,8 +14,9 @@ use workloads::{anchor_gflop, Scale, Stage1StepCase, Workload, DEFAULT_SEED};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// qformer-forward, stage1-step, itm, vit-forward, opt-generate, matmul (the GEMM ceiling), or
-    /// llava-generate (LLaVA-1.5-7B shapes, one prefill + greedy decode).
+    /// qformer-forward, stage1-step, itm, vit-forward, opt-generate, matmul (the GEMM ceiling),
+    /// llava-generate (LLaVA-1.5-7B shapes, one prefill + greedy decode), or loader (the
+    /// stage-one input pipeline over the webdataset shards of --data).
     pub workload: String,
     /// Timed calls (the median is reported).
     #[arg(long, default_value_t = 5)]
@@ -37,6 +39,18 @@ pub struct BenchArgs {
     /// Shrink every dimension (tests): the numbers mean nothing.
     #[arg(long, hide = true)]
     pub tiny: bool,
+    /// loader: a directory of webdataset shards (`tools/bench_loader_torch.py make DIR`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// loader: the loader's decode threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// loader: samples per batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// loader: the tokenizer.json captions are tokenized with (default: the hf-tiny fixture's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// llava-generate: vision-tower and LLM layers (default: LLaVA-1.5-7B's 24 and 32).
     #[arg(long)]
     pub layers: Option<usize>,
@@ -51,14 +65,24 @@ pub struct BenchArgs {
     pub prompt_tokens: usize,
 }
 
-/// The workload of `blip2 bench` outside the side-by-side set: one generation, not repeated calls.
+/// The workloads of `blip2 bench` outside the side-by-side set: one generation, not repeated
+/// calls; one pass of the input pipeline.
 const LLAVA_GENERATE: &str = "llava-generate";
+const LOADER: &str = "loader";
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let workload = Workload::from_name(&args.workload);
+    if args.workload == LOADER {
+        let data =
+            args.data.as_deref().context("bench loader needs --data DIR (webdataset shards)")?;
+        let tokenizer = args.tokenizer.clone().unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny/itm/tokenizer.json")
+        });
+        return super::bench_loader::run(data, args.workers, args.batch, &tokenizer, args.json);
+    }
     if workload.is_none() && args.workload != LLAVA_GENERATE {
         let mut names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
-        names.push(LLAVA_GENERATE);
+        names.extend([LLAVA_GENERATE, LOADER]);
         bail!("unknown workload {:?}: expected one of {}", args.workload, names.join(", "));
     }
     if args.iters == 0 {

@@ -14,7 +14,13 @@ use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
 use datasets::{Loader, LoaderConfig, LoaderState};
 
 /// One pass over the shards after one warm-up batch; prints samples/s.
-pub fn run(data: &Path, workers: usize, batch: usize, tokenizer: &Path, as_json: bool) -> Result<()> {
+pub fn run(
+    data: &Path,
+    workers: usize,
+    batch: usize,
+    tokenizer: &Path,
+    as_json: bool,
+) -> Result<()> {
     let mut shards: Vec<String> = std::fs::read_dir(data)
         .with_context(|| format!("reading {}", data.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -23,7 +29,10 @@ pub fn run(data: &Path, workers: usize, batch: usize, tokenizer: &Path, as_json:
         .collect();
     shards.sort();
     if shards.is_empty() {
-        bail!("{}: no .tar shards (make them with tools/bench_loader_torch.py make)", data.display());
+        bail!(
+            "{}: no .tar shards (make them with tools/bench_loader_torch.py make)",
+            data.display()
+        );
     }
     let spec = SourceSpec {
         kind: SourceKind::Webdataset,
@@ -67,7 +76,10 @@ pub fn run(data: &Path, workers: usize, batch: usize, tokenizer: &Path, as_json:
     if as_json {
         println!("{out}");
     } else {
-        println!("{n} samples in {seconds:.2} s: {:.1} samples/s ({workers} workers)", n as f64 / seconds);
+        println!(
+            "{n} samples in {seconds:.2} s: {:.1} samples/s ({workers} workers)",
+            n as f64 / seconds
+        );
     }
     Ok(())
 }

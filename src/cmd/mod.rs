@@ -4,6 +4,7 @@ use anyhow::Result;
 
 pub mod bench;
 mod bench_llava;
+mod bench_loader;
 pub mod cache_features;
 pub mod caption;
 pub mod embed;

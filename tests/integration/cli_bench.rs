@@ -126,3 +126,41 @@ fn llava_generate_reports_prefill_decode_and_memory() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("--dtype"), "{err}");
 }
+
+/// `bench loader` passes over the shards of a directory and says how fast (no timing asserted).
+#[test]
+fn bench_loader_reads_the_shards_of_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hf-tiny/images/img0.png"),
+    )
+    .unwrap();
+    let samples: Vec<datasets::formats::ShardMembers> = (0..5)
+        .map(|i| {
+            (
+                format!("{i:09}"),
+                vec![("png".into(), png.clone()), ("txt".into(), b"a caption".to_vec())],
+            )
+        })
+        .collect();
+    datasets::formats::write_shard(&dir.path().join("00000.tar"), &samples).unwrap();
+    let out = super::common::blip2([
+        "bench",
+        "loader",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--batch",
+        "2",
+        "--workers",
+        "1",
+        "--json",
+    ]);
+    let v = super::common::stdout_json(&out);
+    assert_eq!(v["warmup_batch"], 2);
+    assert_eq!(v["samples"], 3);
+    assert!(v["samples_per_sec"].as_f64().unwrap() > 0.0);
+    let empty = tempfile::tempdir().unwrap();
+    let out = super::common::blip2(["bench", "loader", "--data", empty.path().to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no .tar shards"));
+}
