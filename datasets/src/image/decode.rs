@@ -5,6 +5,7 @@ use std::path::Path;
 
 use ::image::{DynamicImage, ImageDecoder, ImageReader};
 
+use super::jpeg::decode_jpeg;
 use super::resample::RgbImage8;
 use crate::error::{DataError, Result};
 
@@ -41,7 +42,7 @@ fn decode_with_name(bytes: &[u8], what: &str, limits: DecodeLimits) -> Result<Rg
             "truncated JPEG: no end-of-image marker after the last scan".to_string(),
         ));
     }
-    decode_reader(Cursor::new(bytes), limits).map_err(image_err)
+    decode_reader(Cursor::new(bytes), bytes, limits).map_err(image_err)
 }
 
 /// The JPEG decoder fills a cut-off scan with grey without complaint; PIL refuses such a file
@@ -60,9 +61,11 @@ fn jpeg_is_truncated(bytes: &[u8]) -> bool {
 
 fn decode_reader<R: BufRead + Seek>(
     reader: R,
+    bytes: &[u8],
     limits: DecodeLimits,
 ) -> std::result::Result<RgbImage8, String> {
     let mut reader = ImageReader::new(reader).with_guessed_format().map_err(|e| e.to_string())?;
+    let is_jpeg = reader.format() == Some(::image::ImageFormat::Jpeg);
     let mut lim = ::image::Limits::default();
     lim.max_image_width = Some(limits.max_side);
     lim.max_image_height = Some(limits.max_side);
@@ -80,6 +83,16 @@ fn decode_reader<R: BufRead + Seek>(
     }
     // A broken EXIF block must not lose an otherwise good image: fall back to no rotation.
     let orientation = decoder.orientation().unwrap_or(::image::metadata::Orientation::NoTransforms);
+    // The header was read by the image crate (limits, orientation); the pixels of a JPEG come
+    // from libjpeg-turbo's algorithm, as Pillow's do.
+    if let Some(decoded) = is_jpeg.then(|| decode_jpeg(bytes)).flatten() {
+        let rgb = decoded?;
+        let buf = ::image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.data)
+            .ok_or("libjpeg gave a buffer of the wrong size")?;
+        let mut img = DynamicImage::ImageRgb8(buf);
+        img.apply_orientation(orientation);
+        return Ok(to_rgb8(img));
+    }
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);
     Ok(to_rgb8(img))

@@ -3,6 +3,7 @@
 pub mod augment;
 pub mod clip;
 pub mod decode;
+pub mod jpeg;
 pub mod processor;
 pub mod resample;
 

@@ -23,8 +23,6 @@ fn hf_tiny_pixel_values_match_within_1e4() {
     }
 }
 
-const JPEG_DECODER_MAX_GAP: i32 = 4;
-
 /// Extra cases from `tools/preprocess_fixtures.py` (HF BlipImageProcessor, Pillow 13):
 /// downscale and upscale, non-square inputs, JPEG, grey, RGBA and palette PNGs.
 #[test]
@@ -42,10 +40,10 @@ fn extra_cases_match_pillow_bytes_and_hf_pixels() {
         let input = case["input"].as_array().unwrap();
         assert_eq!(img.width as u64, input[0].as_u64().unwrap(), "{name} width");
         assert_eq!(img.height as u64, input[1].as_u64().unwrap(), "{name} height");
-        // Our JPEG decoder is not libjpeg-turbo: feed the resize Pillow's decoded pixels
-        // (`tools/pil_decoded_jpeg.py`) so the byte comparison tests the resize alone.
+        // JPEGs decode to Pillow's pixels exactly (libjpeg-turbo's algorithm): the resize reads
+        // our own decode, and the Pillow-decoded copy of the file must equal it.
         let file = case["file"].as_str().unwrap();
-        let resize_input = if file.ends_with(".jpg") {
+        if file.ends_with(".jpg") {
             let pil =
                 decode_file(&dir.join(file.replace(".jpg", ".pil.png")), DecodeLimits::default())
                     .unwrap();
@@ -57,14 +55,11 @@ fn extra_cases_match_pillow_bytes_and_hf_pixels() {
                 .map(|(&a, &b)| (a as i32 - b as i32).abs())
                 .max()
                 .unwrap();
-            // Measured 2026-11-25: the image crate and libjpeg-turbo differ by up to 4 levels.
-            if gap > JPEG_DECODER_MAX_GAP {
+            if gap > 0 {
                 failures.push(format!("{name}: JPEG decode differs from Pillow by {gap}"));
             }
-            pil
-        } else {
-            img.clone()
-        };
+        }
+        let resize_input = img.clone();
         let resized = datasets::image::resize_bicubic(&resize_input, size, size);
         let hf_u8 = &want[&format!("{name}.resized_u8")];
         assert_eq!(hf_u8.shape, vec![size, size, 3]);
@@ -88,4 +83,36 @@ fn extra_cases_match_pillow_bytes_and_hf_pixels() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Real-photo JPEGs in every layout Pillow writes (`tools/jpeg_parity_fixtures.py`): 4:2:0,
+/// 4:2:2 and 4:4:4, progressive, optimized tables, restart markers, odd sizes, grey) decode to
+/// Pillow's RGB bytes exactly.
+#[test]
+fn jpeg_pixels_equal_pillows_in_every_layout() {
+    use sha2::{Digest, Sha256};
+    let dir = fixtures().join("jpeg");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let cases = meta["cases"].as_object().unwrap();
+    assert!(cases.len() >= 8);
+    for (name, want) in cases {
+        let img = decode_file(&dir.join(format!("{name}.jpg")), DecodeLimits::default()).unwrap();
+        assert_eq!(
+            (img.width as u64, img.height as u64),
+            (want["width"].as_u64().unwrap(), want["height"].as_u64().unwrap()),
+            "{name}"
+        );
+        let every = want["sample_every"].as_u64().unwrap() as usize;
+        for (k, v) in want["sample"].as_array().unwrap().iter().enumerate() {
+            let (got, exp) = (img.data[k * every] as u64, v.as_u64().unwrap());
+            assert_eq!(got, exp, "{name}: value {} is {got}, Pillow's {exp}", k * every);
+        }
+        let digest: String = Sha256::digest(&img.data).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            digest,
+            want["sha256"].as_str().unwrap(),
+            "{name}: RGB bytes differ from Pillow's"
+        );
+    }
 }
