@@ -5,7 +5,7 @@
 //! weights** (widened to f32 up front, the path the f32 fixture tests check against HF). Both
 //! compute in f32, so they differ only in summation order: 1e-4 on logits. The f32 model itself
 //! is HF-exact (llm_llama.rs, llava.rs), so this is parity with HF run in f32 on the rounded
-//! weights. Both matmul regimes of the half-weight linear are crossed: at most 16 rows (the
+//! weights. Both matmul regimes of the half-weight linear are crossed: at most `DOT_MAX_ROWS` rows (the
 //! dot-product kernel: the fixtures' short prompts, decoding) and more (the widened GEMM).
 
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use qformer::llava::{load_dir, LlavaForConditionalGeneration};
 use qformer::llm::{causal_lm_loss, generate, GenerationConfig, LlamaConfig, LlamaForCausalLm};
+use qformer::nn::half_weight::DOT_MAX_ROWS;
 use qformer::weights::{frozen_var_builder, TensorSet};
 
 use crate::common::{max_abs_diff, test_device};
@@ -89,7 +90,7 @@ fn a_bf16_llama_keeps_bf16_matrices_and_matches_f32_on_the_rounded_weights() {
         let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
         let mask = &exp["attention_mask"];
         let (b, l) = ids.dims2().unwrap();
-        assert!(b * l <= 16, "{case}: the fixture prompt is the few-rows regime");
+        assert!(b * l <= DOT_MAX_ROWS, "{case}: the fixture prompt is the few-rows regime");
         let got = half.forward_embeds(&half.embed(&ids).unwrap(), mask).unwrap();
         let want = wide.forward_embeds(&wide.embed(&ids).unwrap(), mask).unwrap();
         let d = max_abs_diff(&got, &want);
@@ -99,13 +100,14 @@ fn a_bf16_llama_keeps_bf16_matrices_and_matches_f32_on_the_rounded_weights() {
         eprintln!("{case}: bf16-stored vs f32-rounded {d:e}; vs HF f32 unrounded {vs_hf:e}");
 
         // Many rows: the widened GEMM.
-        let x = embeds(2, 24, cfg.hidden_size);
-        let m = Tensor::ones((2, 24), DType::U32, &test_device()).unwrap();
+        let l = DOT_MAX_ROWS / 2 + 8;
+        let x = embeds(2, l, cfg.hidden_size);
+        let m = Tensor::ones((2, l), DType::U32, &test_device()).unwrap();
         let d = max_abs_diff(
             &half.forward_embeds(&x, &m).unwrap(),
             &wide.forward_embeds(&x, &m).unwrap(),
         );
-        assert!(d <= TOL, "{case}: logits (48 rows) differ by {d:e}");
+        assert!(d <= TOL, "{case}: logits ({} rows) differ by {d:e}", 2 * l);
 
         // Greedy and beam decoding (one row per sequence and beam) give the same ids.
         for beams in [1, 3] {
@@ -146,7 +148,7 @@ fn a_bf16_llava_matches_f32_on_the_rounded_weights_and_trains_its_projector() {
     let ids: Vec<u32> =
         exp["input_ids_0_0"].to_dtype(DType::U32).unwrap().to_vec1::<u32>().unwrap();
     let ids_t = Tensor::from_vec(ids.clone(), (1, ids.len()), &dev).unwrap();
-    // The vision tower sees more than 16 rows (the widened GEMM), the projector too.
+    // The tower and the projector (one image's tokens) and the LLM (the prompt).
     let d = max_abs_diff(&half.image_features(&pv).unwrap(), &wide.image_features(&pv).unwrap());
     assert!(d <= TOL, "projected features differ by {d:e}");
     let logits =
