@@ -314,7 +314,7 @@ impl LlavaChat {
         } else {
             self.model.image_features(&self.spec.pixel_values(images, &self.device)?)?
         };
-        let s = splice(&[prompt.pieces.clone()], &feats, llm, PadSide::Left)?;
+        let s = splice(std::slice::from_ref(&prompt.pieces), &feats, llm, PadSide::Left)?;
         let history = prompt.input_ids.clone().map(|ids| vec![ids]);
         let mut out =
             generate_with_history(llm, &s.embeds, &s.attention_mask, history.as_deref(), cfg)?;

@@ -295,7 +295,7 @@ pub fn original_to_canonical(name: &str) -> Option<String> {
         let (i, p) = r.split_once('.')?;
         let i: usize = i.parse().ok()?;
         // `nn.Sequential(Linear, GELU, Linear, …)`: the linears sit at the even indices.
-        if i % 2 != 0 {
+        if !i.is_multiple_of(2) {
             return None;
         }
         return Some(format!("multi_modal_projector.linear_{}.{p}", i / 2 + 1));
