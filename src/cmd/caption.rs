@@ -1,5 +1,6 @@
 //! `blip2 caption`: image captions with the LAVIS BLIP-2 caption settings (beams 5, at most 30
-//! and at least 8 new tokens, prompt "a photo of").
+//! and at least 8 new tokens, prompt "a photo of"); MiniGPT-4 and LLaVA answer an instruction
+//! in their own template with the same search settings.
 
 use std::path::PathBuf;
 
@@ -7,19 +8,21 @@ use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
 
+use crate::common::chat::load_chat;
 use crate::common::generator::Blip2Generator;
-use crate::common::minigpt4_chat::{is_parts_file, MiniGpt4Chat};
 
 #[derive(Debug, Args)]
 pub struct CaptionArgs {
-    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), or a MiniGPT-4 parts file
-    /// (`.toml`).
+    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), a LLaVA directory (HF or
+    /// original), or a MiniGPT-4 parts file (`.toml`).
     #[arg(long)]
     pub model: PathBuf,
     #[arg(long, num_args = 1.., required = true)]
     pub image: Vec<PathBuf>,
     /// BLIP-2: the text the caption continues (LAVIS `caption_coco_*`: "a photo of").
     /// MiniGPT-4: the instruction put into its template ("Describe this image in detail.").
+    /// LLaVA: the instruction put into its template ("Provide a one-sentence caption for the
+    /// provided image.").
     #[arg(long)]
     pub prompt: Option<String>,
     #[arg(long, default_value_t = 5)]
@@ -30,13 +33,9 @@ pub struct CaptionArgs {
     pub min_new_tokens: usize,
 }
 
-/// MiniGPT-4's detailed-description instruction.
-pub const MINIGPT4_CAPTION_INSTRUCTION: &str = "Describe this image in detail.";
-
 pub fn run(args: CaptionArgs) -> Result<()> {
-    if is_parts_file(&args.model) {
-        let chat = MiniGpt4Chat::load(&args.model, &Device::Cpu)?;
-        let instruction = args.prompt.as_deref().unwrap_or(MINIGPT4_CAPTION_INSTRUCTION);
+    if let Some(chat) = load_chat(&args.model, &Device::Cpu)? {
+        let instruction = args.prompt.as_deref().unwrap_or(chat.caption_instruction());
         let prompt = chat.question_prompt(instruction);
         let cfg = chat.generation_config(qformer::llm::GenerationConfig {
             max_new_tokens: args.max_new_tokens,

@@ -1,6 +1,6 @@
 //! `blip2 generate`: prompted generation from one image with a `Blip2ForConditionalGeneration`
-//! directory, as HF 4.57 `generate` does it; a `LlavaForConditionalGeneration` directory goes to
-//! [`super::generate_llava`].
+//! directory, as HF 4.57 `generate` does it; a LLaVA directory (HF or original) goes to
+//! [`super::generate_llava`], a MiniGPT-4 parts file to [`super::generate_minigpt4`].
 
 use std::path::PathBuf;
 
@@ -13,8 +13,9 @@ use crate::common::generator::Blip2Generator;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), an HF
-    /// `LlavaForConditionalGeneration` directory, or a MiniGPT-4 parts file (`.toml`).
+    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), a LLaVA directory (HF
+    /// `LlavaForConditionalGeneration`, or original LLaVA with its `mm_vision_tower` found as a
+    /// directory or in the HF hub cache), or a MiniGPT-4 parts file (`.toml`).
     #[arg(long)]
     pub model: PathBuf,
     /// The image (BLIP-2: exactly one). LLaVA: one per `<image>` in the prompt, in order.
@@ -50,9 +51,6 @@ struct Output<'a> {
     text: &'a str,
 }
 
-/// LLaVA-1.5's chat template for one image and one question (llava-hf model cards).
-pub const LLAVA_QUESTION_TEMPLATE: &str = "USER: <image>\n{} ASSISTANT:";
-
 /// `template` with `{}` replaced by `question`, verbatim.
 fn fill(template: &str, question: &str) -> String {
     template.replacen("{}", question, 1)
@@ -62,14 +60,11 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
     if crate::common::minigpt4_chat::is_parts_file(&args.model) {
         return super::generate_minigpt4::run(args);
     }
-    let llava = super::generate_llava::is_llava_dir(&args.model);
-    if let Some(q) = args.question.take() {
-        let template =
-            if llava { LLAVA_QUESTION_TEMPLATE } else { eval::vqa::zero_shot::DEFAULT_PROMPT };
-        args.prompt = fill(template, &q);
-    }
-    if llava {
+    if crate::common::llava_chat::is_llava_dir(&args.model) {
         return super::generate_llava::run(args);
+    }
+    if let Some(q) = args.question.take() {
+        args.prompt = fill(eval::vqa::zero_shot::DEFAULT_PROMPT, &q);
     }
     anyhow::ensure!(
         args.image.len() == 1,

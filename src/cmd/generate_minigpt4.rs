@@ -7,6 +7,7 @@ use qformer::llm::GenerationConfig;
 use serde::Serialize;
 
 use super::generate::GenerateArgs;
+use crate::common::chat::Chat;
 use crate::common::minigpt4_chat::MiniGpt4Chat;
 
 #[derive(Serialize)]

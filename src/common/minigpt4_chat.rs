@@ -13,8 +13,12 @@ use qformer::llm::{generate_with_history, GenerationConfig};
 use qformer::minigpt4::{minigpt4_pieces, MiniGpt4};
 use tokenizers::Tokenizer;
 
+use super::chat::{Chat, VqaSearch, LAVIS_VQA_SEARCH};
 use super::generation_ids::eos_and_pad;
 use super::inputs::load_images;
+
+/// MiniGPT-4's detailed-description instruction.
+pub const MINIGPT4_CAPTION_INSTRUCTION: &str = "Describe this image in detail.";
 
 /// Whether `--model` names a MiniGPT-4 parts file rather than a model directory.
 pub fn is_parts_file(path: &Path) -> bool {
@@ -98,15 +102,17 @@ impl MiniGpt4Chat {
             device: device.clone(),
         })
     }
+}
 
+impl Chat for MiniGpt4Chat {
     /// The prompt for one question in MiniGPT-4's template.
-    pub fn question_prompt(&self, question: &str) -> String {
+    fn question_prompt(&self, question: &str) -> String {
         let p = self.model.parts();
         question_prompt(&p.prompt_template, &p.image_marker, question)
     }
 
     /// Generation settings from the command's flags, with the model's EOS, pad and stop ids.
-    pub fn generation_config(&self, base: GenerationConfig) -> GenerationConfig {
+    fn generation_config(&self, base: GenerationConfig) -> GenerationConfig {
         GenerationConfig {
             eos_token_ids: self.eos_token_ids.clone(),
             pad_token_id: self.pad_token_id,
@@ -116,7 +122,7 @@ impl MiniGpt4Chat {
     }
 
     /// The new ids for `prompt` (text as the model reads it, one image marker per image).
-    pub fn generate(
+    fn generate(
         &self,
         images: &[PathBuf],
         prompt: &str,
@@ -152,9 +158,25 @@ impl MiniGpt4Chat {
     }
 
     /// MiniGPT-4's answer text of generated ids.
-    pub fn answer(&self, ids: &[u32]) -> Result<String> {
+    fn answer(&self, ids: &[u32]) -> Result<String> {
         let decoded =
             self.tokenizer.decode(ids, true).map_err(|e| anyhow!("decoding ids {ids:?}: {e}"))?;
         Ok(answer_text(&decoded, &self.model.parts().end_sym))
+    }
+
+    fn vqa_prompt(&self) -> String {
+        self.question_prompt("{}")
+    }
+
+    fn lavis_questions(&self) -> bool {
+        true
+    }
+
+    fn vqa_search(&self) -> VqaSearch {
+        LAVIS_VQA_SEARCH
+    }
+
+    fn caption_instruction(&self) -> &'static str {
+        MINIGPT4_CAPTION_INSTRUCTION
     }
 }

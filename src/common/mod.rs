@@ -4,11 +4,13 @@
 
 pub mod alloc;
 pub mod atomic;
+pub mod chat;
 pub mod device;
 pub mod feature_cache;
 pub mod generation_ids;
 pub mod generator;
 pub mod inputs;
+pub mod llava_chat;
 pub mod llm_text;
 pub mod minigpt4_chat;
 pub mod model_dir;

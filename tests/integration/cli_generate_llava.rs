@@ -1,25 +1,27 @@
 //! `blip2 generate` on an HF `LlavaForConditionalGeneration` directory vs transformers 4.57.6
-//! (`LlavaProcessor` + `generate`) on tests/fixtures/llava-tiny and llava-tiny-oldnames (same
-//! weights, older Hub tensor names, checked against llava-tiny's `expected.*`): the processor's
-//! expanded `input_ids`, greedy and 3-beam ids (6 new tokens), and the `<image>` count error.
+//! (`LlavaProcessor` + `generate`) on tests/fixtures/llava-tiny, llava-tiny-oldnames (same
+//! weights, older Hub tensor names) and llava-tiny-original (same weights in the original
+//! haotian-liu layout, the tower in llava-tiny-clip), all checked against llava-tiny's
+//! `expected.*`: the processor's expanded `input_ids` (original: `tokenizer_image_token`'s ids),
+//! greedy and 3-beam ids (6 new tokens), and the `<image>` count error.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 
 use crate::common::{blip2, load_tensors, stdout_json};
 
-fn dir(name: &str) -> PathBuf {
+pub(crate) fn dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
-fn ids(v: &serde_json::Value) -> Vec<u64> {
+pub(crate) fn ids(v: &serde_json::Value) -> Vec<u64> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
 }
 
 /// HF rows may be padded after EOS; ours end at EOS.
-fn trim_after_eos(row: &[u64], eos: u64) -> Vec<u64> {
+pub(crate) fn trim_after_eos(row: &[u64], eos: u64) -> Vec<u64> {
     match row.iter().position(|&t| t == eos) {
         Some(i) => row[..=i].to_vec(),
         None => row.to_vec(),
@@ -34,6 +36,30 @@ fn row(t: &Tensor) -> Vec<u64> {
         .into_iter()
         .map(|x| x as u64)
         .collect()
+}
+
+/// `generate --json` of `model` on one image and prompt with `beams` beams.
+pub(crate) fn generate_json(
+    model: &Path,
+    image: &Path,
+    prompt: &str,
+    beams: &str,
+    max_new: &str,
+) -> serde_json::Value {
+    stdout_json(&blip2([
+        "generate".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--image".as_ref(),
+        image.as_os_str(),
+        "--prompt".as_ref(),
+        prompt.as_ref(),
+        "--max-new-tokens".as_ref(),
+        max_new.as_ref(),
+        "--num-beams".as_ref(),
+        beams.as_ref(),
+        "--json".as_ref(),
+    ] as [&std::ffi::OsStr; 12]))
 }
 
 /// llava-tiny's `expected.json` and `expected.safetensors` (HF's outputs).
@@ -58,22 +84,24 @@ fn check_dir(name: &str) {
         let prompt = case["prompt_text"].as_str().unwrap();
         let want_input = row(&tensors[&format!("input_ids_{i}_{j}")]);
         for (key, beams) in [("greedy_ids", "1"), ("beam3_ids", "3")] {
-            let out = blip2([
-                "generate".as_ref(),
-                "--model".as_ref(),
-                dir(name).as_os_str(),
-                "--image".as_ref(),
-                image.as_os_str(),
-                "--prompt".as_ref(),
-                prompt.as_ref(),
-                "--max-new-tokens".as_ref(),
-                max_new.as_ref(),
-                "--num-beams".as_ref(),
-                beams.as_ref(),
-                "--json".as_ref(),
-            ] as [&std::ffi::OsStr; 12]);
-            let got = stdout_json(&out);
-            assert_eq!(ids(&got["input_ids"]), want_input, "{name} case {i}/{j}: input_ids");
+            let got = generate_json(&dir(name), &image, prompt, beams, &max_new);
+            if got.get("prompt_ids").is_some() {
+                // Original LLaVA marks each image once, with -200.
+                let image = expected["image_token_index"].as_i64().unwrap();
+                let want: Vec<i64> = ids(&case["prompt_ids"])
+                    .iter()
+                    .map(|&t| if t as i64 == image { -200 } else { t as i64 })
+                    .collect();
+                let got_ids: Vec<i64> = got["prompt_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_i64().unwrap())
+                    .collect();
+                assert_eq!(got_ids, want, "{name} case {i}/{j}: prompt_ids");
+            } else {
+                assert_eq!(ids(&got["input_ids"]), want_input, "{name} case {i}/{j}: input_ids");
+            }
             let want = trim_after_eos(&ids(&case[key]), eos);
             assert_eq!(ids(&got["ids"]), want, "{name} case {i}/{j}: {key}");
             checked += 1;
@@ -90,6 +118,11 @@ fn llava_generate_from_image_files_matches_hf() {
 #[test]
 fn llava_generate_oldnames_matches_hf() {
     check_dir("llava-tiny-oldnames");
+}
+
+#[test]
+fn llava_generate_original_layout_matches_hf() {
+    check_dir("llava-tiny-original");
 }
 
 #[test]
@@ -123,13 +156,15 @@ fn llava_image_marker_count_mismatch_is_one_error_line() {
             "2 <image> marker(s) but 1 --image",
         ),
     ];
-    for (images, prompt, want) in cases {
+    let original = dir("llava-tiny-original");
+    for ((images, prompt, want), model) in cases.iter().flat_map(|c| [(c, &d), (c, &original)]) {
         let mut args: Vec<&std::ffi::OsStr> =
-            vec!["generate".as_ref(), "--model".as_ref(), d.as_os_str()];
+            vec!["generate".as_ref(), "--model".as_ref(), model.as_os_str()];
         for im in images {
             args.push("--image".as_ref());
             args.push(im);
         }
+        let prompt: &str = prompt;
         args.extend(
             ["--prompt".as_ref(), prompt.as_ref(), "--json".as_ref()] as [&std::ffi::OsStr; 3]
         );
@@ -138,7 +173,7 @@ fn llava_image_marker_count_mismatch_is_one_error_line() {
         let err = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 1, "{err}");
-        assert!(lines[0].starts_with("error:") && lines[0].contains(want), "{err}");
+        assert!(lines[0].starts_with("error:") && lines[0].contains(*want), "{err}");
         assert!(out.stdout.is_empty());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::common::{blip2, stdout_json};
+use crate::common::{blip2, eval_vqa_tiny, stdout_json};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minigpt4-tiny")
@@ -82,31 +82,9 @@ fn minigpt4_eval_vqa_answers_as_generate_does() {
     let res = tmp.path().join("results.json");
     let toml = d.join("minigpt4.toml");
     let images = d.join("images");
-    let out = blip2([
-        "eval".as_ref(),
-        "vqa".as_ref(),
-        "--model".as_ref(),
-        toml.as_os_str(),
-        "--questions".as_ref(),
-        vqa.join("questions.json").as_os_str(),
-        "--annotations".as_ref(),
-        vqa.join("annotations.json").as_os_str(),
-        "--images".as_ref(),
-        images.as_os_str(),
-        "--image-pattern".as_ref(),
-        "img{image_id}.png".as_ref(),
-        "--num-beams".as_ref(),
-        "1".as_ref(),
-        "--max-new-tokens".as_ref(),
-        "6".as_ref(),
-        "--out".as_ref(),
-        res.as_os_str(),
-        "--json".as_ref(),
-    ] as [&std::ffi::OsStr; 19]);
-    let scores = stdout_json(&out);
+    let (scores, results) =
+        eval_vqa_tiny(&toml, &images, &res, &["--num-beams", "1", "--max-new-tokens", "6"]);
     assert!(scores["overall"].is_number(), "{scores}");
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&res).unwrap()).unwrap();
     let questions: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(vqa.join("questions.json")).unwrap())
             .unwrap();

@@ -13,6 +13,8 @@ mod cli_export;
 mod cli_generate;
 mod cli_generate_llava;
 mod cli_generate_minigpt4;
+mod cli_llava_chat;
+mod cli_llava_original;
 mod cli_pretrain;
 mod cli_pretrain_bert;
 mod cli_pretrain_connector;

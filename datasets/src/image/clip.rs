@@ -153,6 +153,38 @@ pub fn center_crop(img: &RgbImage8, width: usize, height: usize) -> RgbImage8 {
     padded.crop(left, top, width, height)
 }
 
+/// LLaVA's `expand2square` background: `tuple(int(x * 255) for x in image_mean)` (truncated,
+/// kept inside 0..=255).
+pub fn mean_background(image_mean: &[f64]) -> [u8; 3] {
+    let mut out = [0u8; 3];
+    for (o, m) in out.iter_mut().zip(image_mean) {
+        *o = (m * 255.0).clamp(0.0, 255.0) as u8;
+    }
+    out
+}
+
+/// LLaVA's `expand2square` (`image_aspect_ratio = "pad"`): a non-square image pasted onto a
+/// square of its longer side filled with `background`, at offset `(long - short) // 2` on the
+/// short axis (top for wide images, left for tall ones). A square image is returned as it is.
+pub fn expand_to_square(img: &RgbImage8, background: [u8; 3]) -> RgbImage8 {
+    let (w, h) = (img.width, img.height);
+    if w == h {
+        return img.clone();
+    }
+    let side = w.max(h);
+    let (left, top) = if w > h { (0, (w - h) / 2) } else { ((h - w) / 2, 0) };
+    let mut data = Vec::with_capacity(side * side * 3);
+    for _ in 0..side * side {
+        data.extend_from_slice(&background);
+    }
+    for y in 0..h {
+        let src = &img.data[y * w * 3..(y + 1) * w * 3];
+        let start = ((y + top) * side + left) * 3;
+        data[start..start + w * 3].copy_from_slice(src);
+    }
+    RgbImage8 { width: side, height: side, data }
+}
+
 /// The whole `CLIPImageProcessor` on an RGB image -> CHW floats.
 pub fn clip_transform(img: &RgbImage8, cfg: &ClipImageProcessorConfig) -> ImageTensor {
     let mut cur = img.clone();
@@ -189,6 +221,45 @@ mod tests {
     }
 
     #[test]
+    fn expand_to_square_pads_the_short_axis_with_floor_offsets() {
+        // 3 wide x 1 high: one row at y = (3 - 1) // 2 = 1 of a 3x3 square.
+        let wide = RgbImage8 { width: 3, height: 1, data: (1..=9).collect() };
+        let bg = [7, 8, 9];
+        let sq = expand_to_square(&wide, bg);
+        assert_eq!((sq.width, sq.height), (3, 3));
+        let mut want: Vec<u8> = bg.repeat(9);
+        want[9..18].copy_from_slice(&(1..=9).collect::<Vec<u8>>());
+        assert_eq!(sq.data, want);
+        // 2 wide x 4 high: columns at x = (4 - 2) // 2 = 1..3 of a 4x4 square.
+        let tall = ramp(2, 4);
+        let sq = expand_to_square(&tall, bg);
+        assert_eq!((sq.width, sq.height), (4, 4));
+        for y in 0..4 {
+            for x in 0..4 {
+                let px = &sq.data[(y * 4 + x) * 3..(y * 4 + x + 1) * 3];
+                if (1..3).contains(&x) {
+                    assert_eq!(px, &tall.data[(y * 2 + x - 1) * 3..(y * 2 + x) * 3]);
+                } else {
+                    assert_eq!(px, &bg);
+                }
+            }
+        }
+        // 2x5: offset (5 - 2) // 2 = 1, so one background column left and two right.
+        let sq = expand_to_square(&ramp(2, 5), bg);
+        assert_eq!(&sq.data[0..3], &bg);
+        assert_eq!(&sq.data[3..6], &ramp(2, 5).data[0..3]);
+        assert_eq!(&sq.data[9..15], &bg.repeat(2)[..]);
+        assert_eq!(expand_to_square(&ramp(4, 4), bg), ramp(4, 4));
+    }
+
+    #[test]
+    fn mean_background_truncates_as_llava_does() {
+        // OpenAI CLIP mean: int(0.48145466 * 255) = 122, int(116.745…) = 116, int(104.09…) = 104.
+        assert_eq!(mean_background(&CLIP_MEAN), [122, 116, 104]);
+        assert_eq!(mean_background(&[0.5, 0.5, 0.5]), [127, 127, 127]);
+    }
+
+    #[test]
     fn center_crop_uses_floor_offsets() {
         let img = ramp(5, 4);
         let c = center_crop(&img, 2, 3);
@@ -221,25 +292,81 @@ mod tests {
         assert_eq!((t.channels, t.height, t.width), (3, 30, 31));
     }
 
+    /// An F32 tensor of a safetensors file: its shape and values.
+    fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let bytes = std::fs::read(path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let pv = &header[name];
+        assert_eq!(pv["dtype"], "F32", "{name}");
+        let shape: Vec<usize> =
+            pv["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let off = pv["data_offsets"].as_array().unwrap();
+        let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+        let values = bytes[8 + n + a..8 + n + b]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (shape, values)
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    }
+
+    /// LLaVA's `expand2square` (PIL `Image.new` + `paste`) with the mean-colour background, then
+    /// `CLIPImageProcessor`, on llava-tiny's images (three of them not square), from
+    /// tools/llava_original_fixtures.py.
+    #[test]
+    fn llava_pad_pixel_values_match_llava() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let dir = root.join("llava-tiny-original-mlp3");
+        let cfg = ClipImageProcessorConfig::from_file(
+            &root.join("llava-tiny-clip/preprocessor_config.json"),
+        )
+        .unwrap();
+        let exp: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let bg = mean_background(&cfg.image_mean);
+        let want_bg: Vec<u8> = exp["background"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(bg.to_vec(), want_bg);
+        let mut non_square = 0;
+        for (i, rel) in exp["images"].as_array().unwrap().iter().enumerate() {
+            let img = crate::image::decode_file(
+                &dir.join(rel.as_str().unwrap()),
+                crate::image::DecodeLimits::default(),
+            )
+            .unwrap();
+            non_square += (img.width != img.height) as usize;
+            let (shape, want) =
+                read_f32(&dir.join("expected.safetensors"), &format!("pixel_values_{i}"));
+            let t = clip_transform(&expand_to_square(&img, bg), &cfg);
+            assert_eq!(vec![t.channels, t.height, t.width], shape);
+            let d = max_abs_diff(&t.data, &want);
+            assert!(d <= 1e-6, "image {i} ({rel}): max abs diff {d:e}");
+            if img.width != img.height {
+                // Without the padding the pixels differ: the reference does pad.
+                let plain = clip_transform(&img, &cfg);
+                assert!(max_abs_diff(&plain.data, &want) > 0.1, "image {i}");
+            }
+        }
+        assert!(non_square >= 2);
+    }
+
     /// The tiny LLaVA fixture's `pixel_values` (transformers 4.57.6 `CLIPImageProcessor`).
     #[test]
     fn llava_fixture_pixel_values_match_hf() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llava-tiny");
         let cfg =
             ClipImageProcessorConfig::from_file(&dir.join("preprocessor_config.json")).unwrap();
-        let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        let pv = &header["pixel_values"];
-        assert_eq!(pv["dtype"], "F32");
-        let shape: Vec<usize> =
-            pv["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-        let off = pv["data_offsets"].as_array().unwrap();
-        let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
-        let want: Vec<f32> = bytes[8 + n + a..8 + n + b]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let (shape, want) = read_f32(&dir.join("expected.safetensors"), "pixel_values");
         let exp: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();

@@ -9,8 +9,8 @@ pub mod resample;
 
 pub use augment::{CropBox, TrainAugment};
 pub use clip::{
-    center_crop, clip_transform, resize_shortest_edge, shortest_edge_size,
-    ClipImageProcessorConfig, ClipSize,
+    center_crop, clip_transform, expand_to_square, mean_background, resize_shortest_edge,
+    shortest_edge_size, ClipImageProcessorConfig, ClipSize,
 };
 pub use decode::{decode_bytes, decode_file, to_rgb8, DecodeLimits};
 pub use processor::{

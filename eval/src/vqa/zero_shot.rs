@@ -25,13 +25,31 @@ pub struct VqaItem {
     pub text_input: String,
 }
 
+/// How a question goes into the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuestionText {
+    /// LAVIS `pre_question` (lower case, some punctuation dropped, 50 words).
+    Lavis,
+    /// As the questions file has it (LLaVA's evaluation scripts).
+    Raw,
+}
+
 /// `prompt.format(pre_question(question))`; a prompt without `{}` is an error (LAVIS would
 /// drop the question silently).
 pub fn format_prompt(prompt: &str, question: &str) -> Result<String> {
+    format_prompt_as(prompt, question, QuestionText::Lavis)
+}
+
+/// [`format_prompt`] with the question cleaned as `text` says.
+pub fn format_prompt_as(prompt: &str, question: &str, text: QuestionText) -> Result<String> {
     if !prompt.contains("{}") {
         return Err(Error::Invalid(format!("prompt {prompt:?} has no {{}} for the question")));
     }
-    Ok(prompt.replacen("{}", &pre_question(question, QUESTION_MAX_WORDS), 1))
+    let q = match text {
+        QuestionText::Lavis => pre_question(question, QUESTION_MAX_WORDS),
+        QuestionText::Raw => question.to_string(),
+    };
+    Ok(prompt.replacen("{}", &q, 1))
 }
 
 /// Image file of an image id: `pattern` with `{image_id}` or `{image_id:012}` (COCO's
@@ -50,6 +68,17 @@ pub fn read_items(
     image_pattern: &str,
     prompt: &str,
 ) -> Result<Vec<VqaItem>> {
+    read_items_as(questions, image_dir, image_pattern, prompt, QuestionText::Lavis)
+}
+
+/// [`read_items`] with the questions put in as `text` says.
+pub fn read_items_as(
+    questions: &Path,
+    image_dir: &Path,
+    image_pattern: &str,
+    prompt: &str,
+    text: QuestionText,
+) -> Result<Vec<VqaItem>> {
     let rows = datasets::formats::vqa::read_vqa_official(questions, None)
         .map_err(|e| Error::Invalid(e.to_string()))?;
     rows.into_iter()
@@ -64,7 +93,7 @@ pub fn read_items(
             Ok(VqaItem {
                 question_id,
                 image: image_path(image_dir, image_pattern, q.image_id),
-                text_input: format_prompt(prompt, &q.question)?,
+                text_input: format_prompt_as(prompt, &q.question, text)?,
             })
         })
         .collect()

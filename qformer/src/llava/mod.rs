@@ -18,8 +18,12 @@
 //! | `model.multi_modal_projector.*` | `multi_modal_projector.*` |
 //! | `model.language_model.*` | `language_model.model.*` |
 //! | `lm_head.*` | `language_model.lm_head.*` |
+//!
+//! Original haotian-liu LLaVA directories (`LlavaLlamaForCausalLM`, the CLIP tower in its own
+//! directory) map onto the same config and names in [`original`].
 
 pub mod clip;
+pub mod original;
 pub mod projector;
 
 use std::collections::{BTreeSet, HashMap};
@@ -132,6 +136,9 @@ pub struct LlavaConfig {
     pub vision_feature_select_strategy: FeatureSelectStrategy,
     pub multimodal_projector_bias: bool,
     pub image_seq_length: Option<usize>,
+    /// Linear layers of the projector: 2 in HF's LLaVA; original LLaVA's `linear` has 1,
+    /// `mlpNx_gelu` N.
+    pub projector_depth: usize,
 }
 
 impl LlavaConfig {
@@ -184,6 +191,7 @@ impl LlavaConfig {
             vision_feature_select_strategy: raw.vision_feature_select_strategy,
             multimodal_projector_bias: raw.multimodal_projector_bias,
             image_seq_length: raw.image_seq_length,
+            projector_depth: 2,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -194,6 +202,9 @@ impl LlavaConfig {
         self.text_config.validate()?;
         Activation::from_hf(&self.projector_hidden_act)?;
         self.feature_layers()?;
+        if self.projector_depth == 0 {
+            return Err(Error::Config("the projector needs at least one layer".into()));
+        }
         Ok(())
     }
 
@@ -242,10 +253,10 @@ impl LlavaConfig {
                 }
             }
         }
-        for m in ["linear_1", "linear_2"] {
-            out.push(format!("multi_modal_projector.{m}.weight"));
+        for k in 1..=self.projector_depth {
+            out.push(format!("multi_modal_projector.linear_{k}.weight"));
             if self.multimodal_projector_bias {
-                out.push(format!("multi_modal_projector.{m}.bias"));
+                out.push(format!("multi_modal_projector.linear_{k}.bias"));
             }
         }
         let t = &self.text_config;
@@ -285,6 +296,9 @@ pub enum NamingScheme {
     /// `vision_tower.*`, `multi_modal_projector.*`, `language_model.model.*`,
     /// `language_model.lm_head.*` (llava-hf on the Hub; the canonical names here).
     Legacy,
+    /// Original LLaVA (`LlavaLlamaForCausalLM`): `model.*`, `lm_head.*`, `model.mm_projector.*`,
+    /// and the CLIP tower's own `vision_model.*` from its directory ([`original`]).
+    Original,
 }
 
 const CURRENT_TO_CANONICAL: [(&str, &str); 4] = [
@@ -301,6 +315,7 @@ impl NamingScheme {
     pub fn source_name(self, canonical: &str) -> String {
         match self {
             Self::Legacy => canonical.to_string(),
+            Self::Original => original::canonical_to_original(canonical),
             Self::Current => CURRENT_TO_CANONICAL
                 .iter()
                 .find_map(|(cur, can)| {
@@ -354,7 +369,8 @@ pub fn canonical_tensors(
         .into_iter()
         .map(|(name, t)| {
             let canonical = match scheme {
-                NamingScheme::Legacy => name,
+                // Detection above yields only Current or Legacy.
+                NamingScheme::Legacy | NamingScheme::Original => name,
                 NamingScheme::Current => CURRENT_TO_CANONICAL
                     .iter()
                     .find_map(|(cur, can)| name.strip_prefix(cur).map(|r| format!("{can}{r}")))
@@ -439,9 +455,10 @@ impl LlavaForConditionalGeneration {
         cfg.validate()?;
         let vision_tower =
             ClipVisionModel::new(&cfg.vision_config, frozen.pp("vision_tower.vision_model"))?;
-        let projector = MultiModalProjector::new(
+        let projector = MultiModalProjector::with_depth(
             cfg.projector_in_dim(),
             cfg.text_config.hidden_size,
+            cfg.projector_depth,
             cfg.multimodal_projector_bias,
             Activation::from_hf(&cfg.projector_hidden_act)?,
             projector.pp("multi_modal_projector"),

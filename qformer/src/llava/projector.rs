@@ -1,5 +1,6 @@
-//! HF `LlavaMultiModalProjector`: `linear_1` → act (`projector_hidden_act`) → `linear_2`, and the
-//! activations HF names in `hidden_act` / `projector_hidden_act`.
+//! HF `LlavaMultiModalProjector`: `linear_1` → act (`projector_hidden_act`) → `linear_2` (original
+//! LLaVA's projectors: one layer, or more with the act between), and the activations HF names in
+//! `hidden_act` / `projector_hidden_act`.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -48,17 +49,19 @@ impl Activation {
     }
 }
 
-/// `multi_modal_projector.*`: `linear_2(act(linear_1(x)))`.
+/// `multi_modal_projector.*`: `linear_1`, then `act` before each further layer
+/// (`linear_N(act(… act(linear_1(x))))`). HF's LLaVA has two layers; original LLaVA's
+/// `mm_projector_type` `linear` has one and `mlpNx_gelu` has N (their `nn.Sequential` indices
+/// 0, 2, 4, … become `linear_1`, `linear_2`, `linear_3`, …).
 #[derive(Debug, Clone)]
 pub struct MultiModalProjector {
-    linear_1: Linear,
-    linear_2: Linear,
+    layers: Vec<Linear>,
     act: Activation,
 }
 
 impl MultiModalProjector {
-    /// `vb` points at `multi_modal_projector`. `in_dim` is the vision width times the number of
-    /// selected layers, `out_dim` the LLM width.
+    /// HF's two-layer projector. `vb` points at `multi_modal_projector`. `in_dim` is the vision
+    /// width times the number of selected layers, `out_dim` the LLM width.
     pub fn new(
         in_dim: usize,
         out_dim: usize,
@@ -66,25 +69,48 @@ impl MultiModalProjector {
         act: Activation,
         vb: VarBuilder,
     ) -> Result<Self> {
-        Ok(Self {
-            linear_1: crate::nn::linear(in_dim, out_dim, bias, vb.pp("linear_1"))?,
-            linear_2: crate::nn::linear(out_dim, out_dim, bias, vb.pp("linear_2"))?,
-            act,
-        })
+        Self::with_depth(in_dim, out_dim, 2, bias, act, vb)
+    }
+
+    /// `depth` layers (`linear_1` .. `linear_{depth}`, at least one): `in_dim -> out_dim`, then
+    /// `out_dim -> out_dim`.
+    pub fn with_depth(
+        in_dim: usize,
+        out_dim: usize,
+        depth: usize,
+        bias: bool,
+        act: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if depth == 0 {
+            candle_core::bail!("a projector needs at least one layer");
+        }
+        let layers = (0..depth)
+            .map(|i| {
+                let d_in = if i == 0 { in_dim } else { out_dim };
+                crate::nn::linear(d_in, out_dim, bias, vb.pp(format!("linear_{}", i + 1)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, act })
     }
 
     pub fn linear_1(&self) -> &Linear {
-        &self.linear_1
+        &self.layers[0]
     }
 
-    pub fn linear_2(&self) -> &Linear {
-        &self.linear_2
+    /// Every layer, `linear_1` first.
+    pub fn layers(&self) -> &[Linear] {
+        &self.layers
     }
 }
 
 impl Module for MultiModalProjector {
     // x: [..., in_dim] -> [..., out_dim]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.linear_2.forward(&self.act.apply(&self.linear_1.forward(x)?)?)
+        let mut h = self.layers[0].forward(x)?;
+        for layer in &self.layers[1..] {
+            h = layer.forward(&self.act.apply(&h)?)?;
+        }
+        Ok(h)
     }
 }

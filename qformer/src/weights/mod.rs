@@ -122,9 +122,18 @@ impl TensorSet {
                 dir.display()
             )));
         }
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        Self::from_shard_index(&index, |shard| Self::from_safetensors(shard, device))
+    }
+
+    /// The shards an HF `*.index.json` lists in its `weight_map`, each read by `read_shard`
+    /// (paths relative to the index); every tensor it lists must be in a shard.
+    pub fn from_shard_index(
+        index: &Path,
+        read_shard: impl Fn(&Path) -> Result<Self>,
+    ) -> Result<Self> {
+        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
         let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::json(&index, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::json(index, e))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -132,9 +141,10 @@ impl TensorSet {
         let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
         files.sort();
         files.dedup();
+        let dir = index.parent().unwrap_or(Path::new("."));
         let mut set = Self::empty();
         for f in files {
-            set = set.merge(Self::from_safetensors(dir.join(f), device)?)?;
+            set = set.merge(read_shard(&dir.join(f))?)?;
         }
         let listed: std::collections::BTreeSet<&str> = map.keys().map(|k| k.as_str()).collect();
         let missing: Vec<&str> = listed.iter().filter(|k| !set.contains(k)).copied().collect();

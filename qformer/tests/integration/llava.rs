@@ -324,3 +324,35 @@ fn llava_greedy_and_beam_ids_match_hf_generate() {
         }
     }
 }
+
+/// The original haotian-liu layout of the same weights (llava-tiny-original, the tower in
+/// llava-tiny-clip, made by tools/llava_original_fixtures.py) loads into the same model: HF's
+/// features and projector output; and a tower whose width differs from
+/// `mm_hidden_size` is refused naming both.
+#[test]
+fn llava_original_layout_matches_hf() {
+    use qformer::llava::original::{load_original_dir, OriginalLlavaConfig};
+    let (exp, _) = expected();
+    let d = load_original_dir(&dir("llava-tiny-original"), None, &test_device()).expect("load");
+    assert!(d.tower_dir.ends_with("llava-tiny-clip"), "{}", d.tower_dir.display());
+    assert_eq!(d.config.llava.projector_depth, 2);
+    assert_eq!(d.config.llava.tokens_per_image(), 16);
+    let vb = VarBuilder::from_tensors(d.tensors, DType::F32, &test_device());
+    let m = LlavaForConditionalGeneration::load(vb, &d.config.llava).expect("build");
+    let pv = &exp["pixel_values"];
+    let feats = m.vision_features(pv).unwrap();
+    assert!(max_abs_diff(&feats, &exp["vision_selected_features"]) <= TOL);
+    let proj = m.image_features(pv).unwrap();
+    assert!(max_abs_diff(&proj, &exp["projector_output"]) <= TOL);
+
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir("llava-tiny-original/config.json")).unwrap(),
+    )
+    .unwrap();
+    let tower: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir("llava-tiny-clip/config.json")).unwrap())
+            .unwrap();
+    cfg["mm_hidden_size"] = 48.into();
+    let e = OriginalLlavaConfig::from_json(cfg, &tower).unwrap_err().to_string();
+    assert!(e.contains("mm_hidden_size 48") && e.contains("hidden_size 32"), "{e}");
+}

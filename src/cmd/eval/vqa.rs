@@ -1,11 +1,13 @@
 //! `blip2 eval vqa`: zero-shot VQA with a `Blip2ForConditionalGeneration` directory, LAVIS
 //! settings (beams 5, max 10 / min 1 new tokens, OPT length penalty 0, T5 -1), official results
-//! file and VQA accuracy.
+//! file and VQA accuracy; MiniGPT-4 and LLaVA answer in their own templates (LLaVA with
+//! LLaVA-1.5's evaluation settings: greedy, up to 128 new tokens, until EOS).
 
 use std::path::PathBuf;
 
 use ::eval::vqa::zero_shot::{
-    answer_all, read_items, write_results, AnswerGenerator, VqaItem, DEFAULT_PROMPT,
+    answer_all, read_items_as, write_results, AnswerGenerator, QuestionText, VqaItem,
+    DEFAULT_PROMPT,
 };
 use ::eval::vqa::{
     vqa_accuracy_with_questions, AnswerDecoder, PythonSum, VqaAnnotations, VqaQuestions, VqaResults,
@@ -17,13 +19,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qformer::llm::GenerationConfig;
 
 use super::vqa_score::{print_scores, PythonVersion};
+use crate::common::chat::{load_chat, Chat, VqaSearch, LAVIS_VQA_SEARCH};
 use crate::common::generator::{Blip2Generator, LlmKind};
-use crate::common::minigpt4_chat::{is_parts_file, MiniGpt4Chat};
 
 #[derive(Debug, Args)]
 pub struct VqaArgs {
-    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), or a MiniGPT-4 parts file
-    /// (`.toml`).
+    /// HF `Blip2ForConditionalGeneration` directory (OPT or T5 LLM), a LLaVA directory (HF or
+    /// original), or a MiniGPT-4 parts file (`.toml`).
     #[arg(long)]
     pub model: PathBuf,
     /// Question file (`v2_OpenEnded_mscoco_val2014_questions.json` layout).
@@ -39,15 +41,21 @@ pub struct VqaArgs {
     #[arg(long, default_value = "COCO_val2014_{image_id:012}.jpg")]
     pub image_pattern: String,
     /// The prompt with `{}` for the question. Default: LAVIS' `Question: {} Short answer:` for
-    /// BLIP-2, the model's own question template for MiniGPT-4.
+    /// BLIP-2, the model's own question template for MiniGPT-4, and for LLaVA its template
+    /// with LLaVA-1.5's VQA instruction (`USER: <image>\n{}\nAnswer the question using a
+    /// single word or phrase. ASSISTANT:`). LLaVA's questions go in as written, the others'
+    /// as LAVIS cleans them.
     #[arg(long)]
     pub prompt: Option<String>,
-    #[arg(long, default_value_t = 5)]
-    pub num_beams: usize,
-    #[arg(long, default_value_t = 10)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 1)]
-    pub min_new_tokens: usize,
+    /// Default: 5 (LAVIS) for BLIP-2 and MiniGPT-4, 1 (greedy, LLaVA-1.5's evaluation) for LLaVA.
+    #[arg(long)]
+    pub num_beams: Option<usize>,
+    /// Default: 10 (LAVIS), 128 for LLaVA.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Default: 1 (LAVIS), 0 for LLaVA.
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
     /// Default: 0 for OPT, -1 for T5 (LAVIS `predict_answers`).
     #[arg(long, allow_hyphen_values = true)]
     pub length_penalty: Option<f64>,
@@ -79,13 +87,13 @@ impl AnswerGenerator for Answerer<'_> {
     }
 }
 
-/// MiniGPT-4 answers one question at a time (its prompt holds one image).
-struct MiniGpt4Answerer<'a> {
-    chat: &'a MiniGpt4Chat,
+/// A chat model answers one question at a time (its prompt holds one image).
+struct ChatAnswerer<'a> {
+    chat: &'a dyn Chat,
     cfg: GenerationConfig,
 }
 
-impl AnswerGenerator for MiniGpt4Answerer<'_> {
+impl AnswerGenerator for ChatAnswerer<'_> {
     fn answer_batch(
         &mut self,
         images: &[PathBuf],
@@ -108,19 +116,21 @@ impl AnswerGenerator for MiniGpt4Answerer<'_> {
 pub fn run(args: VqaArgs) -> Result<()> {
     let questions = VqaQuestions::read(&args.questions)?;
     let annotations = VqaAnnotations::read(&args.annotations)?;
-    if is_parts_file(&args.model) {
-        let chat = MiniGpt4Chat::load(&args.model, &Device::Cpu)?;
-        let prompt = args.prompt.clone().unwrap_or_else(|| chat.question_prompt("{}"));
-        let items = read_items(&args.questions, &args.images, &args.image_pattern, &prompt)?;
+    if let Some(chat) = load_chat(&args.model, &Device::Cpu)? {
+        let prompt = args.prompt.clone().unwrap_or_else(|| chat.vqa_prompt());
+        let text = if chat.lavis_questions() { QuestionText::Lavis } else { QuestionText::Raw };
+        let items =
+            read_items_as(&args.questions, &args.images, &args.image_pattern, &prompt, text)?;
+        let search = search(&args, chat.vqa_search());
         let cfg = chat.generation_config(GenerationConfig {
-            max_new_tokens: args.max_new_tokens,
-            min_new_tokens: args.min_new_tokens,
-            num_beams: args.num_beams,
+            max_new_tokens: search.max_new_tokens,
+            min_new_tokens: search.min_new_tokens,
+            num_beams: search.num_beams,
             length_penalty: args.length_penalty.unwrap_or(1.0),
             ..Default::default()
         });
-        let mut answerer = MiniGpt4Answerer { chat: &chat, cfg };
-        // The answer text is already MiniGPT-4's (cut at `###`, stripped).
+        let mut answerer = ChatAnswerer { chat: chat.as_ref(), cfg };
+        // The answer text is already the model's (MiniGPT-4: cut at `###`; stripped).
         return score(
             &args,
             &items,
@@ -131,21 +141,37 @@ pub fn run(args: VqaArgs) -> Result<()> {
         );
     }
     let prompt = args.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.to_string());
-    let items = read_items(&args.questions, &args.images, &args.image_pattern, &prompt)?;
+    let items = read_items_as(
+        &args.questions,
+        &args.images,
+        &args.image_pattern,
+        &prompt,
+        QuestionText::Lavis,
+    )?;
     let gen = Blip2Generator::load(&args.model, &Device::Cpu)?;
+    let search = search(&args, LAVIS_VQA_SEARCH);
     let (decoder, default_lp) = match gen.kind() {
         LlmKind::Opt => (AnswerDecoder::Opt, 0.0),
         LlmKind::T5 => (AnswerDecoder::FlanT5, -1.0),
     };
     let cfg = GenerationConfig {
-        max_new_tokens: args.max_new_tokens,
-        min_new_tokens: args.min_new_tokens,
-        num_beams: args.num_beams,
+        max_new_tokens: search.max_new_tokens,
+        min_new_tokens: search.min_new_tokens,
+        num_beams: search.num_beams,
         length_penalty: args.length_penalty.unwrap_or(default_lp),
         ..gen.generation_config()
     };
     let mut answerer = Answerer { gen: &gen, cfg };
     score(&args, &items, decoder, &mut answerer, &questions, &annotations)
+}
+
+/// The flags' search settings, the system's defaults where they are left out.
+fn search(args: &VqaArgs, defaults: VqaSearch) -> VqaSearch {
+    VqaSearch {
+        num_beams: args.num_beams.unwrap_or(defaults.num_beams),
+        max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
+        min_new_tokens: args.min_new_tokens.unwrap_or(defaults.min_new_tokens),
+    }
 }
 
 /// Answers every item, writes the results file when asked, prints the VQA accuracy.

@@ -101,3 +101,30 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// `blip2 eval vqa --json` of `model` on tests/fixtures/vqa-tiny, images `{images}/img{id}.png`,
+/// results written to `out`, plus `extra` flags: the printed scores and the results file.
+pub fn eval_vqa_tiny(
+    model: &Path,
+    images: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, serde_json::Value) {
+    let vqa = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqa-tiny");
+    let mut args: Vec<OsString> = ["eval", "vqa", "--model"].map(OsString::from).to_vec();
+    args.push(model.into());
+    for (flag, path) in [
+        ("--questions", vqa.join("questions.json")),
+        ("--annotations", vqa.join("annotations.json")),
+        ("--images", images.to_path_buf()),
+        ("--out", out.to_path_buf()),
+    ] {
+        args.push(flag.into());
+        args.push(path.into());
+    }
+    args.extend(["--image-pattern", "img{image_id}.png", "--json"].map(OsString::from));
+    args.extend(extra.iter().map(OsString::from));
+    let scores = stdout_json(&blip2(&args));
+    let results = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    (scores, results)
+}
