@@ -15,7 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::image::clip::{clip_transform, ClipImageProcessorConfig};
+use crate::image::clip::{
+    clip_transform, expand_to_square, mean_background, ClipImageProcessorConfig,
+};
 use crate::image::{
     decode_bytes, decode_file, eval_transform, DecodeLimits, ImageProcessorConfig, TrainAugment,
 };
@@ -48,6 +50,9 @@ pub struct LoaderConfig {
     /// HF `CLIPImageProcessor` instead of `augment` / `image` (LLaVA, which never augments);
     /// the batch's size is its crop, so it must center-crop.
     pub clip: Option<ClipImageProcessorConfig>,
+    /// With `clip`: LLaVA's `image_aspect_ratio = "pad"`, the image pasted onto a square of the
+    /// processor's mean colour first.
+    pub pad_to_square: bool,
     pub caption: CaptionCleaner,
     pub padding: Padding,
     pub limits: DecodeLimits,
@@ -284,6 +289,10 @@ fn build_batch(
             let item = &items[idx];
             let img = load_pixels(item, config.limits)?;
             let tensor = match (&config.clip, &config.augment) {
+                (Some(clip), _) if config.pad_to_square => {
+                    let background = mean_background(&clip.image_mean);
+                    clip_transform(&expand_to_square(&img, background), clip)
+                }
                 (Some(clip), _) => clip_transform(&img, clip),
                 (None, Some(aug)) => {
                     // One stream per (seed, epoch, position): independent of thread timing.

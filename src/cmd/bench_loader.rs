@@ -53,6 +53,7 @@ pub fn run(
         augment: Some(TrainAugment::default()),
         image: ImageProcessorConfig::square(224),
         clip: None,
+        pad_to_square: false,
         caption: CaptionCleaner::default(),
         padding: Padding::Longest,
         limits: DecodeLimits::default(),

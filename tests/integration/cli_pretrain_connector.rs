@@ -370,4 +370,68 @@ fn llava_starts_from_a_clip_tower_and_a_llama_with_a_seeded_projector() {
         assert_eq!(w["model.mm_projector.2.weight"].dims(), [64, 64]);
     }
     assert_eq!(max_abs_diff(&projectors[0], &projectors[1]), 0.0);
+
+    // The written checkpoint is a LLaVA model: it generates, and stage 2 continues from it
+    // (then written in the same layout, the tower still found).
+    let stage1 = dir.path().join("a/model");
+    assert_eq!(llava_generate(&stage1).len(), 3);
+    let two = std::fs::read_to_string(config(dir.path(), "llava_stage2", "")).unwrap();
+    let init = format!("init_from = \"{}\"", fixtures().join("llava-tiny").display());
+    let chained = dir.path().join("chained.toml");
+    let text = two
+        .replace(&init, &format!("init_from = \"{}\"", stage1.display()))
+        .replace("max_steps = 4", "max_steps = 2");
+    std::fs::write(&chained, text).unwrap();
+    let out_dir = dir.path().join("c");
+    ok(&pretrain(&["--config", chained.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]));
+    let l = losses(&out_dir);
+    assert!(l.len() == 2 && l[1] < l[0], "{l:?}");
+    assert_eq!(llava_generate(&out_dir.join("model")).len(), 3);
+}
+
+/// An original LLaVA-1.5 checkpoint with `image_aspect_ratio = "pad"` and a three-layer
+/// projector trains its stage 1 (every layer gets a gradient; images padded to squares first).
+#[test]
+fn an_original_llava_checkpoint_with_pad_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(config(dir.path(), "llava_stage1", "")).unwrap();
+    let init = format!("init_from = \"{}\"", fixtures().join("llava-tiny").display());
+    let orig = fixtures().join("llava-tiny-original-mlp3");
+    let cfg = dir.path().join("orig.toml");
+    let text = base
+        .replace(&init, &format!("init_from = \"{}\"", orig.display()))
+        .replace("max_steps = 4", "max_steps = 2");
+    std::fs::write(&cfg, text).unwrap();
+    let out = pretrain(&["--config", cfg.to_str().unwrap()]);
+    ok(&out);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("got no gradient"));
+    let run = dir.path().join("run");
+    let l = losses(&run);
+    assert!(l.len() == 2 && l[1] < l[0], "{l:?}");
+    let w = weights(&run.join("model/model.safetensors"));
+    assert!(w.contains_key("model.mm_projector.4.weight"), "three layers, original names");
+    assert_eq!(llava_generate(&run.join("model")).len(), 3);
+}
+
+/// A `linear` projector (one `nn.Linear`) is written under LLaVA's own unindexed names and reads
+/// back.
+#[test]
+fn a_linear_projector_keeps_its_original_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(config(dir.path(), "llava_stage1", "")).unwrap();
+    let init = format!("init_from = \"{}\"", fixtures().join("llava-tiny").display());
+    let orig = fixtures().join("llava-tiny-original-linear");
+    let cfg = dir.path().join("linear.toml");
+    let text = base
+        .replace(&init, &format!("init_from = \"{}\"", orig.display()))
+        .replace("max_steps = 4", "max_steps = 1");
+    std::fs::write(&cfg, text).unwrap();
+    ok(&pretrain(&["--config", cfg.to_str().unwrap()]));
+    let model = dir.path().join("run/model");
+    let w = weights(&model.join("model.safetensors"));
+    assert!(
+        w.contains_key("model.mm_projector.weight") && w.contains_key("model.mm_projector.bias")
+    );
+    assert!(!w.keys().any(|k| k.starts_with("model.mm_projector.0")));
+    assert_eq!(llava_generate(&model).len(), 3);
 }

@@ -817,15 +817,42 @@ fn cache_features_cases(c: &mut Corpus) {
     copy_dir(&imgs, &bad_imgs);
     std::fs::write(bad_imgs.join("img2.png"), &png::rgb8()[..60]).unwrap();
     for (name, text, images, expect) in [
-        ("t-image-id-object.json", "[{\"image\": \"img0.png\", \"caption\": \"a\", \"image_id\": {\"x\": 1}}]", imgs.clone(), vec!["t-image-id-object.json", "[0].image_id"]),
-        ("t-no-caption.json", "[{\"image\": \"img0.png\"}]", imgs.clone(), vec!["t-no-caption.json", "caption"]),
-        ("t-caption-list-empty.json", "[{\"image\": \"img0.png\", \"caption\": []}]", imgs.clone(), vec!["t-caption-list-empty.json", "[0].caption"]),
-        ("t-bad-image.json", "[{\"image\": \"img0.png\", \"caption\": \"a\"}, {\"image\": \"img2.png\", \"caption\": \"b\"}]", bad_imgs.clone(), vec!["img2.png", "cannot decode image"]),
+        (
+            "t-image-id-object.json",
+            "[{\"image\": \"img0.png\", \"caption\": \"a\", \"image_id\": {\"x\": 1}}]",
+            imgs.clone(),
+            vec!["t-image-id-object.json", "[0].image_id"],
+        ),
+        (
+            "t-no-caption.json",
+            "[{\"image\": \"img0.png\"}]",
+            imgs.clone(),
+            vec!["t-no-caption.json", "caption"],
+        ),
+        (
+            "t-caption-list-empty.json",
+            "[{\"image\": \"img0.png\", \"caption\": []}]",
+            imgs.clone(),
+            vec!["t-caption-list-empty.json", "[0].caption"],
+        ),
         ("t-binary.json", "\u{0}\u{1}\u{2}garbage", imgs.clone(), vec!["t-binary.json"]),
     ] {
         let p = c.write(&format!("cf/{name}"), text);
         c.case(&format!("cache-features {name}"), cf(&p, &images, &[]), err(&expect));
     }
+    // An image that does not decode is left out of the cache and listed in its index (a corpus
+    // of millions has some); only a dataset with no decodable image fails.
+    let bad = c.write(
+        "cf/t-bad-image.json",
+        "[{\"image\": \"img0.png\", \"caption\": \"a\"}, {\"image\": \"img2.png\", \"caption\": \"b\"}]",
+    );
+    c.case("cache-features t-bad-image.json", cf(&bad, &bad_imgs, &[]), Expect::Success);
+    let all_bad = c.write("cf/t-all-bad.json", "[{\"image\": \"img2.png\", \"caption\": \"b\"}]");
+    c.case(
+        "cache-features t-all-bad.json",
+        cf(&all_bad, &bad_imgs, &[]),
+        err(&["no image decoded"]),
+    );
     let good = c.write("cf/good.json", "[{\"image\": \"img0.png\", \"caption\": \"a\"}]");
     c.case(
         "cache-features shard size 0",

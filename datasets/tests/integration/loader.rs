@@ -41,6 +41,7 @@ fn config(augment: bool) -> LoaderConfig {
         augment: augment.then(TrainAugment::default),
         image: ImageProcessorConfig::square(16),
         clip: None,
+        pad_to_square: false,
         caption: CaptionCleaner::default(),
         padding: Padding::MaxLength,
         limits: DecodeLimits::default(),

@@ -57,6 +57,7 @@ fn config() -> LoaderConfig {
         augment: None,
         image: ImageProcessorConfig::square(16),
         clip: None,
+        pad_to_square: false,
         caption: CaptionCleaner::verbatim(),
         padding: Padding::Longest,
         limits: DecodeLimits::default(),

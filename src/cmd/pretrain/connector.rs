@@ -32,6 +32,9 @@ use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
 use datasets::text::{CaptionCleaner, Padding};
 use datasets::{ImageTextBatch, LoaderConfig, LoaderState};
 use qformer::connector::{Connector, Piece};
+use qformer::llava::original::{
+    default_hub_cache, is_original_config, load_original_dir, ImageAspect,
+};
 use qformer::llava::{LlavaConfig, LlavaForConditionalGeneration, NamingScheme};
 use qformer::minigpt4::{MiniGpt4, PartsFile};
 use qformer::weights::TensorSet;
@@ -65,26 +68,34 @@ const LLAVA_SIDE_FILES: &[&str] = &[
 enum LlavaSource {
     /// An HF LLaVA directory (`model.init_from`).
     Hf(PathBuf),
+    /// An original haotian-liu LLaVA checkpoint (`model.init_from`), its tower resolved.
+    Original { dir: PathBuf, tower: PathBuf, processor: PathBuf, pad: bool },
     /// A CLIP vision directory (`model.vision_weights`) and a LLaMA directory (`model.llm`), with
     /// a fresh projector: LLaVA's own start.
     Parts { vision: PathBuf, llm: PathBuf },
 }
 
 impl LlavaSource {
-    /// The directory with the image processor's `preprocessor_config.json`.
-    fn processor_dir(&self) -> &Path {
+    /// The image processor's `preprocessor_config.json`.
+    fn processor(&self) -> PathBuf {
         match self {
-            Self::Hf(dir) => dir,
-            Self::Parts { vision, .. } => vision,
+            Self::Hf(dir) => dir.join("preprocessor_config.json"),
+            Self::Original { processor, .. } => processor.clone(),
+            Self::Parts { vision, .. } => vision.join("preprocessor_config.json"),
         }
     }
 
     /// The directory with the tokenizer.
     fn tokenizer_dir(&self) -> &Path {
         match self {
-            Self::Hf(dir) => dir,
+            Self::Hf(dir) | Self::Original { dir, .. } => dir,
             Self::Parts { llm, .. } => llm,
         }
+    }
+
+    /// LLaVA-1.5's `image_aspect_ratio = "pad"`.
+    fn pads(&self) -> bool {
+        matches!(self, Self::Original { pad: true, .. })
     }
 }
 
@@ -109,6 +120,17 @@ impl ConnectorModel {
         match m.connector.context("model.connector")? {
             ConnectorKind::Llava => {
                 let (lcfg, tensors, source) = match (&m.init_from, &m.vision_weights, &m.llm) {
+                    (Some(dir), _, _) if is_original_dir(dir) => {
+                        let o = load_original_dir(dir, default_hub_cache().as_deref(), dev)
+                            .with_context(|| format!("model.init_from {}", dir.display()))?;
+                        let source = LlavaSource::Original {
+                            dir: dir.clone(),
+                            tower: o.tower_dir,
+                            processor: o.preprocessor_config,
+                            pad: o.config.image_aspect_ratio == ImageAspect::Pad,
+                        };
+                        (o.config.llava, o.tensors, source)
+                    }
                     (Some(dir), _, _) => {
                         let (lcfg, _, tensors) = qformer::llava::load_dir(dir, dev)
                             .with_context(|| format!("model.init_from {}", dir.display()))?;
@@ -121,7 +143,7 @@ impl ConnectorModel {
                     }
                     _ => bail!("model.connector = \"llava\" needs model.init_from (an HF LLaVA directory) or model.vision_weights (a CLIP directory) with model.llm (a LLaMA directory)"),
                 };
-                let src = source.processor_dir().to_path_buf();
+                let src = source.processor();
                 let train_llm = cfg.model.trains_llm(cfg.stage);
                 let trainable = |name: &str| {
                     name.starts_with("multi_modal_projector.")
@@ -210,13 +232,15 @@ impl ConnectorModel {
             augment: None,
             image: ImageProcessorConfig::default(),
             clip: None,
+            pad_to_square: false,
             caption: CaptionCleaner::default(),
             padding: Padding::Longest,
             limits: DecodeLimits::default(),
         };
         match self {
             Self::Llava { source, .. } => {
-                let path = source.processor_dir().join("preprocessor_config.json");
+                let path = source.processor();
+                config.pad_to_square = source.pads();
                 let clip = ClipImageProcessorConfig::from_file(&path)?;
                 if !clip.do_center_crop {
                     bail!(
@@ -243,26 +267,25 @@ impl ConnectorModel {
     fn save(&self, dir: &Path) -> Result<()> {
         match self {
             Self::Llava { varmap, frozen, source: LlavaSource::Parts { vision, llm }, model } => {
-                let mut tensors = HashMap::new();
-                let vars = named_vars(varmap)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone()));
-                for (name, t) in frozen.clone().into_iter().chain(vars) {
-                    // The tower stays in its own directory, which the config names.
-                    if let Some(original) = canonical_to_original(&name) {
-                        tensors.insert(original, t);
-                    }
-                }
                 let config = original_config(llm, vision, model.config())?;
-                let files: Vec<(PathBuf, PathBuf)> = LLAVA_SIDE_FILES
-                    .iter()
-                    .filter(|f| {
-                        f.starts_with("tokenizer")
-                            || f.starts_with("special")
-                            || f.starts_with("added")
-                    })
-                    .map(|f| (PathBuf::from(f), llm.join(f)))
-                    .filter(|(_, s)| s.is_file())
-                    .collect();
-                write_weights_dir(dir, &[("config.json".into(), config)], &tensors, &files)
+                save_original(dir, config, frozen, varmap, llm)
+            }
+            Self::Llava {
+                varmap,
+                frozen,
+                source: LlavaSource::Original { dir: src, tower, .. },
+                ..
+            } => {
+                let path = src.join("config.json");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let mut config: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: invalid JSON", path.display()))?;
+                // The tower as found, so that the written directory finds it from anywhere.
+                let tower = std::fs::canonicalize(tower)
+                    .with_context(|| format!("cannot resolve {}", tower.display()))?;
+                config["mm_vision_tower"] = tower.display().to_string().into();
+                save_original(dir, config, frozen, varmap, src)
             }
             Self::Llava { varmap, frozen, source: LlavaSource::Hf(src), .. } => {
                 let mut tensors = frozen.clone();
@@ -377,6 +400,53 @@ fn fresh_llava(
         format!("model.vision_weights {} with model.llm {}", vision.display(), llm.display())
     })?;
     Ok((lcfg, tensors))
+}
+
+/// An original LLaVA checkpoint: `config`, the tensors under their original names (the tower
+/// left in its own directory), the tokenizer files of `tokenizer_dir`.
+fn save_original(
+    dir: &Path,
+    config: serde_json::Value,
+    frozen: &HashMap<String, Tensor>,
+    varmap: &VarMap,
+    tokenizer_dir: &Path,
+) -> Result<()> {
+    let mut tensors = HashMap::new();
+    let vars: Vec<(String, Tensor)> =
+        named_vars(varmap)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    // A `linear` projector is one `nn.Linear`, not a `Sequential`: no index in its names.
+    let single = !vars
+        .iter()
+        .map(|(n, _)| n)
+        .chain(frozen.keys())
+        .any(|n| n.starts_with("multi_modal_projector.linear_2."));
+    for (name, t) in frozen.clone().into_iter().chain(vars) {
+        if let Some(original) = canonical_to_original(&name) {
+            let original = match original.strip_prefix("model.mm_projector.0.") {
+                Some(param) if single => format!("model.mm_projector.{param}"),
+                _ => original,
+            };
+            tensors.insert(original, t);
+        }
+    }
+    let tokenizer_file = |f: &&&str| {
+        f.starts_with("tokenizer") || f.starts_with("special") || f.starts_with("added")
+    };
+    let files: Vec<(PathBuf, PathBuf)> = LLAVA_SIDE_FILES
+        .iter()
+        .filter(tokenizer_file)
+        .map(|f| (PathBuf::from(f), tokenizer_dir.join(f)))
+        .filter(|(_, s)| s.is_file())
+        .collect();
+    write_weights_dir(dir, &[("config.json".into(), config)], &tensors, &files)
+}
+
+/// Whether `dir` holds an original LLaVA checkpoint (not an HF LLaVA directory).
+fn is_original_dir(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| is_original_config(&v))
 }
 
 /// The name of a canonical tensor in an original LLaVA checkpoint (`model.*`, `lm_head.*`,
