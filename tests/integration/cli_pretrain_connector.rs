@@ -389,23 +389,28 @@ fn llava_starts_from_a_clip_tower_and_a_llama_with_a_seeded_projector() {
     assert_eq!(llava_generate(&out_dir.join("model")).len(), 3);
 }
 
+/// Stage 1 of the reference config, started from `init_from` instead, for `steps` steps;
+/// returns the run directory.
+fn stage_one_from(dir: &Path, init_from: &Path, steps: u64) -> (PathBuf, std::process::Output) {
+    let base = std::fs::read_to_string(config(dir, "llava_stage1", "")).unwrap();
+    let init = format!("init_from = \"{}\"", fixtures().join("llava-tiny").display());
+    let cfg = dir.join("from.toml");
+    let text = base
+        .replace(&init, &format!("init_from = \"{}\"", init_from.display()))
+        .replace("max_steps = 4", &format!("max_steps = {steps}"));
+    std::fs::write(&cfg, text).unwrap();
+    let out = pretrain(&["--config", cfg.to_str().unwrap()]);
+    ok(&out);
+    (dir.join("run"), out)
+}
+
 /// An original LLaVA-1.5 checkpoint with `image_aspect_ratio = "pad"` and a three-layer
 /// projector trains its stage 1 (every layer gets a gradient; images padded to squares first).
 #[test]
 fn an_original_llava_checkpoint_with_pad_trains() {
     let dir = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(config(dir.path(), "llava_stage1", "")).unwrap();
-    let init = format!("init_from = \"{}\"", fixtures().join("llava-tiny").display());
-    let orig = fixtures().join("llava-tiny-original-mlp3");
-    let cfg = dir.path().join("orig.toml");
-    let text = base
-        .replace(&init, &format!("init_from = \"{}\"", orig.display()))
-        .replace("max_steps = 4", "max_steps = 2");
-    std::fs::write(&cfg, text).unwrap();
-    let out = pretrain(&["--config", cfg.to_str().unwrap()]);
-    ok(&out);
+    let (run, out) = stage_one_from(dir.path(), &fixtures().join("llava-tiny-original-mlp3"), 2);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("got no gradient"));
-    let run = dir.path().join("run");
     let l = losses(&run);
     assert!(l.len() == 2 && l[1] < l[0], "{l:?}");
     let w = weights(&run.join("model/model.safetensors"));
@@ -418,16 +423,8 @@ fn an_original_llava_checkpoint_with_pad_trains() {
 #[test]
 fn a_linear_projector_keeps_its_original_names() {
     let dir = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(config(dir.path(), "llava_stage1", "")).unwrap();
-    let init = format!("init_from = \"{}\"", fixtures().join("llava-tiny").display());
-    let orig = fixtures().join("llava-tiny-original-linear");
-    let cfg = dir.path().join("linear.toml");
-    let text = base
-        .replace(&init, &format!("init_from = \"{}\"", orig.display()))
-        .replace("max_steps = 4", "max_steps = 1");
-    std::fs::write(&cfg, text).unwrap();
-    ok(&pretrain(&["--config", cfg.to_str().unwrap()]));
-    let model = dir.path().join("run/model");
+    let (run, _) = stage_one_from(dir.path(), &fixtures().join("llava-tiny-original-linear"), 1);
+    let model = run.join("model");
     let w = weights(&model.join("model.safetensors"));
     assert!(
         w.contains_key("model.mm_projector.weight") && w.contains_key("model.mm_projector.bias")

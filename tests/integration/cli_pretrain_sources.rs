@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::cli_pretrain_stage2::{metrics, ok, pretrain};
+use super::cli_pretrain_stage2::{loss_records, metrics, ok, pretrain, stop_and_resume};
 use super::common::blip2;
 
 fn world(dir: &Path) -> PathBuf {
@@ -102,18 +102,8 @@ fn mixed_sources_train_report_what_they_left_out_and_resume_exactly() {
     let in_a = skipped(&a);
     assert!(!in_a.is_empty() && in_a.iter().all(|l| l.contains("extra.tar/corrupt")), "{in_a:?}");
 
-    ok(&pretrain(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        b.to_str().unwrap(),
-        "--stop-after",
-        "3",
-    ]));
-    ok(&pretrain(&["--resume", b.to_str().unwrap()]));
-    let losses = |run: &Path| -> Vec<String> {
-        metrics(run).iter().map(|r| r["losses"].to_string()).collect()
-    };
+    stop_and_resume(&cfg, &b, 3);
+    let losses = loss_records;
     assert_eq!(losses(&a).len(), 6);
     assert_eq!(losses(&a), losses(&b));
     assert_eq!(skipped(&b), in_a);

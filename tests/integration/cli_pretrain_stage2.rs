@@ -81,6 +81,18 @@ pub(crate) fn fixed_batch_config(dir: &Path, model: &Path) -> PathBuf {
     cfg
 }
 
+/// Runs `cfg` into `run` for `steps` optimizer steps, then resumes it to the end.
+pub(crate) fn stop_and_resume(cfg: &Path, run: &Path, steps: u64) {
+    let (cfg, run) = (cfg.to_str().unwrap(), run.to_str().unwrap());
+    ok(&pretrain(&["--config", cfg, "--out", run, "--stop-after", &steps.to_string()]));
+    ok(&pretrain(&["--resume", run]));
+}
+
+/// Every step's `losses` object, as written.
+pub(crate) fn loss_records(run: &Path) -> Vec<String> {
+    metrics(run).iter().map(|r| r["losses"].to_string()).collect()
+}
+
 pub(crate) fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -125,18 +137,8 @@ fn stage_two_trains_the_query_path_and_projection_only_and_resumes_exactly() {
     }
 
     // Interrupted after 2 steps and resumed: the same losses and weights.
-    ok(&pretrain(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        b.to_str().unwrap(),
-        "--stop-after",
-        "2",
-    ]));
-    ok(&pretrain(&["--resume", b.to_str().unwrap()]));
-    let losses = |run: &Path| -> Vec<String> {
-        metrics(run).iter().map(|r| r["losses"].to_string()).collect()
-    };
+    stop_and_resume(&cfg, &b, 2);
+    let losses = loss_records;
     assert_eq!(losses(&a), losses(&b));
     assert_eq!(bytes, std::fs::read(b.join("checkpoints/step-000004/model.safetensors")).unwrap());
 }

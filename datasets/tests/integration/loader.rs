@@ -12,13 +12,7 @@ fn tokenizer() -> TextTokenizer {
     TextTokenizer::from_file(&common::fixtures().join("hf-tiny/itm/tokenizer.json"), 32).unwrap()
 }
 
-fn png(img: &datasets::image::RgbImage8) -> Vec<u8> {
-    let buf =
-        image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone()).unwrap();
-    let mut c = std::io::Cursor::new(Vec::new());
-    buf.write_to(&mut c, image::ImageFormat::Png).unwrap();
-    c.into_inner()
-}
+use crate::common::png;
 
 fn items(n: usize) -> Vec<ImageTextItem> {
     generate(&SynthConfig { images: n, seed: 5, image_size: 24, ..Default::default() })

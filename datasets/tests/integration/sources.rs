@@ -11,13 +11,7 @@ use datasets::synth::{generate, SynthConfig};
 use datasets::text::{CaptionCleaner, Padding};
 use datasets::{ImageSource, ImageTextItem, Loader, LoaderConfig, LoaderState};
 
-fn png(img: &datasets::image::RgbImage8) -> Vec<u8> {
-    let buf =
-        image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone()).unwrap();
-    let mut c = std::io::Cursor::new(Vec::new());
-    buf.write_to(&mut c, image::ImageFormat::Png).unwrap();
-    c.into_inner()
-}
+use crate::common::png;
 
 /// A shard of `n` good samples (jpg-named PNG + json caption, or png + txt), one without an
 /// image and one without a caption; returns the good samples' (key, bytes, caption).

@@ -62,3 +62,12 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// `img` encoded as a PNG.
+pub fn png(img: &datasets::image::RgbImage8) -> Vec<u8> {
+    let buf =
+        image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone()).unwrap();
+    let mut c = std::io::Cursor::new(Vec::new());
+    buf.write_to(&mut c, image::ImageFormat::Png).unwrap();
+    c.into_inner()
+}
