@@ -112,8 +112,10 @@ fn read_table_source(spec: &SourceSpec, out: &mut SourceRead) -> Result<()> {
         None => path.with_extension(""),
     };
     let table = crate::formats::read_table(path, "caption")?;
-    for (status, n) in &table.skipped {
-        *out.skipped.entry(format!("status {status}")).or_insert(0) += n;
+    for (reason, n) in &table.skipped {
+        let reason =
+            if reason == "null caption" { reason.clone() } else { format!("status {reason}") };
+        *out.skipped.entry(reason).or_insert(0) += n;
     }
     for row in table.rows {
         let Some(key) = row.key else {

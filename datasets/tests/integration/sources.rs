@@ -173,3 +173,52 @@ fn shards_written_by_the_webdataset_library_read_as_it_reads_them() {
     let undecodable = expected["00000.tar"]["undecodable"][0].as_str().unwrap();
     assert_eq!(skipped, [format!("00000.tar/{undecodable}")]);
 }
+
+/// img2dataset's own output (`tools/img2dataset_fixture.py`: six pictures from a local server and
+/// one URL that answers 404), in its `files` layout (a parquet beside its image folder) and its
+/// `webdataset` layout: the same keys and captions, the failed row left out by its status, and
+/// every image reads.
+#[test]
+fn img2dataset_output_reads_in_both_layouts() {
+    let dir = crate::common::fixtures().join("img2dataset");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let mut want: Vec<(String, String)> = expected["success"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["key"].as_str().unwrap().into(), r["caption"].as_str().unwrap().into()))
+        .collect();
+    want.sort();
+    let table = SourceSpec {
+        kind: SourceKind::Table,
+        urls: None,
+        annotations: None,
+        path: Some(dir.join("files/00000.parquet")),
+        images: None,
+        weight: 1.0,
+    };
+    let shards = webdataset(dir.join("webdataset/00000.tar").display().to_string(), 1.0);
+    for (spec, prefix) in [(table, ""), (shards, "00000.tar/")] {
+        let read = read_source(&spec).unwrap();
+        let mut got: Vec<(String, String)> = read
+            .items
+            .iter()
+            .map(|i| (i.key.trim_start_matches(prefix).to_string(), i.caption.clone()))
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{}", spec.name());
+        if spec.kind == SourceKind::Table {
+            assert_eq!(read.skipped_total() as u64, expected["failed"].as_u64().unwrap());
+            assert!(
+                read.skipped.keys().all(|r| r.starts_with("status failed")),
+                "{:?}",
+                read.skipped
+            );
+        }
+        let loader = Loader::without_tokenizer(read.items, config());
+        for b in loader.epoch(LoaderState { seed: 0, epoch: 0, position: 0 }) {
+            assert!(b.unwrap().skipped.is_empty(), "{}", spec.name());
+        }
+    }
+}
