@@ -45,11 +45,11 @@ fn fresh_args(dir: &Path) -> Vec<String> {
 
 /// `--resume` once the run directory has its config, else the fresh command (a kill before
 /// the config was written leaves nothing to resume).
-fn args_for(dir: &Path) -> Vec<String> {
+fn args_for(dir: &Path, fresh: &dyn Fn(&Path) -> Vec<String>) -> Vec<String> {
     if dir.join("config.toml").is_file() {
         vec!["pretrain".into(), "--resume".into(), dir.display().to_string()]
     } else {
-        fresh_args(dir)
+        fresh(dir)
     }
 }
 
@@ -83,24 +83,28 @@ fn losses(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn twenty_random_kills_lose_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let reference = tmp.path().join("reference");
+/// Runs `fresh` uninterrupted, then again killed at `n` seeded random moments and resumed each
+/// time; both must end with the same metrics and final weights.
+fn random_kills_lose_nothing(fresh: &dyn Fn(&Path) -> Vec<String>, root: &Path, n: usize) {
+    let reference = root.join("reference");
     let t0 = Instant::now();
-    ok(&bin().args(fresh_args(&reference)).output().unwrap());
+    ok(&bin().args(fresh(&reference)).output().unwrap());
     let full = t0.elapsed();
 
-    let run = tmp.path().join("killed");
+    let run = root.join("killed");
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let (mut kills, mut mid_checkpoint, mut attempts) = (0, 0, 0);
-    while kills < 20 {
+    while kills < n {
         attempts += 1;
-        assert!(attempts < 200, "could not land 20 kills");
+        assert!(attempts < 10 * n + 100, "could not land {n} kills");
         // Anywhere from process start to 60% of a whole run (a resumed run has less left to do).
         let delay = full.mul_f64(rng.random_range(0.0..0.6));
-        let mut child =
-            bin().args(args_for(&run)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = bin()
+            .args(args_for(&run, fresh))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_some() {
             // Finished before the kill: start over with a new directory so kills keep landing.
@@ -118,7 +122,7 @@ fn twenty_random_kills_lose_nothing() {
         }
     }
     // And finish it.
-    ok(&bin().args(args_for(&run)).output().unwrap());
+    ok(&bin().args(args_for(&run, fresh)).output().unwrap());
     eprintln!(
         "{kills} kills ({mid_checkpoint} inside a checkpoint write) in {attempts} attempts; a full run takes {full:?}"
     );
@@ -127,6 +131,69 @@ fn twenty_random_kills_lose_nothing() {
     let l = losses(&reference);
     assert_eq!(l.len() as u64, STEPS);
     assert_ne!(l[0], l[l.len() - 1], "the run must train for the comparison to mean anything");
+}
+
+#[test]
+fn twenty_random_kills_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    random_kills_lose_nothing(&fresh_args, tmp.path(), 20);
+}
+
+/// The same on webdataset shards read in place, mixed with the world's Karpathy captions: a
+/// kill mid-shard resumes on the same samples.
+#[test]
+fn random_kills_on_webdataset_shards_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    ok(&bin()
+        .args(["synth", "--out", world.to_str().unwrap(), "--images", "48", "--image-size", "32"])
+        .output()
+        .unwrap());
+    let model =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny/itm/config.json");
+    let cfg = tmp.path().join("shards.toml");
+    let text = format!(
+        r#"seed = 2
+[model]
+config = "{model}"
+[data]
+image_size = 32
+max_txt_len = 16
+[[data.sources]]
+kind = "webdataset"
+urls = "{world}/shards/{{00000..00000}}.tar"
+weight = 2.0
+[[data.sources]]
+kind = "karpathy"
+annotations = "{world}/annotations/karpathy_train.json"
+images = "{world}"
+[optimizer]
+lr = 1e-3
+max_grad_norm = 1.0
+[schedule]
+kind = "constant"
+[batch]
+size = 4
+[steps]
+epochs = 100
+max_steps = {STEPS}
+[checkpointing]
+every_steps = 1
+keep_last = 2
+[logging]
+every_steps = 1
+"#,
+        model = model.display(),
+        world = world.display(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let fresh = |dir: &Path| -> Vec<String> {
+        ["pretrain", "--config", cfg.to_str().unwrap(), "--out", dir.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    random_kills_lose_nothing(&fresh, tmp.path(), 8);
 }
 
 #[test]
@@ -145,7 +212,7 @@ fn unwritable_checkpoint_is_reported_and_the_previous_one_survives() {
     // A file where the step-2 checkpoint's scratch directory goes: the write must fail.
     let blocker = ckdir.join("step-000002.tmp");
     std::fs::write(&blocker, b"in the way").unwrap();
-    let out = bin().args(args_for(&run)).output().unwrap();
+    let out = bin().args(args_for(&run, &fresh_args)).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "should fail: {err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -163,7 +230,7 @@ fn unwritable_checkpoint_is_reported_and_the_previous_one_survives() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&ckdir, std::fs::Permissions::from_mode(0o555)).unwrap();
         let enforced = std::fs::write(ckdir.join("probe"), b"").is_err();
-        let out = enforced.then(|| bin().args(args_for(&run)).output().unwrap());
+        let out = enforced.then(|| bin().args(args_for(&run, &fresh_args)).output().unwrap());
         std::fs::set_permissions(&ckdir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let _ = std::fs::remove_file(ckdir.join("probe"));
         if let Some(out) = out {
@@ -176,7 +243,7 @@ fn unwritable_checkpoint_is_reported_and_the_previous_one_survives() {
     }
 
     // The surviving step-1 checkpoint resumes to the same result as an uninterrupted run.
-    ok(&bin().args(args_for(&run)).output().unwrap());
+    ok(&bin().args(args_for(&run, &fresh_args)).output().unwrap());
     assert_eq!(final_weights(&run), final_weights(&reference));
 
     // A checkpoints path that is a file is refused up front, by name.
