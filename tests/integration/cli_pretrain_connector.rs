@@ -115,18 +115,23 @@ fn run_and_match(dir: &Path, name: &str) -> PathBuf {
     ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("got no gradient"), "{stdout}");
+    assert_losses_like_reference(&run, name);
+    run
+}
+
+/// Each step's loss of `run` is the reference run `name`'s within 2e-4.
+fn assert_losses_like_reference(run: &Path, name: &str) {
     let want: Vec<f64> = expected()[name]["losses"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_f64().unwrap())
         .collect();
-    let got = losses(&run);
+    let got = losses(run);
     assert_eq!(got.len(), want.len(), "{got:?}");
     for (step, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!((g - w).abs() < 2e-4, "{name} step {step}: loss {g}, reference {w} ({got:?})");
     }
-    run
 }
 
 /// The trained tensors of the run equal the reference's after its last step.
@@ -208,17 +213,7 @@ fn llava_stage_two_resumes_exactly_and_says_what_it_left_out() {
     let said = String::from_utf8_lossy(&first.stdout);
     assert!(said.contains("1 records without an image left out"), "{said}");
     ok(&pretrain(&["--resume", run.to_str().unwrap()]));
-    let want: Vec<f64> = expected()["llava_stage2"]["losses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let got = losses(&run);
-    assert_eq!(got.len(), 4, "{got:?}");
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() < 2e-4, "resumed run {got:?}, reference {want:?}");
-    }
+    assert_losses_like_reference(&run, "llava_stage2");
 }
 
 #[test]

@@ -15,12 +15,12 @@ fn world(dir: &Path) -> PathBuf {
     w
 }
 
-/// The tiny preset's model and optimizer on the world's shards (weight 3) and captions
-/// (weight 1); a second shard holds a sample without a caption and one whose image is corrupt.
-fn config(dir: &Path, world: &Path) -> PathBuf {
-    let tokenizer_dir =
+/// A run config on the world's shards (`urls`, weight 3) mixed with its captions (weight 1):
+/// the hf-tiny model config, constant lr, clipping, a checkpoint and a metrics line every step.
+pub(crate) fn mixed_sources_toml(world: &Path, urls: &str, batch: usize, steps: u64) -> String {
+    let model =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny/itm/config.json");
-    let cfg = format!(
+    format!(
         r#"seed = 4
 [model]
 config = "{model}"
@@ -29,7 +29,7 @@ image_size = 32
 max_txt_len = 16
 [[data.sources]]
 kind = "webdataset"
-urls = "{world}/shards/{{00000..00000}}.tar::{extra}"
+urls = "{urls}"
 weight = 3.0
 [[data.sources]]
 kind = "karpathy"
@@ -42,19 +42,29 @@ max_grad_norm = 1.0
 [schedule]
 kind = "constant"
 [batch]
-size = 8
+size = {batch}
 [steps]
-epochs = 6
-max_steps = 6
+epochs = 100
+max_steps = {steps}
 [checkpointing]
 every_steps = 1
 [logging]
 every_steps = 1
 "#,
-        model = tokenizer_dir.display(),
+        model = model.display(),
         world = world.display(),
-        extra = dir.join("extra.tar").display(),
+    )
+}
+
+/// [`mixed_sources_toml`] for 6 steps of 8 with a second shard holding a sample without a caption
+/// and one whose image is corrupt.
+fn config(dir: &Path, world: &Path) -> PathBuf {
+    let urls = format!(
+        "{}/shards/{{00000..00000}}.tar::{}",
+        world.display(),
+        dir.join("extra.tar").display()
     );
+    let cfg = mixed_sources_toml(world, &urls, 8, 6);
     // A second shard: one sample with an image but no caption.
     let png = std::fs::read(world.join("images/000000.png")).unwrap();
     datasets::formats::webdataset::write_shard(

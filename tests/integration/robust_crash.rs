@@ -149,43 +149,10 @@ fn random_kills_on_webdataset_shards_lose_nothing() {
         .args(["synth", "--out", world.to_str().unwrap(), "--images", "48", "--image-size", "32"])
         .output()
         .unwrap());
-    let model =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny/itm/config.json");
     let cfg = tmp.path().join("shards.toml");
-    let text = format!(
-        r#"seed = 2
-[model]
-config = "{model}"
-[data]
-image_size = 32
-max_txt_len = 16
-[[data.sources]]
-kind = "webdataset"
-urls = "{world}/shards/{{00000..00000}}.tar"
-weight = 2.0
-[[data.sources]]
-kind = "karpathy"
-annotations = "{world}/annotations/karpathy_train.json"
-images = "{world}"
-[optimizer]
-lr = 1e-3
-max_grad_norm = 1.0
-[schedule]
-kind = "constant"
-[batch]
-size = 4
-[steps]
-epochs = 100
-max_steps = {STEPS}
-[checkpointing]
-every_steps = 1
-keep_last = 2
-[logging]
-every_steps = 1
-"#,
-        model = model.display(),
-        world = world.display(),
-    );
+    let urls = format!("{}/shards/{{00000..00000}}.tar", world.display());
+    let text = super::cli_pretrain_sources::mixed_sources_toml(&world, &urls, 4, STEPS)
+        .replace("[checkpointing]\n", "[checkpointing]\nkeep_last = 2\n");
     std::fs::write(&cfg, text).unwrap();
     let fresh = |dir: &Path| -> Vec<String> {
         ["pretrain", "--config", cfg.to_str().unwrap(), "--out", dir.to_str().unwrap()]
