@@ -91,6 +91,8 @@ fn mixed_sources_train_report_what_they_left_out_and_resume_exactly() {
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let out = pretrain(&["--config", cfg.to_str().unwrap(), "--out", a.to_str().unwrap()]);
     ok(&out);
+    // Every step says how long it waited for its batch.
+    assert!(metrics(&a).iter().all(|r| r["input_wait_s"].as_f64().is_some_and(|w| w >= 0.0)));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("data_report.json")).unwrap())
             .unwrap();

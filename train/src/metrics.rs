@@ -26,6 +26,9 @@ pub struct MetricsRecord {
     pub grad_norm: Option<f64>,
     #[serde(default, with = "opt_float", skip_serializing_if = "Option::is_none")]
     pub samples_per_sec: Option<f64>,
+    /// Seconds the step waited for its batch (0 when the loader keeps up with the model).
+    #[serde(default, with = "opt_float", skip_serializing_if = "Option::is_none")]
+    pub input_wait_s: Option<f64>,
     /// Steps skipped so far for a non-finite loss or gradient.
     #[serde(default)]
     pub skipped_steps: u64,
@@ -46,6 +49,7 @@ impl MetricsRecord {
             losses: BTreeMap::new(),
             grad_norm: None,
             samples_per_sec: None,
+            input_wait_s: None,
             skipped_steps: 0,
             skipped_samples: 0,
             extra: BTreeMap::new(),

@@ -91,7 +91,9 @@ pub fn run<T: Task>(
     let mut without_grad = std::collections::BTreeSet::new();
     data.start_epoch(state.epoch, state.loader)?;
     while state.step < settings.stop_after {
-        // 1. The step's data.
+        // 1. The step's data, and how long the step waited for it (the loader prefetches: a
+        // fed step waits for nothing).
+        let waited = Instant::now();
         let batch = match data.next()? {
             Fetched::Step(batch) => batch,
             Fetched::PassedOver { reason, skipped, cursor } => {
@@ -121,6 +123,7 @@ pub fn run<T: Task>(
             }
         };
         state.skipped_samples += batch.skipped;
+        let input_wait_s = waited.elapsed().as_secs_f64();
         let clock = Instant::now();
         let step = state.step;
         let lr = settings.schedule.lr(state.schedule_pos());
@@ -154,6 +157,7 @@ pub fn run<T: Task>(
         if out.clip_coef < 1.0 {
             rec.extra.insert("clip_coef".into(), out.clip_coef.into());
         }
+        rec.input_wait_s = Some(input_wait_s);
         without_grad.extend(out.without_grad.iter().cloned());
         if !out.without_grad.is_empty() && !warned_without_grad {
             // Once per run: an op with no backward fails this way, silently, on every step.
