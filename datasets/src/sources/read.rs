@@ -57,11 +57,18 @@ pub fn read_source(spec: &SourceSpec) -> Result<SourceRead> {
             let shards = expand_urls(required(&spec.urls, spec, "urls")?)?;
             for shard in shards {
                 let path = Arc::new(PathBuf::from(&shard));
-                let (samples, cut) = index_shard(&path)?;
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or(shard.clone());
+                // A shard that cannot be opened (missing from a download) is left out, not fatal.
+                let (samples, cut) = match index_shard(&path) {
+                    Ok(indexed) => indexed,
+                    Err(e) => {
+                        out.skip(name, &format!("shard unreadable: {e}"));
+                        continue;
+                    }
+                };
                 for s in samples {
                     let key = format!("{name}/{}", s.key);
                     match (s.image, s.caption) {

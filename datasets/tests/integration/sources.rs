@@ -110,10 +110,15 @@ fn a_shard_cut_short_keeps_what_came_before_and_says_so() {
     let (offset, len) = whole[3].image.unwrap();
     let cut = dir.path().join("cut.tar");
     std::fs::write(&cut, &bytes[..(offset + len / 2) as usize]).unwrap();
-    let read = read_source(&webdataset(cut.display().to_string(), 1.0)).unwrap();
+    // A shard missing from the download is left out by name; the others read.
+    let missing = dir.path().join("missing.tar");
+    let urls = format!("{}::{}", cut.display(), missing.display());
+    let read = read_source(&webdataset(urls, 1.0)).unwrap();
     assert_eq!(read.items.len(), 3);
-    let (reason, n) = read.skipped.iter().next().unwrap();
-    assert!(reason.starts_with("shard cut short") && *n == 1, "{reason}");
+    let gone = read.skipped_keys.iter().find(|s| s.key == "missing.tar").unwrap();
+    assert!(gone.reason.starts_with("shard unreadable") && gone.reason.contains("missing.tar"));
+    let (reason, n) = read.skipped.iter().find(|(r, _)| r.starts_with("shard cut")).unwrap();
+    assert!(*n == 1, "{reason}");
     assert!(read.skipped_keys[0].key.starts_with("cut.tar"));
 }
 
