@@ -22,7 +22,7 @@ pub use karpathy::{
 pub use nocaps::{read_nocaps, NoCapsImage};
 pub use pairs::{read_capfilt, read_pairs_jsonl};
 #[cfg(feature = "tables")]
-pub use table::{read_table, TableRead, TableRow};
+pub use table::{read_pairs_table, read_table, TableRead, TableRow};
 pub use vqa::{
     read_lavis_vqa, read_vqa_official, LavisVqaRow, VqaAnnotation, VqaAnswer, VqaQuestion,
     VqaQuestionRow,

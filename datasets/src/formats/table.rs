@@ -85,3 +85,40 @@ pub fn read_table(path: &Path, caption_col: &str) -> Result<TableRead> {
     }
     Ok(out)
 }
+
+/// A users' own CSV / TSV / parquet of `image` (or `image_path`) and `caption` columns, image
+/// paths relative to `image_root`; each distinct path is one image. A row with an empty cell
+/// is an error naming its line.
+pub fn read_pairs_table(path: &Path, image_root: &Path) -> Result<Vec<crate::ImageTextItem>> {
+    let table_err = |message: String| DataError::Table { path: path.to_path_buf(), message };
+    let df = load_frame(path).map_err(|e| table_err(e.to_string()))?;
+    let col = |name: &str| string_column(&df, name).map_err(|e| table_err(e.to_string()));
+    let images = match col("image")? {
+        Some(c) => c,
+        None => col("image_path")?
+            .ok_or_else(|| DataError::field(path, "image", "column not found (nor image_path)"))?,
+    };
+    let captions =
+        col("caption")?.ok_or_else(|| DataError::field(path, "caption", "column not found"))?;
+    let mut ids = std::collections::HashMap::new();
+    let mut items = Vec::with_capacity(images.len());
+    for (i, (image, caption)) in images.into_iter().zip(captions).enumerate() {
+        let (Some(image), Some(caption)) = (image, caption) else {
+            // Line 1 is the header.
+            return Err(DataError::field(
+                path,
+                format!("line {}", i + 2),
+                "empty image or caption",
+            ));
+        };
+        let next = ids.len() as u64;
+        let image_id = *ids.entry(image.clone()).or_insert(next);
+        items.push(crate::ImageTextItem {
+            key: image.clone(),
+            image: crate::ImageSource::Path(image_root.join(&image)),
+            caption,
+            image_id,
+        });
+    }
+    Ok(items)
+}

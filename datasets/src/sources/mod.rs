@@ -24,7 +24,8 @@ pub enum SourceKind {
     Webdataset,
     /// A Karpathy-split train JSON (`annotations`) with its image root (`images`).
     Karpathy,
-    /// JSONL of `{"image_path", "caption"}` (`path`), images relative to `images`.
+    /// Users' own pairs (`path`): JSONL of `{"image_path", "caption"}`, or a CSV / TSV / parquet
+    /// with `image` (or `image_path`) and `caption` columns; images relative to `images`.
     Pairs,
     /// A BLIP CapFilt JSON array of `{image|url, caption}` (`path`), images relative to `images`.
     Capfilt,

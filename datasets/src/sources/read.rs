@@ -93,7 +93,12 @@ pub fn read_source(spec: &SourceSpec) -> Result<SourceRead> {
         }
         SourceKind::Pairs => {
             let path = required(&spec.path, spec, "path")?;
-            out.items = read_pairs_jsonl(path, &image_root(spec, path))?;
+            let root = image_root(spec, path);
+            let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+            out.items = match ext.as_deref() {
+                Some("jsonl") | Some("json") => read_pairs_jsonl(path, &root)?,
+                _ => read_pairs_csv(spec, path, &root)?,
+            };
         }
         SourceKind::Capfilt => {
             let path = required(&spec.path, spec, "path")?;
@@ -109,6 +114,19 @@ pub fn read_source(spec: &SourceSpec) -> Result<SourceRead> {
         SourceKind::Table => read_table_source(spec, &mut out)?,
     }
     Ok(out)
+}
+
+#[cfg(feature = "tables")]
+fn read_pairs_csv(_: &SourceSpec, path: &Path, root: &Path) -> Result<Vec<ImageTextItem>> {
+    crate::formats::read_pairs_table(path, root)
+}
+
+#[cfg(not(feature = "tables"))]
+fn read_pairs_csv(spec: &SourceSpec, _: &Path, _: &Path) -> Result<Vec<ImageTextItem>> {
+    Err(DataError::Invalid(format!(
+        "data.sources ({}): CSV/TSV pairs need the `tables` feature of the datasets crate (or use JSONL)",
+        spec.name()
+    )))
 }
 
 #[cfg(feature = "tables")]

@@ -227,3 +227,53 @@ fn img2dataset_output_reads_in_both_layouts() {
         }
     }
 }
+
+/// Users' own pairs as CSV (quoted commas in captions) and TSV give the same items as their JSONL;
+/// an empty cell names its line.
+#[test]
+fn pairs_read_from_csv_tsv_and_jsonl_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.csv"),
+        "image,caption\na.png,\"a cat, asleep\"\nb.png,a dog\na.png,the same cat\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("p.tsv"),
+        "image_path\tcaption\na.png\ta cat, asleep\nb.png\ta dog\na.png\tthe same cat\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("p.jsonl"),
+        "{\"image_path\": \"a.png\", \"caption\": \"a cat, asleep\"}\n{\"image_path\": \"b.png\", \"caption\": \"a dog\"}\n{\"image_path\": \"a.png\", \"caption\": \"the same cat\"}\n",
+    )
+    .unwrap();
+    let read = |f: &str| {
+        let spec = SourceSpec {
+            kind: SourceKind::Pairs,
+            urls: None,
+            annotations: None,
+            path: Some(d.join(f)),
+            images: None,
+            weight: 1.0,
+        };
+        read_source(&spec).unwrap().items
+    };
+    let jsonl = read("p.jsonl");
+    assert_eq!(jsonl.len(), 3);
+    assert_eq!(jsonl[2].image_id, jsonl[0].image_id);
+    assert_eq!(read("p.csv"), jsonl);
+    assert_eq!(read("p.tsv"), jsonl);
+    std::fs::write(d.join("bad.csv"), "image,caption\na.png,fine\n,no image\n").unwrap();
+    let spec = SourceSpec {
+        kind: SourceKind::Pairs,
+        urls: None,
+        annotations: None,
+        path: Some(d.join("bad.csv")),
+        images: None,
+        weight: 1.0,
+    };
+    let e = read_source(&spec).unwrap_err().to_string();
+    assert!(e.contains("bad.csv") && e.contains("line 3"), "{e}");
+}
