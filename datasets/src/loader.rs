@@ -58,6 +58,26 @@ pub struct LoaderConfig {
     pub limits: DecodeLimits,
 }
 
+/// One batch at a time, in file order, on the shared pool, BLIP's eval transform at its default
+/// size, LAVIS-cleaned captions padded to the longest: override what a loader needs.
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1,
+            prefetch: 1,
+            workers: 0,
+            shuffle: false,
+            augment: None,
+            image: ImageProcessorConfig::default(),
+            clip: None,
+            pad_to_square: false,
+            caption: CaptionCleaner::default(),
+            padding: Padding::Longest,
+            limits: DecodeLimits::default(),
+        }
+    }
+}
+
 /// A sample that was left out of its batch, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedSample {

@@ -8,9 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
+use datasets::image::{ImageProcessorConfig, TrainAugment};
 use datasets::sources::{read_source, SourceKind, SourceSpec};
-use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
+use datasets::text::TextTokenizer;
 use datasets::{Loader, LoaderConfig, LoaderState};
 
 /// One pass over the shards after one warm-up batch; prints samples/s.
@@ -49,14 +49,9 @@ pub fn run(
         batch_size: batch,
         prefetch: 2,
         workers,
-        shuffle: false,
         augment: Some(TrainAugment::default()),
         image: ImageProcessorConfig::square(224),
-        clip: None,
-        pad_to_square: false,
-        caption: CaptionCleaner::default(),
-        padding: Padding::Longest,
-        limits: DecodeLimits::default(),
+        ..LoaderConfig::default()
     };
     let loader = Loader::new(read.items, tokenizer, config);
     let mut epoch = loader.epoch(LoaderState { seed: 0, epoch: 0, position: 0 });

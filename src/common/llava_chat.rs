@@ -21,6 +21,7 @@ use datasets::image::{
     clip_transform, decode_file, expand_to_square, mean_background, ClipImageProcessorConfig,
     DecodeLimits,
 };
+use datasets::text::tokenize_image_chunks;
 use qformer::connector::{splice, PadSide, Piece};
 use qformer::llava::original::{
     default_hub_cache, is_original_config, load_original_dir, preprocessor_config_path,
@@ -97,33 +98,6 @@ fn check_marker_count(markers: usize, n_images: usize) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Original LLaVA's `tokenizer_image_token`: each chunk between markers tokenized with special
-/// tokens; when the first chunk starts with BOS, BOS is kept once in front and the first token
-/// of every chunk dropped. Returns the text runs (one more than the markers) and the first
-/// token (BOS) when kept.
-pub fn tokenize_image_chunks(
-    tokenizer: &Tokenizer,
-    prompt: &str,
-    bos: Option<u32>,
-) -> Result<(Option<u32>, Vec<Vec<u32>>)> {
-    let chunks = prompt
-        .split(IMAGE_MARKER)
-        .map(|c| {
-            tokenizer
-                .encode(c, true)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| anyhow!("tokenizing prompt piece {c:?}: {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let lead = match (chunks[0].first(), bos) {
-        (Some(&first), Some(b)) if first == b => Some(b),
-        _ => None,
-    };
-    let offset = lead.is_some() as usize;
-    let runs = chunks.into_iter().map(|c| c.get(offset..).unwrap_or(&[]).to_vec()).collect();
-    Ok((lead, runs))
 }
 
 /// The tokenizer's BOS id (`bos_token` of `tokenizer_config.json`, a string or `{"content"}`),
@@ -234,7 +208,8 @@ impl LlavaSpec {
             }
             Layout::Original { bos, .. } => {
                 check_marker_count(prompt.matches(IMAGE_MARKER).count(), n_images)?;
-                let (lead, runs) = tokenize_image_chunks(&self.tokenizer, prompt, bos)?;
+                let (lead, runs) =
+                    tokenize_image_chunks(&self.tokenizer, prompt, IMAGE_MARKER, bos)?;
                 let mut pieces: Vec<Piece> =
                     lead.map(|b| Piece::prompt(vec![b])).into_iter().collect();
                 let mut prompt_ids: Vec<i64> = lead.map(i64::from).into_iter().collect();

@@ -27,7 +27,7 @@ pub fn is_parts_file(path: &Path) -> bool {
 
 /// MiniGPT-4's question prompt: the template with `<Img>{marker}</Img> {question}` in its `{}`.
 pub fn question_prompt(template: &str, marker: &str, question: &str) -> String {
-    template.replacen("{}", &format!("<Img>{marker}</Img> {question}"), 1)
+    template.replacen("{}", &qformer::minigpt4::image_instruction(marker, question), 1)
 }
 
 /// The token sequences MiniGPT-4 stops after: the end symbol as it tokenizes on its own (after

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use datasets::formats::webdataset::{index_shard, write_shard};
-use datasets::image::{DecodeLimits, ImageProcessorConfig};
+use datasets::image::ImageProcessorConfig;
 use datasets::sources::{read_source, Mixture, SourceKind, SourceSpec};
 use datasets::synth::{generate, SynthConfig};
-use datasets::text::{CaptionCleaner, Padding};
+use datasets::text::CaptionCleaner;
 use datasets::{ImageSource, ImageTextItem, Loader, LoaderConfig, LoaderState};
 
 use crate::common::png;
@@ -45,16 +45,9 @@ fn shard(path: &Path, n: usize) -> Vec<(String, Vec<u8>, String)> {
 fn config() -> LoaderConfig {
     LoaderConfig {
         batch_size: 4,
-        prefetch: 1,
-        workers: 0,
-        shuffle: false,
-        augment: None,
         image: ImageProcessorConfig::square(16),
-        clip: None,
-        pad_to_square: false,
         caption: CaptionCleaner::verbatim(),
-        padding: Padding::Longest,
-        limits: DecodeLimits::default(),
+        ..LoaderConfig::default()
     }
 }
 

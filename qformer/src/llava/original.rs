@@ -264,25 +264,31 @@ pub fn resolve_vision_tower(
     )))
 }
 
-/// The original name of a canonical tensor (for messages).
-pub fn canonical_to_original(canonical: &str) -> String {
+/// The name a canonical tensor has in an original checkpoint whose projector has
+/// `projector_depth` layers (`linear`, depth 1, is one `nn.Linear`: `model.mm_projector.{weight,
+/// bias}`; deeper ones are an `nn.Sequential` with the linears at the even indices); `None` for
+/// the tower, which such a checkpoint does not hold, and for names outside the layout.
+pub fn original_name(canonical: &str, projector_depth: usize) -> Option<String> {
     if let Some(r) = canonical.strip_prefix("language_model.model.") {
-        return format!("model.{r}");
+        return Some(format!("model.{r}"));
     }
     if let Some(r) = canonical.strip_prefix("language_model.lm_head.") {
-        return format!("lm_head.{r}");
+        return Some(format!("lm_head.{r}"));
     }
+    let (k, p) = canonical.strip_prefix("multi_modal_projector.linear_")?.split_once('.')?;
+    let k = k.parse::<usize>().ok().filter(|&k| k >= 1)?;
+    Some(match projector_depth {
+        1 => format!("model.mm_projector.{p}"),
+        _ => format!("model.mm_projector.{}.{p}", 2 * (k - 1)),
+    })
+}
+
+/// The original name of a canonical tensor (for messages).
+pub fn canonical_to_original(canonical: &str) -> String {
     if let Some(r) = canonical.strip_prefix("vision_tower.vision_model.") {
         return format!("vision_model.{r} (vision tower)");
     }
-    if let Some(r) = canonical.strip_prefix("multi_modal_projector.linear_") {
-        if let Some((k, p)) = r.split_once('.') {
-            if let Ok(k) = k.parse::<usize>() {
-                return format!("model.mm_projector.{}.{p}", 2 * (k.max(1) - 1));
-            }
-        }
-    }
-    canonical.to_string()
+    original_name(canonical, 2).unwrap_or_else(|| canonical.to_string())
 }
 
 /// The canonical name of an original checkpoint tensor; `None` for names outside the layout.
@@ -521,6 +527,11 @@ mod tests {
             original_to_canonical("model.mm_projector.weight").as_deref(),
             Some("multi_modal_projector.linear_1.weight")
         );
+        assert_eq!(
+            original_name("multi_modal_projector.linear_1.bias", 1).as_deref(),
+            Some("model.mm_projector.bias")
+        );
+        assert_eq!(original_name("vision_tower.vision_model.pre_layrnorm.bias", 2), None);
         assert_eq!(
             original_to_canonical("model.vision_tower.vision_tower.vision_model.pre_layrnorm.bias")
                 .as_deref(),

@@ -7,4 +7,4 @@ mod pieces;
 
 pub use model::MiniGpt4;
 pub use parts::{write, Parts, PartsFile};
-pub use pieces::minigpt4_pieces;
+pub use pieces::{image_instruction, minigpt4_pieces};

@@ -19,3 +19,9 @@ pub fn minigpt4_pieces(bos: u32, text_pieces: Vec<Vec<u32>>) -> Vec<Piece> {
     }
     out
 }
+
+/// MiniGPT-4's instruction about one image: `<Img>{marker}</Img> {question}`, as its chat and its
+/// stage-2 prompts write it.
+pub fn image_instruction(marker: &str, question: &str) -> String {
+    format!("<Img>{marker}</Img> {question}")
+}

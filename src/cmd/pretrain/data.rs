@@ -10,10 +10,10 @@ use anyhow::{bail, Context, Result};
 
 use datasets::formats::karpathy::read_karpathy_train;
 use datasets::formats::{read_cc_sbu_align, CC_SBU_ALIGN_FILE};
-use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
+use datasets::image::{ImageProcessorConfig, TrainAugment};
 use datasets::sources::{read_source, Mixture};
 use datasets::synth::{write_world, SynthConfig};
-use datasets::text::{CaptionCleaner, Padding, TextTokenizer};
+use datasets::text::TextTokenizer;
 use datasets::{
     EpochIter, ImageSource, ImageTextBatch, ImageTextItem, Loader, LoaderConfig, LoaderState,
     SkippedSample,
@@ -40,11 +40,7 @@ pub fn loader(
         shuffle: true,
         augment: cfg.data.augment.then(TrainAugment::default),
         image: ImageProcessorConfig::square(image_size),
-        clip: None,
-        pad_to_square: false,
-        caption: CaptionCleaner::new("", 50),
-        padding: Padding::Longest,
-        limits: DecodeLimits::default(),
+        ..LoaderConfig::default()
     };
     data.into_loader(tokenizer, config)
 }
@@ -228,16 +224,9 @@ pub fn val_loader(
     }
     let config = LoaderConfig {
         batch_size: cfg.batch.eval_size,
-        prefetch: 1,
         workers: cfg.data.num_workers,
-        shuffle: false,
-        augment: None,
         image: ImageProcessorConfig::square(image_size),
-        clip: None,
-        pad_to_square: false,
-        caption: CaptionCleaner::new("", 50),
-        padding: Padding::Longest,
-        limits: DecodeLimits::default(),
+        ..LoaderConfig::default()
     };
     Ok(Loader::new(items, tokenizer, config))
 }

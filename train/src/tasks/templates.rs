@@ -18,8 +18,9 @@
 use std::path::Path;
 
 use datasets::formats::{Speaker, Turn};
+use datasets::text::tokenize_image_chunks;
 use qformer::connector::Piece;
-use qformer::minigpt4::minigpt4_pieces;
+use qformer::minigpt4::{image_instruction, minigpt4_pieces};
 use tokenizers::Tokenizer;
 
 use crate::{Error, Result};
@@ -181,20 +182,15 @@ impl TemplateTokenizer {
     /// LLaVA `tokenizer_image_token`: each stretch between `<image>` markers tokenized with the
     /// special tokens, the BOS kept only at the front.
     fn image_tokens(&self, prompt: &str) -> std::result::Result<Vec<Tok>, String> {
-        let chunks = prompt
-            .split(LLAVA_IMAGE)
-            .map(|c| self.encode(c, true))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut out = Vec::new();
-        let offset = usize::from(chunks.first().and_then(|c| c.first()) == Some(&self.bos));
-        if offset == 1 {
-            out.push(Tok::Id(self.bos));
-        }
-        for (i, chunk) in chunks.iter().enumerate() {
+        let (lead, runs) =
+            tokenize_image_chunks(&self.tokenizer, prompt, LLAVA_IMAGE, Some(self.bos))
+                .map_err(|e| e.to_string())?;
+        let mut out: Vec<Tok> = lead.into_iter().map(Tok::Id).collect();
+        for (i, run) in runs.iter().enumerate() {
             if i > 0 {
                 out.push(Tok::Image);
             }
-            out.extend(chunk.iter().skip(offset).map(|&id| Tok::Id(id)));
+            out.extend(run.iter().map(|&id| Tok::Id(id)));
         }
         Ok(out)
     }
@@ -331,8 +327,7 @@ fn minigpt4_instruction(question: &str, marker: &str) -> String {
     if question.contains(marker) {
         return question.to_string();
     }
-    let rest = question.replace(LLAVA_IMAGE, "");
-    format!("<Img>{marker}</Img> {}", rest.trim())
+    image_instruction(marker, question.replace(LLAVA_IMAGE, "").trim())
 }
 
 #[cfg(test)]

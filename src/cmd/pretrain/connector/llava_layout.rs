@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
-use qformer::llava::original::is_original_config;
+use qformer::llava::original::{is_original_config, original_name};
 use qformer::llava::{LlavaConfig, NamingScheme};
 use qformer::weights::TensorSet;
 use train::init::{init_torch_linear, named_vars};
@@ -27,15 +27,10 @@ pub(super) fn fresh_llava(
     seed: u64,
     dev: &Device,
 ) -> Result<(LlavaConfig, HashMap<String, Tensor>)> {
-    let read = |path: PathBuf| -> Result<serde_json::Value> {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
-    };
-    let clip = read(vision.join("config.json"))?;
+    let clip = read_json_value(&vision.join("config.json"))?;
     let mut vision_config = clip.get("vision_config").cloned().unwrap_or(clip);
     vision_config["model_type"] = "clip_vision_model".into();
-    let mut text_config = read(llm.join("config.json"))?;
+    let mut text_config = read_json_value(&llm.join("config.json"))?;
     text_config["model_type"] = "llama".into();
     let vocab = text_config["vocab_size"].as_u64().unwrap_or(0);
     let config = serde_json::json!({
@@ -92,24 +87,15 @@ pub(super) fn save_original(
     varmap: &VarMap,
     tokenizer_dir: &Path,
 ) -> Result<()> {
-    let mut tensors = HashMap::new();
-    let vars: Vec<(String, Tensor)> =
-        named_vars(varmap)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-    // A `linear` projector is one `nn.Linear`, not a `Sequential`: no index in its names.
-    let single = !vars
+    let vars = named_vars(varmap)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone()));
+    let all: Vec<(String, Tensor)> = frozen.clone().into_iter().chain(vars).collect();
+    let depth = all
         .iter()
-        .map(|(n, _)| n)
-        .chain(frozen.keys())
-        .any(|n| n.starts_with("multi_modal_projector.linear_2."));
-    for (name, t) in frozen.clone().into_iter().chain(vars) {
-        if let Some(original) = canonical_to_original(&name) {
-            let original = match original.strip_prefix("model.mm_projector.0.") {
-                Some(param) if single => format!("model.mm_projector.{param}"),
-                _ => original,
-            };
-            tensors.insert(original, t);
-        }
-    }
+        .filter(|(n, _)| n.starts_with("multi_modal_projector.") && n.ends_with(".weight"))
+        .count();
+    // The tower stays in its own directory, which the config names.
+    let tensors: HashMap<String, Tensor> =
+        all.into_iter().filter_map(|(n, t)| original_name(&n, depth).map(|o| (o, t))).collect();
     let tokenizer_file = |f: &&&str| {
         f.starts_with("tokenizer") || f.starts_with("special") || f.starts_with("added")
     };
@@ -124,23 +110,19 @@ pub(super) fn save_original(
 
 /// Whether `dir` holds an original LLaVA checkpoint (not an HF LLaVA directory).
 pub(super) fn is_original_dir(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| is_original_config(&v))
+    read_json_value(&dir.join("config.json")).is_ok_and(|v| is_original_config(&v))
 }
 
-/// The name of a canonical tensor in an original LLaVA checkpoint (`model.*`, `lm_head.*`,
-/// `model.mm_projector.{0,2}.*`); `None` for the tower, which LLaVA keeps in its own directory.
-pub(super) fn canonical_to_original(name: &str) -> Option<String> {
-    if let Some(rest) = name.strip_prefix("language_model.") {
-        return Some(rest.to_string());
-    }
-    let rest = name.strip_prefix("multi_modal_projector.linear_")?;
-    let (k, param) = rest.split_once('.')?;
-    let k: usize = k.parse().ok()?;
-    // `nn.Sequential(Linear, GELU, Linear)`: the linears sit at the even indices.
-    Some(format!("model.mm_projector.{}.{param}", 2 * (k - 1)))
+/// A JSON file, its path in every error.
+pub(super) fn read_json_value(path: &Path) -> Result<serde_json::Value> {
+    Ok(datasets::formats::json::read_json(path)?)
+}
+
+/// `path` made absolute (links resolved), for a file that must find it from anywhere.
+pub(super) fn absolute(path: &Path) -> Result<String> {
+    let abs = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    Ok(abs.display().to_string())
 }
 
 /// The `config.json` of an original LLaVA checkpoint (`LlavaLlamaForCausalLM`): the LLaMA's
@@ -151,18 +133,14 @@ pub(super) fn original_config(
     lcfg: &LlavaConfig,
 ) -> Result<serde_json::Value> {
     let path = llm.join("config.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut config: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    let tower = std::fs::canonicalize(vision)
-        .with_context(|| format!("cannot resolve {}", vision.display()))?;
+    let mut config = read_json_value(&path)?;
+    let tower = absolute(vision)?;
     let obj =
         config.as_object_mut().with_context(|| format!("{}: not a JSON object", path.display()))?;
     for (key, value) in [
         ("architectures", serde_json::json!(["LlavaLlamaForCausalLM"])),
         ("model_type", "llava_llama".into()),
-        ("mm_vision_tower", tower.display().to_string().into()),
+        ("mm_vision_tower", tower.into()),
         ("mm_projector_type", "mlp2x_gelu".into()),
         ("mm_hidden_size", lcfg.vision_config.hidden_size.into()),
         ("mm_vision_select_layer", (-2).into()),

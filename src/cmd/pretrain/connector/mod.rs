@@ -1,7 +1,8 @@
 //! `blip2 pretrain` with `model.connector`: LLaVA's or MiniGPT-4's two stages through the one
 //! trainer.
 //!
-//! - LLaVA (`model.init_from` = an HF LLaVA directory): stage 1 trains `multi_modal_projector`
+//! - LLaVA (`model.init_from` = an HF or original LLaVA directory, or `model.vision_weights` +
+//!   `model.llm` with a fresh projector): stage 1 trains `multi_modal_projector`
 //!   on captions with the `plain` template; stage 2 trains the projector and the LLM on
 //!   conversations with the `v1` template (`model.train_llm = false` keeps the LLM frozen).
 //!   Images go through the directory's CLIP image processor, never augmented.
@@ -32,7 +33,7 @@ use train::config::{ConnectorKind, Stage};
 use train::tasks::{ConnectorMicro, ConnectorTask, TemplateTokenizer};
 use train::{Extras, ParamStore, RunConfig, RunSummary, Settings};
 
-use super::data::{CaptionData, LoaderBatches};
+use super::data::LoaderBatches;
 use super::{model_error, pixels, PretrainArgs};
 
 use model::ConnectorModel;
@@ -54,11 +55,9 @@ pub fn run(cfg: &RunConfig, root: &Path, args: &PretrainArgs, dev: &Device) -> R
         ConnectorModel::MiniGpt4 { model } => Some(model.parts().image_marker.clone()),
         ConnectorModel::Llava { .. } => None,
     };
-    let mut samples = Samples::read(cfg, root, marker.as_deref())?;
-    samples.keep_readable(&tokenizer, &loader_config.caption)?;
-    let n = samples.data.items.len();
-    let data =
-        std::mem::replace(&mut samples.data, CaptionData { items: Vec::new(), sources: None });
+    let (samples, mut data) = Samples::read(cfg, root, marker.as_deref())?;
+    samples.keep_readable(&mut data, &tokenizer, &loader_config.caption)?;
+    let n = data.items.len();
     let loader = data.into_loader(None, loader_config)?;
 
     let build = |b: &ImageTextBatch, r: Range<usize>| -> Result<ConnectorMicro> {

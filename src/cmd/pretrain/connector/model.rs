@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
 use datasets::image::clip::ClipImageProcessorConfig;
-use datasets::image::{DecodeLimits, ImageProcessorConfig, TrainAugment};
-use datasets::text::{CaptionCleaner, Padding};
+use datasets::image::{ImageProcessorConfig, TrainAugment};
+use datasets::text::CaptionCleaner;
 use datasets::LoaderConfig;
 use qformer::connector::Connector;
 use qformer::llava::original::{default_hub_cache, load_original_dir, ImageAspect};
@@ -24,7 +24,9 @@ use train::RunConfig;
 use crate::common::atomic::replace_dir;
 use crate::common::model_dir::write_weights_dir;
 
-use super::llava_layout::{fresh_llava, is_original_dir, original_config, save_original};
+use super::llava_layout::{
+    absolute, fresh_llava, is_original_dir, original_config, read_json_value, save_original,
+};
 
 /// The files of an HF LLaVA directory besides its weights, copied into the trained one.
 pub(super) const LLAVA_SIDE_FILES: &[&str] = &[
@@ -205,13 +207,7 @@ impl ConnectorModel {
             prefetch: cfg.data.prefetch_batches,
             workers: cfg.data.num_workers,
             shuffle: true,
-            augment: None,
-            image: ImageProcessorConfig::default(),
-            clip: None,
-            pad_to_square: false,
-            caption: CaptionCleaner::default(),
-            padding: Padding::Longest,
-            limits: DecodeLimits::default(),
+            ..LoaderConfig::default()
         };
         match self {
             Self::Llava { source, .. } => {
@@ -252,15 +248,9 @@ impl ConnectorModel {
                 source: LlavaSource::Original { dir: src, tower, .. },
                 ..
             } => {
-                let path = src.join("config.json");
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let mut config: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: invalid JSON", path.display()))?;
+                let mut config = read_json_value(&src.join("config.json"))?;
                 // The tower as found, so that the written directory finds it from anywhere.
-                let tower = std::fs::canonicalize(tower)
-                    .with_context(|| format!("cannot resolve {}", tower.display()))?;
-                config["mm_vision_tower"] = tower.display().to_string().into();
+                config["mm_vision_tower"] = absolute(tower)?.into();
                 save_original(dir, config, frozen, varmap, src)
             }
             Self::Llava { varmap, frozen, source: LlavaSource::Hf(src), .. } => {
@@ -273,11 +263,7 @@ impl ConnectorModel {
                     .map(|f| (PathBuf::from(f), src.join(f)))
                     .filter(|(_, s)| s.is_file())
                     .collect();
-                let config_path = src.join("config.json");
-                let text = std::fs::read_to_string(&config_path)
-                    .with_context(|| format!("reading {}", config_path.display()))?;
-                let config: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: invalid JSON", config_path.display()))?;
+                let config = read_json_value(&src.join("config.json"))?;
                 write_weights_dir(dir, &[("config.json".into(), config)], &tensors, &files)
             }
             Self::MiniGpt4 { model } => {
@@ -285,11 +271,6 @@ impl ConnectorModel {
                 let tensors: HashMap<String, Tensor> =
                     vars.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
                 let p = model.parts();
-                let absolute = |path: &Path| -> Result<String> {
-                    let abs = std::fs::canonicalize(path)
-                        .with_context(|| format!("cannot resolve {}", path.display()))?;
-                    Ok(abs.display().to_string())
-                };
                 let parts = PartsFile {
                     qformer: absolute(&p.qformer)?,
                     vision: p.vision.as_deref().map(absolute).transpose()?,
@@ -322,11 +303,7 @@ pub(super) fn tokenizer_is_legacy(path: &Path) -> Result<bool> {
     if !path.is_file() {
         return Ok(true);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    match v.get("legacy") {
+    match read_json_value(path)?.get("legacy") {
         None | Some(serde_json::Value::Null) => Ok(true),
         Some(serde_json::Value::Bool(b)) => Ok(*b),
         Some(other) => bail!("{}: `legacy` must be true or false, got {other}", path.display()),

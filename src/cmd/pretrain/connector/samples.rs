@@ -21,7 +21,6 @@ use crate::cmd::pretrain::data::{caption_items, CaptionData};
 /// The run's samples: conversations (`data.conversations`) or captions, these with
 /// MiniGPT-4's instructions in its stage 2.
 pub(super) struct Samples {
-    pub(super) data: CaptionData,
     /// Indexed by the items' `image_id` when the data is conversations.
     conversations: Option<Vec<Conversation>>,
     /// `data.instructions`: a batch's captions answer one of these, drawn by [`Self::draw`].
@@ -30,7 +29,12 @@ pub(super) struct Samples {
 }
 
 impl Samples {
-    pub(super) fn read(cfg: &RunConfig, run_root: &Path, marker: Option<&str>) -> Result<Self> {
+    /// The samples' texts, and their loader items.
+    pub(super) fn read(
+        cfg: &RunConfig,
+        run_root: &Path,
+        marker: Option<&str>,
+    ) -> Result<(Self, CaptionData)> {
         let seed = cfg.seed;
         let Some(path) = &cfg.data.conversations else {
             let instructions = match (&cfg.data.instructions, marker) {
@@ -39,7 +43,7 @@ impl Samples {
                 (None, _) => None,
             };
             let data = caption_items(cfg, run_root)?;
-            return Ok(Self { data, conversations: None, instructions, seed });
+            return Ok((Self { conversations: None, instructions, seed }, data));
         };
         let conversations = read_conversations(path)?;
         let folder = match &cfg.data.images {
@@ -51,7 +55,7 @@ impl Samples {
             println!("{}: {text_only} records without an image left out", path.display());
         }
         let data = CaptionData { items, sources: None };
-        Ok(Self { data, conversations: Some(conversations), instructions: None, seed })
+        Ok((Self { conversations: Some(conversations), instructions: None, seed }, data))
     }
 
     /// The instruction of a batch, as MiniGPT-4 draws one per batch: from the run seed and the
@@ -75,19 +79,21 @@ impl Samples {
         }
     }
 
-    /// Leaves out the items whose text the template cannot read, saying how many and why.
+    /// Leaves out the items of `data` whose text the template cannot read, saying how many and
+    /// why.
     pub(super) fn keep_readable(
-        &mut self,
+        &self,
+        data: &mut CaptionData,
         tok: &TemplateTokenizer,
         cleaner: &CaptionCleaner,
     ) -> Result<()> {
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut first: Option<String> = None;
-        let before = self.data.items.len();
+        let before = data.items.len();
         let conversations = self.conversations.as_deref();
         // Every prompt of the list reads the same way: the first stands for them all.
         let instruction = self.instructions.as_ref().map(|p| p[0].as_str());
-        self.data.retain(|item| {
+        data.retain(|item| {
             let caption;
             let text = match (conversations, instruction) {
                 (Some(c), _) => TrainText::Conversation(&c[item.image_id as usize].turns),
@@ -110,7 +116,7 @@ impl Samples {
                 }
             }
         });
-        let left_out = before - self.data.items.len();
+        let left_out = before - data.items.len();
         if left_out > 0 {
             let counts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} × {r}")).collect();
             eprintln!(
@@ -119,7 +125,7 @@ impl Samples {
                 first.unwrap_or_default()
             );
         }
-        if self.data.items.is_empty() {
+        if data.items.is_empty() {
             bail!(
                 "no sample of the training data can be read by the {:?} template",
                 tok.template()
