@@ -37,13 +37,30 @@ impl Pending {
         let mut members = self.members;
         let image =
             IMAGE_EXTS.iter().find_map(|ext| members.remove(*ext).map(|b| (ext.to_string(), b)));
-        let from_json = members
-            .get("json")
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-            .and_then(|v| v.get("caption").and_then(|c| c.as_str().map(str::to_string)));
-        let caption = from_json
-            .or_else(|| members.get("txt").map(|b| String::from_utf8_lossy(b).into_owned()));
+        let caption = caption_of(members.get("json"), members.get("txt"));
         ShardSample { key: self.key, image, caption }
+    }
+}
+
+/// The caption of a sample: its `.json`'s `caption` as LAVIS's `LaionDataset` reads it, else its
+/// `.txt`.
+fn caption_of(json: Option<&Vec<u8>>, txt: Option<&Vec<u8>>) -> Option<String> {
+    json.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v.get("caption").and_then(|c| c.as_str().map(str::to_string)))
+        .or_else(|| txt.map(|b| String::from_utf8_lossy(b).into_owned()))
+}
+
+/// A sample of [`index_shard`] while its members are read.
+struct PendingIndex {
+    sample: IndexedSample,
+    json: Option<Vec<u8>>,
+    txt: Option<Vec<u8>>,
+}
+
+impl PendingIndex {
+    fn finish(self) -> IndexedSample {
+        let caption = caption_of(self.json.as_ref(), self.txt.as_ref());
+        IndexedSample { caption, ..self.sample }
     }
 }
 
@@ -102,29 +119,13 @@ pub fn index_shard(path: &Path) -> Result<(Vec<IndexedSample>, Option<DataError>
     let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
     let mut archive = tar::Archive::new(file);
     let mut out: Vec<IndexedSample> = Vec::new();
-    let mut json: Option<Vec<u8>> = None;
-    let mut txt: Option<Vec<u8>> = None;
-    let mut current: Option<IndexedSample> = None;
-    let finish = |s: &mut Option<IndexedSample>,
-                  json: &mut Option<Vec<u8>>,
-                  txt: &mut Option<Vec<u8>>,
-                  out: &mut Vec<IndexedSample>| {
-        if let Some(mut sample) = s.take() {
-            let from_json = json
-                .take()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v.get("caption").and_then(|c| c.as_str().map(str::to_string)));
-            let from_txt = txt.take().map(|b| String::from_utf8_lossy(&b).into_owned());
-            sample.caption = from_json.or(from_txt);
-            out.push(sample);
-        }
-    };
+    let mut current: Option<PendingIndex> = None;
     let entries = archive.entries_with_seek().map_err(|e| tar_err(e.to_string()))?;
     for entry in entries {
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                finish(&mut current, &mut json, &mut txt, &mut out);
+                out.extend(current.map(PendingIndex::finish));
                 return Ok((out, Some(tar_err(e.to_string()))));
             }
         };
@@ -135,30 +136,29 @@ pub fn index_shard(path: &Path) -> Result<(Vec<IndexedSample>, Option<DataError>
         let Some((key, ext)) = split_key(&name) else {
             continue;
         };
-        if current.as_ref().is_some_and(|c| c.key != key) {
-            finish(&mut current, &mut json, &mut txt, &mut out);
+        if current.as_ref().is_some_and(|c| c.sample.key != key) {
+            out.extend(current.take().map(PendingIndex::finish));
         }
-        let sample = current.get_or_insert_with(|| IndexedSample {
-            key: key.to_string(),
-            image: None,
-            caption: None,
+        let pending = current.get_or_insert_with(|| PendingIndex {
+            sample: IndexedSample { key: key.to_string(), image: None, caption: None },
+            json: None,
+            txt: None,
         });
         let (offset, size) = (entry.raw_file_position(), entry.size());
         if offset + size > len {
+            // The sample being read is lost with its member; the ones before it are kept.
             let cut = tar_err(format!("member {name} is cut short by the end of the file"));
-            current = None;
-            finish(&mut current, &mut json, &mut txt, &mut out);
             return Ok((out, Some(cut)));
         }
         if IMAGE_EXTS.contains(&ext.as_str()) {
-            sample.image.get_or_insert((offset, size));
+            pending.sample.image.get_or_insert((offset, size));
         } else if ext == "json" || ext == "txt" {
             let mut bytes = Vec::with_capacity(size.min(1 << 16) as usize);
             entry.read_to_end(&mut bytes).map_err(|e| tar_err(format!("member {name}: {e}")))?;
-            *if ext == "json" { &mut json } else { &mut txt } = Some(bytes);
+            *if ext == "json" { &mut pending.json } else { &mut pending.txt } = Some(bytes);
         }
     }
-    finish(&mut current, &mut json, &mut txt, &mut out);
+    out.extend(current.map(PendingIndex::finish));
     Ok((out, None))
 }
 
