@@ -13,4 +13,6 @@ pub mod text;
 
 pub use error::{DataError, Result};
 pub use item::{ImageSource, ImageTextItem};
-pub use loader::{EpochIter, ImageTextBatch, Loader, LoaderConfig, LoaderState, SkippedSample};
+pub use loader::{
+    EpochIter, ImageTextBatch, Loader, LoaderConfig, LoaderState, SampleCheck, SkippedSample,
+};

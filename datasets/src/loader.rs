@@ -1,7 +1,8 @@
 //! Deterministic, resumable, prefetching batch loader.
 //!
-//! The epoch permutation is recomputed from `(seed, epoch)`, so a `LoaderState` saved in a
-//! checkpoint is enough to replay exactly the samples a run would have seen. Decoding and
+//! The epoch's order (one list's permutation, or a [`Mixture`] over listed and streamed sources)
+//! is recomputed from `(seed, epoch)`, so a `LoaderState` saved in a checkpoint is enough to
+//! replay exactly the samples a run would have seen. Decoding and
 //! preprocessing run on a producer thread (rayon inside a batch) and reach the consumer in
 //! order through a bounded channel. A sample that cannot be read or decoded is skipped and
 //! reported in its batch (`skipped`), never silently dropped.
@@ -22,7 +23,7 @@ use crate::image::{
     decode_bytes, decode_file, eval_transform, DecodeLimits, ImageProcessorConfig, TrainAugment,
 };
 use crate::item::{ImageSource, ImageTextItem};
-use crate::sources::Mixture;
+use crate::sources::{Mixture, MixtureReader};
 use crate::text::{CaptionCleaner, Padding, TextTokenizer};
 
 /// The data cursor a checkpoint saves.
@@ -115,53 +116,62 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize>
     order
 }
 
-/// Loader over a fixed list of items.
+/// Decides before decoding whether a sample can be trained on; `Err(reason)` leaves it out of
+/// its batch with that reason (for streamed sources, whose samples are not all known up front).
+pub type SampleCheck = Arc<dyn Fn(&ImageTextItem) -> Result<(), String> + Send + Sync>;
+
+/// Where an epoch's samples come from.
+#[derive(Clone)]
+enum Samples {
+    /// One list, read in a single shuffle (or in file order).
+    Listed(Arc<Vec<ImageTextItem>>),
+    /// Several sources mixed by weight, streamed or listed.
+    Mixed(Arc<Mixture>),
+}
+
+/// A deterministic, resumable batch loader.
 pub struct Loader {
-    items: Arc<Vec<ImageTextItem>>,
-    /// The order of an epoch over several sources; `None`: one shuffle (or file order).
-    mixture: Option<Arc<Mixture>>,
+    samples: Samples,
     /// `(rank, world)`: this process reads every `world`-th sample of the epoch's order from
     /// `rank` on, so the ranks of a data-parallel run split each epoch without overlap.
     rank: (usize, usize),
     /// `None`: batches carry cleaned captions but no Q-Former token ids (stage two tokenizes
     /// them with the LLM's tokenizer).
     tokenizer: Option<Arc<TextTokenizer>>,
+    check: Option<SampleCheck>,
     config: Arc<LoaderConfig>,
 }
 
 impl Loader {
     pub fn new(items: Vec<ImageTextItem>, tokenizer: TextTokenizer, config: LoaderConfig) -> Self {
-        Loader {
-            items: Arc::new(items),
-            mixture: None,
-            rank: (0, 1),
-            tokenizer: Some(Arc::new(tokenizer)),
-            config: Arc::new(config),
-        }
+        Self::over(Samples::Listed(Arc::new(items)), Some(tokenizer), config)
     }
 
     /// A loader whose batches have captions but no token ids (`seq_len` 0).
     pub fn without_tokenizer(items: Vec<ImageTextItem>, config: LoaderConfig) -> Self {
+        Self::over(Samples::Listed(Arc::new(items)), None, config)
+    }
+
+    /// A loader over the epoch `mixture` reads (`tokenizer` as in [`Loader::new`] and
+    /// [`Loader::without_tokenizer`]).
+    pub fn mixed(mixture: Mixture, tokenizer: Option<TextTokenizer>, config: LoaderConfig) -> Self {
+        Self::over(Samples::Mixed(Arc::new(mixture)), tokenizer, config)
+    }
+
+    fn over(samples: Samples, tokenizer: Option<TextTokenizer>, config: LoaderConfig) -> Self {
         Loader {
-            items: Arc::new(items),
-            mixture: None,
+            samples,
             rank: (0, 1),
-            tokenizer: None,
+            tokenizer: tokenizer.map(Arc::new),
+            check: None,
             config: Arc::new(config),
         }
     }
 
-    /// Items laid out source after source, read in `mixture`'s order.
-    pub fn with_mixture(mut self, mixture: Mixture) -> crate::Result<Self> {
-        if mixture.len() != self.items.len() {
-            return Err(crate::DataError::Invalid(format!(
-                "the mixture covers {} items, the loader holds {}",
-                mixture.len(),
-                self.items.len()
-            )));
-        }
-        self.mixture = Some(Arc::new(mixture));
-        Ok(self)
+    /// Leaves out, batch by batch, the samples `check` refuses.
+    pub fn with_check(mut self, check: SampleCheck) -> Self {
+        self.check = Some(check);
+        self
     }
 
     /// Reads rank `rank` of `world`'s share of every epoch (see [`Loader::len`]).
@@ -175,24 +185,42 @@ impl Loader {
         Ok(self)
     }
 
+    /// Samples of an epoch over all ranks.
+    fn total(&self) -> usize {
+        match &self.samples {
+            Samples::Listed(items) => items.len(),
+            Samples::Mixed(m) => m.len(),
+        }
+    }
+
     /// Samples of an epoch for this rank.
     pub fn len(&self) -> usize {
         let (rank, world) = self.rank;
-        (self.items.len() + world - 1 - rank) / world
+        (self.total() + world - 1 - rank) / world
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.total() == 0
+    }
+
+    /// How many of the samples before `state`'s position each source gave, over all ranks
+    /// (`None`: one list, no sources).
+    pub fn drawn_by_source(&self, state: &LoaderState) -> Option<Vec<usize>> {
+        let Samples::Mixed(m) = &self.samples else { return None };
+        let mut reader = m.reader(state.seed, state.epoch);
+        reader.skip((state.position * self.rank.1).min(m.len()));
+        Some(reader.taken().to_vec())
     }
 
     /// Iterate the rest of the epoch named by `state`, starting at `state.position`.
     pub fn epoch(&self, state: LoaderState) -> EpochIter {
         let (tx, rx) = crossbeam_channel::bounded(self.config.prefetch.max(1));
-        let items = self.items.clone();
+        let samples = self.samples.clone();
         let tokenizer = self.tokenizer.clone();
+        let check = self.check.clone();
         let config = self.config.clone();
-        let mixture = self.mixture.clone();
-        let rank = self.rank;
+        let (rank, world) = self.rank;
+        let len = self.len();
         let handle = std::thread::spawn(move || {
             let pool = match config.workers {
                 0 => None,
@@ -206,25 +234,24 @@ impl Loader {
                     }
                 },
             };
-            let order = match mixture {
-                Some(m) => m.order(state.seed, state.epoch),
-                None => epoch_order(items.len(), state.seed, state.epoch, config.shuffle),
-            };
-            let order: Vec<usize> = order.into_iter().skip(rank.0).step_by(rank.1).collect();
+            let mut pos = state.position.min(len);
+            let mut order = EpochOrder::new(&samples, &config, state, rank + pos * world);
             let bs = config.batch_size.max(1);
-            let mut pos = state.position.min(order.len());
-            while pos < order.len() {
-                let end = (pos + bs).min(order.len());
+            while pos < len {
+                let end = (pos + bs).min(len);
+                let mut items = Vec::with_capacity(end - pos);
+                for p in pos..end {
+                    match order.take(world, p + 1 < len) {
+                        Ok(item) => items.push(item),
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
                 let cursor = LoaderState { position: end, ..state };
                 let build = || {
-                    build_batch(
-                        &items,
-                        &order[pos..end],
-                        pos,
-                        tokenizer.as_deref(),
-                        &config,
-                        cursor,
-                    )
+                    build_batch(items, pos, tokenizer.as_deref(), check.as_ref(), &config, cursor)
                 };
                 let batch = match &pool {
                     Some(p) => p.install(build),
@@ -237,6 +264,48 @@ impl Loader {
             }
         });
         EpochIter { rx, handle: Some(handle) }
+    }
+}
+
+/// The samples of an epoch in reading order, one slot at a time.
+enum EpochOrder {
+    Listed { items: Arc<Vec<ImageTextItem>>, order: Vec<usize>, next: usize },
+    Mixed(Box<MixtureReader>),
+}
+
+impl EpochOrder {
+    /// At slot `start` of the epoch `state` names.
+    fn new(samples: &Samples, config: &LoaderConfig, state: LoaderState, start: usize) -> Self {
+        match samples {
+            Samples::Listed(items) => EpochOrder::Listed {
+                order: epoch_order(items.len(), state.seed, state.epoch, config.shuffle),
+                items: items.clone(),
+                next: start,
+            },
+            Samples::Mixed(m) => {
+                let mut reader = m.reader(state.seed, state.epoch);
+                reader.skip(start);
+                EpochOrder::Mixed(Box::new(reader))
+            }
+        }
+    }
+
+    /// The sample at the current slot; then, if `more` follow for this rank, passes over the
+    /// other ranks' `world - 1` slots.
+    fn take(&mut self, world: usize, more: bool) -> crate::Result<ImageTextItem> {
+        let gap = if more { world - 1 } else { 0 };
+        match self {
+            EpochOrder::Listed { items, order, next } => {
+                let item = items[order[*next]].clone();
+                *next += 1 + gap;
+                Ok(item)
+            }
+            EpochOrder::Mixed(reader) => {
+                let (_, item) = reader.next_item()?;
+                reader.skip(gap);
+                Ok(item)
+            }
+        }
     }
 }
 
@@ -295,19 +364,21 @@ fn read_member(path: &std::path::Path, offset: u64, len: u64) -> crate::Result<V
 }
 
 fn build_batch(
-    items: &[ImageTextItem],
-    indices: &[usize],
+    items: Vec<ImageTextItem>,
     first_position: usize,
     tokenizer: Option<&TextTokenizer>,
+    check: Option<&SampleCheck>,
     config: &LoaderConfig,
     cursor: LoaderState,
 ) -> crate::Result<ImageTextBatch> {
-    let results: Vec<_> = indices
+    let results: Vec<_> = items
         .par_iter()
         .enumerate()
-        .map(|(k, &idx)| {
-            let item = &items[idx];
-            let img = load_pixels(item, config.limits)?;
+        .map(|(k, item)| {
+            if let Some(Err(reason)) = check.map(|c| c(item)) {
+                return Err(reason);
+            }
+            let img = load_pixels(item, config.limits).map_err(|e| e.to_string())?;
             let tensor = match (&config.clip, &config.augment) {
                 (Some(clip), _) if config.pad_to_square => {
                     let background = mean_background(&clip.image_mean);
@@ -323,7 +394,7 @@ fn build_batch(
                 }
                 (None, None) => eval_transform(&img, &config.image),
             };
-            Ok::<_, crate::DataError>(tensor)
+            Ok::<_, String>(tensor)
         })
         .collect();
     let (h, w) = match &config.clip {
@@ -331,7 +402,7 @@ fn build_batch(
         None => (config.image.size.height, config.image.size.width),
     };
     let mut batch = ImageTextBatch {
-        pixel_values: Vec::with_capacity(indices.len() * 3 * h * w),
+        pixel_values: Vec::with_capacity(items.len() * 3 * h * w),
         batch_size: 0,
         channels: 3,
         height: h,
@@ -345,18 +416,17 @@ fn build_batch(
         skipped: Vec::new(),
         state_after: cursor,
     };
-    for (&idx, res) in indices.iter().zip(results) {
-        let item = &items[idx];
+    for (item, res) in items.into_iter().zip(results) {
         match res {
             Ok(t) => {
                 batch.pixel_values.extend_from_slice(&t.data);
                 batch.image_ids.push(item.image_id);
-                batch.keys.push(item.key.clone());
                 batch.captions.push(config.caption.clean(&item.caption));
+                batch.keys.push(item.key);
             }
-            Err(e) => {
-                eprintln!("warning: skipping sample {}: {e}", item.key);
-                batch.skipped.push(SkippedSample { key: item.key.clone(), reason: e.to_string() });
+            Err(reason) => {
+                eprintln!("warning: skipping sample {}: {reason}", item.key);
+                batch.skipped.push(SkippedSample { key: item.key, reason });
             }
         }
     }

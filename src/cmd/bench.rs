@@ -51,6 +51,13 @@ pub struct BenchArgs {
     /// loader: the tokenizer.json captions are tokenized with (default: the hf-tiny fixture's).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// loader: samples shuffled together (`data.shuffle_buffer`).
+    #[arg(long, default_value_t = 1000)]
+    pub shuffle_buffer: usize,
+    /// loader: walk the epoch's samples in their streamed order without decoding them: the
+    /// index's speed and the process's peak memory, whatever the shards hold.
+    #[arg(long)]
+    pub index_only: bool,
     /// llava-generate: vision-tower and LLM layers (default: LLaVA-1.5-7B's 24 and 32).
     #[arg(long)]
     pub layers: Option<usize>,
@@ -78,7 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let tokenizer = args.tokenizer.clone().unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny/itm/tokenizer.json")
         });
-        return super::bench_loader::run(data, args.workers, args.batch, &tokenizer, args.json);
+        return super::bench_loader::run(&args, data, &tokenizer);
     }
     if workload.is_none() && args.workload != LLAVA_GENERATE {
         let mut names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();

@@ -71,7 +71,7 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
         (Some(cfg), _, _) => {
             let run = RunConfig::load(cfg)?;
             run.validate()?;
-            (caption_items(&run, &args.out)?.items, cfg.display().to_string())
+            (caption_items(&run, &args.out)?.into_items()?, cfg.display().to_string())
         }
         (None, Some(data), Some(images)) => {
             let items = read_karpathy_train(data, images)

@@ -113,6 +113,15 @@ fn mixed_sources_train_report_what_they_left_out_and_resume_exactly() {
     };
     let in_a = skipped(&a);
     assert!(!in_a.is_empty() && in_a.iter().all(|l| l.contains("extra.tar/corrupt")), "{in_a:?}");
+    // Brought up to the last checkpoint: where the cursor stood, what each source gave this
+    // epoch up to it (together, the cursor's position), and the skip log counted by reason.
+    let reading = &report["reading"];
+    let position = reading["position"].as_u64().unwrap();
+    let read: Vec<u64> = sources.iter().map(|s| s["read_this_epoch"].as_u64().unwrap()).collect();
+    assert_eq!(read.iter().sum::<u64>(), position, "{report}");
+    assert!(read[0] > read[1], "weights 3:1 read {read:?}");
+    assert_eq!(reading["skipped"].as_u64().unwrap() as usize, in_a.len());
+    assert_eq!(reading["skipped_by_reason"]["cannot decode image"], in_a.len());
 
     stop_and_resume(&cfg, &b, 3);
     let losses = loss_records;

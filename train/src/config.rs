@@ -125,6 +125,11 @@ pub struct DataConfig {
     /// `webdataset` (`urls`), `karpathy` (`annotations`, `images`), `pairs` / `capfilt` / `table`
     /// (`path`, `images`), `weight`); instead of `root` / `synthetic`.
     pub sources: Vec<datasets::sources::SourceSpec>,
+    /// webdataset sources stream: an epoch reads their shards in a seeded order, in windows of
+    /// consecutive shards holding at least this many samples, each window in a seeded order of
+    /// its own (the number LAVIS gives webdataset's shuffle buffer). Memory holds one window's
+    /// index, whatever the dataset's size.
+    pub shuffle_buffer: usize,
     /// MiniGPT-4 stage 2 on captions (its `cc_sbu_align`): a prompt file, one instruction per
     /// line holding the image marker (`prompts/alignment.txt`); each batch draws one.
     pub instructions: Option<PathBuf>,
@@ -256,6 +261,7 @@ impl Default for DataConfig {
             images: None,
             instructions: None,
             sources: Vec::new(),
+            shuffle_buffer: 1000,
             max_seq_len: 2048, // LLaVA-1.5 scripts
         }
     }

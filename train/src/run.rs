@@ -116,6 +116,7 @@ pub fn run<T: Task>(
                     (&checkpointer, settings.checkpoints.map(|c| c.every))
                 {
                     ck.save(&state, params, &opt)?;
+                    data.checkpointed(state.loader.as_ref())?;
                 }
                 state.next_epoch();
                 data.start_epoch(state.epoch, None)?;
@@ -199,6 +200,7 @@ pub fn run<T: Task>(
             let due = matches!(c.every, SaveEvery::Steps(n) if state.step % n == 0);
             if due || state.step == settings.stop_after {
                 ck.save(&state, params, &opt)?;
+                data.checkpointed(state.loader.as_ref())?;
             }
         }
         if settings.plot_every_steps.is_some_and(|n| state.step % n == 0) {

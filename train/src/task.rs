@@ -62,4 +62,10 @@ pub trait Batches {
     fn start_epoch(&mut self, epoch: u64, cursor: Option<LoaderState>) -> Result<()>;
 
     fn next(&mut self) -> Result<Fetched<Self::Batch>>;
+
+    /// A checkpoint holding `cursor` was just written: a source that reports what it has read
+    /// brings its report up to the checkpoint here.
+    fn checkpointed(&mut self, _cursor: Option<&LoaderState>) -> Result<()> {
+        Ok(())
+    }
 }

@@ -1,18 +1,21 @@
 //! Training data as it lies on disk, several sources mixed with weights (`[[data.sources]]`):
 //! webdataset shards (read in place), Karpathy JSON, pairs JSONL, CapFilt JSON and img2dataset
-//! tables. Each source becomes loader items plus the samples it had to leave out and why;
-//! [`Mixture`] orders the items of an epoch by the weights.
+//! tables. Each source becomes its samples (a list in memory, or a [`ShardSet`] streamed a
+//! window at a time) plus the samples it had to leave out and why; [`Mixture`] reads an epoch
+//! over them by the weights.
 
 mod mixture;
 mod read;
+mod shards;
 mod urls;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use mixture::Mixture;
-pub use read::{read_source, SourceRead};
+pub use mixture::{Mixture, MixtureReader, SourceItems};
+pub use read::{open_source, read_source, SourceRead};
+pub use shards::{ShardPass, ShardSet};
 pub use urls::expand_urls;
 
 /// What a source is.

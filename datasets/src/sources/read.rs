@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{expand_urls, SourceKind, SourceSpec};
+use super::shards::shard_items;
+use super::{expand_urls, ShardSet, SourceItems, SourceKind, SourceSpec};
 use crate::error::{DataError, Result};
-use crate::formats::webdataset::index_shard;
 use crate::formats::{read_capfilt, read_karpathy_train, read_pairs_jsonl};
 use crate::item::{ImageSource, ImageTextItem};
 use crate::loader::SkippedSample;
@@ -25,11 +25,20 @@ pub struct SourceRead {
 }
 
 impl SourceRead {
-    fn skip(&mut self, key: String, reason: &str) {
+    pub(crate) fn skip(&mut self, key: String, reason: &str) {
         *self.skipped.entry(reason.to_string()).or_insert(0) += 1;
         if self.skipped_keys.len() < LISTED_SKIPS {
             self.skipped_keys.push(SkippedSample { key, reason: reason.to_string() });
         }
+    }
+
+    /// Adds what `other` left out (its items are not taken).
+    pub(crate) fn absorb(&mut self, other: SourceRead) {
+        for (reason, n) in other.skipped {
+            *self.skipped.entry(reason).or_insert(0) += n;
+        }
+        let room = LISTED_SKIPS.saturating_sub(self.skipped_keys.len());
+        self.skipped_keys.extend(other.skipped_keys.into_iter().take(room));
     }
 
     pub fn skipped_total(&self) -> usize {
@@ -48,7 +57,19 @@ fn image_root(spec: &SourceSpec, file: &Path) -> PathBuf {
     spec.images.clone().unwrap_or_else(|| file.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
-/// Reads `spec`. A file that cannot be read is an error; a sample that cannot be trained on is
+/// `spec` for training: a webdataset source streamed (its shards counted, `shuffle_buffer`
+/// samples or more shuffled together), the others read into memory.
+pub fn open_source(spec: &SourceSpec, shuffle_buffer: usize) -> Result<(SourceItems, SourceRead)> {
+    if spec.kind == SourceKind::Webdataset {
+        let (set, read) = ShardSet::open(spec, shuffle_buffer)?;
+        return Ok((SourceItems::Streamed(set), read));
+    }
+    let mut read = read_source(spec)?;
+    let items = std::mem::take(&mut read.items);
+    Ok((SourceItems::Listed(items), read))
+}
+
+/// Reads `spec` whole. A file that cannot be read is an error; a sample that cannot be trained on is
 /// left out and counted.
 pub fn read_source(spec: &SourceSpec) -> Result<SourceRead> {
     let mut out = SourceRead::default();
@@ -57,34 +78,9 @@ pub fn read_source(spec: &SourceSpec) -> Result<SourceRead> {
             let shards = expand_urls(required(&spec.urls, spec, "urls")?)?;
             for shard in shards {
                 let path = Arc::new(PathBuf::from(&shard));
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or(shard.clone());
-                // A shard that cannot be opened (missing from a download) is left out, not fatal.
-                let (samples, cut) = match index_shard(&path) {
-                    Ok(indexed) => indexed,
-                    Err(e) => {
-                        out.skip(name, &format!("shard unreadable: {e}"));
-                        continue;
-                    }
-                };
-                for s in samples {
-                    let key = format!("{name}/{}", s.key);
-                    match (s.image, s.caption) {
-                        (None, _) => out.skip(key, "no image member"),
-                        (_, None) => out.skip(key, "no caption (.json caption or .txt)"),
-                        (Some((offset, len)), Some(caption)) => {
-                            let image_id = out.items.len() as u64;
-                            let image =
-                                ImageSource::ShardMember { shard: path.clone(), offset, len };
-                            out.items.push(ImageTextItem { key, image, caption, image_id });
-                        }
-                    }
-                }
-                if let Some(e) = cut {
-                    out.skip(format!("{name} (the rest)"), &format!("shard cut short: {e}"));
-                }
+                let first_id = out.items.len() as u64;
+                let items = shard_items(&path, first_id, &mut out);
+                out.items.extend(items);
             }
         }
         SourceKind::Karpathy => {

@@ -12,5 +12,6 @@ mod fuzz_tar;
 mod loader;
 mod preprocess_parity;
 mod sources;
+mod streaming;
 mod synth;
 mod tokenizer_parity;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use datasets::formats::webdataset::{index_shard, write_shard};
 use datasets::image::ImageProcessorConfig;
-use datasets::sources::{read_source, Mixture, SourceKind, SourceSpec};
+use datasets::sources::{open_source, read_source, Mixture, SourceItems, SourceKind, SourceSpec};
 use datasets::synth::{generate, SynthConfig};
 use datasets::text::CaptionCleaner;
 use datasets::{ImageSource, ImageTextItem, Loader, LoaderConfig, LoaderState};
@@ -15,7 +15,7 @@ use crate::common::png;
 
 /// A shard of `n` good samples (jpg-named PNG + json caption, or png + txt), one without an
 /// image and one without a caption; returns the good samples' (key, bytes, caption).
-fn shard(path: &Path, n: usize) -> Vec<(String, Vec<u8>, String)> {
+pub fn shard(path: &Path, n: usize) -> Vec<(String, Vec<u8>, String)> {
     let scenes =
         generate(&SynthConfig { images: n, seed: 3, image_size: 20, ..Default::default() });
     let mut members = Vec::new();
@@ -42,7 +42,7 @@ fn shard(path: &Path, n: usize) -> Vec<(String, Vec<u8>, String)> {
     good
 }
 
-fn config() -> LoaderConfig {
+pub fn config() -> LoaderConfig {
     LoaderConfig {
         batch_size: 4,
         image: ImageProcessorConfig::square(16),
@@ -51,7 +51,7 @@ fn config() -> LoaderConfig {
     }
 }
 
-fn webdataset(urls: String, weight: f64) -> SourceSpec {
+pub fn webdataset(urls: String, weight: f64) -> SourceSpec {
     SourceSpec {
         kind: SourceKind::Webdataset,
         urls: Some(urls),
@@ -116,24 +116,22 @@ fn a_shard_cut_short_keeps_what_came_before_and_says_so() {
 }
 
 #[test]
-fn a_mixture_orders_an_epoch_over_both_sources_by_weight() {
+fn a_mixture_reads_an_epoch_over_both_sources_by_weight() {
     let dir = tempfile::tempdir().unwrap();
     shard(&dir.path().join("a.tar"), 4);
     let a = read_source(&webdataset(dir.path().join("a.tar").display().to_string(), 3.0)).unwrap();
-    let b = read_source(&webdataset(dir.path().join("a.tar").display().to_string(), 1.0)).unwrap();
-    let mut items = a.items.clone();
-    items.extend(b.items.clone());
-    let mixture = Mixture::new(&[4, 4], &[3.0, 1.0]).unwrap();
-    let order = mixture.order(1, 0);
-    let loader = Loader::without_tokenizer(items, config()).with_mixture(mixture).unwrap();
+    let streamed =
+        open_source(&webdataset(dir.path().join("a.tar").display().to_string(), 1.0), 2).unwrap().0;
+    let mixture =
+        Mixture::new(vec![(SourceItems::Listed(a.items.clone()), 3.0), (streamed, 1.0)]).unwrap();
+    let loader = Loader::mixed(mixture, None, config());
     let batches: Vec<_> =
         loader.epoch(LoaderState { seed: 1, epoch: 0, position: 0 }).map(|b| b.unwrap()).collect();
-    let n: usize = batches.iter().map(|b| b.batch_size).sum();
-    assert_eq!(n, 8);
-    assert_eq!(order.len(), 8);
-    assert!(Loader::without_tokenizer(a.items, config())
-        .with_mixture(Mixture::new(&[4, 4], &[1.0, 1.0]).unwrap())
-        .is_err());
+    let ids: Vec<u64> = batches.iter().flat_map(|b| b.image_ids.clone()).collect();
+    assert_eq!(ids.len(), 8);
+    // The streamed source's ids follow the listed one's: the two copies of a sample differ.
+    assert!(ids.iter().all(|&id| id < 8), "{ids:?}");
+    assert!(Mixture::new(vec![(SourceItems::Listed(Vec::new()), 1.0)]).is_err());
 }
 
 /// Shards written by the `webdataset` library itself (`tools/webdataset_fixture.py`): captions

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use datasets::formats::karpathy::read_karpathy_train;
 use datasets::formats::{read_cc_sbu_align, CC_SBU_ALIGN_FILE};
 use datasets::image::{ImageProcessorConfig, TrainAugment};
-use datasets::sources::{read_source, Mixture};
+use datasets::sources::{open_source, Mixture, SourceItems};
 use datasets::synth::{write_world, SynthConfig};
 use datasets::text::TextTokenizer;
 use datasets::{
@@ -45,34 +45,53 @@ pub fn loader(
     data.into_loader(tokenizer, config)
 }
 
-/// A run's training samples, source after source, and how an epoch mixes the sources.
-pub struct CaptionData {
-    pub items: Vec<ImageTextItem>,
-    /// `data.sources`: the items of each source and its weight.
-    pub sources: Option<(Vec<usize>, Vec<f64>)>,
+/// A run's training samples.
+pub enum CaptionData {
+    /// One list, read in one shuffle an epoch.
+    Items(Vec<ImageTextItem>),
+    /// `data.sources`, each with its weight, mixed by [`Mixture`].
+    Sources(Vec<(SourceItems, f64)>),
 }
 
 impl CaptionData {
-    /// Keeps the items `keep` accepts, the sources' sizes following.
+    /// Samples of an epoch.
+    pub fn len(&self) -> usize {
+        match self {
+            CaptionData::Items(items) => items.len(),
+            CaptionData::Sources(sources) => sources.iter().map(|(s, _)| s.len()).sum(),
+        }
+    }
+
+    /// Whether any source is streamed (its samples are checked batch by batch, not up front).
+    pub fn streams(&self) -> bool {
+        match self {
+            CaptionData::Items(_) => false,
+            CaptionData::Sources(sources) => {
+                sources.iter().any(|(s, _)| matches!(s, SourceItems::Streamed(_)))
+            }
+        }
+    }
+
+    /// Keeps the items `keep` accepts, in every source held in memory.
     pub fn retain(&mut self, mut keep: impl FnMut(&ImageTextItem) -> bool) {
-        let Some((sizes, _)) = &mut self.sources else {
-            self.items.retain(keep);
-            return;
-        };
-        let mut at = 0;
-        let mut kept_sizes = Vec::with_capacity(sizes.len());
-        let mut items = std::mem::take(&mut self.items).into_iter();
-        for &n in sizes.iter() {
-            let before = at;
-            for item in items.by_ref().take(n) {
-                if keep(&item) {
-                    self.items.push(item);
-                    at += 1;
+        match self {
+            CaptionData::Items(items) => items.retain(keep),
+            CaptionData::Sources(sources) => {
+                for (source, _) in sources {
+                    if let SourceItems::Listed(items) = source {
+                        items.retain(&mut keep);
+                    }
                 }
             }
-            kept_sizes.push(at - before);
         }
-        *sizes = kept_sizes;
+    }
+
+    /// Every sample once, source after source (a streamed source's whole index in memory).
+    pub fn into_items(self) -> Result<Vec<ImageTextItem>> {
+        match self {
+            CaptionData::Items(items) => Ok(items),
+            CaptionData::Sources(sources) => Ok(Mixture::new(sources)?.all_items()?),
+        }
     }
 
     pub fn into_loader(
@@ -80,58 +99,48 @@ impl CaptionData {
         tokenizer: Option<TextTokenizer>,
         config: LoaderConfig,
     ) -> Result<Loader> {
-        let loader = match tokenizer {
-            Some(t) => Loader::new(self.items, t, config),
-            None => Loader::without_tokenizer(self.items, config),
-        };
-        Ok(match self.sources {
-            Some((sizes, weights)) => loader.with_mixture(Mixture::new(&sizes, &weights)?)?,
-            None => loader,
+        Ok(match (self, tokenizer) {
+            (CaptionData::Items(items), Some(t)) => Loader::new(items, t, config),
+            (CaptionData::Items(items), None) => Loader::without_tokenizer(items, config),
+            (CaptionData::Sources(sources), t) => Loader::mixed(Mixture::new(sources)?, t, config),
         })
     }
 }
 
-/// `data.sources`, each read and reported in `RUN_DIR/data_report.json` (samples, and what was
-/// left out by reason and by key).
+/// `data.sources`, each opened (webdataset shards counted, the others read) and reported in
+/// `RUN_DIR/data_report.json` (samples, and what was left out by reason and by key).
 fn source_items(cfg: &RunConfig, run_root: &Path) -> Result<CaptionData> {
-    let mut items = Vec::new();
-    let (mut sizes, mut weights, mut report) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut sources, mut report) = (Vec::new(), Vec::new());
     for (i, spec) in cfg.data.sources.iter().enumerate() {
-        let read =
-            read_source(spec).with_context(|| format!("data.sources[{i}] ({})", spec.name()))?;
+        let (items, read) = open_source(spec, cfg.data.shuffle_buffer)
+            .with_context(|| format!("data.sources[{i}] ({})", spec.name()))?;
         println!(
             "data.sources[{i}] {}: {} samples, {} left out (weight {})",
             spec.name(),
-            read.items.len(),
+            items.len(),
             read.skipped_total(),
             spec.weight
         );
         report.push(serde_json::json!({
             "source": spec.name(),
             "weight": spec.weight,
-            "samples": read.items.len(),
+            "samples": items.len(),
+            "streamed": matches!(items, SourceItems::Streamed(_)),
             "skipped": read.skipped_total(),
             "skipped_by_reason": read.skipped,
             "skipped_keys": read.skipped_keys.iter().map(|s| serde_json::json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
         }));
-        let base = items.len() as u64;
-        sizes.push(read.items.len());
-        weights.push(spec.weight);
-        // Image ids stay distinct across sources (ITC treats equal ids as positives).
-        items.extend(read.items.into_iter().map(|mut it| {
-            it.image_id += base;
-            it
-        }));
+        sources.push((items, spec.weight));
     }
     let path = run_root.join(DATA_REPORT);
     replace_file(&path, |tmp| {
         let text = serde_json::to_string_pretty(&serde_json::json!({ "sources": report }))?;
         std::fs::write(tmp, text).with_context(|| format!("writing {}", tmp.display()))
     })?;
-    if items.is_empty() {
+    if sources.iter().all(|(s, _)| s.is_empty()) {
         bail!("data.sources: no sample to train on (see {})", path.display());
     }
-    Ok(CaptionData { items, sources: Some((sizes, weights)) })
+    Ok(CaptionData::Sources(sources))
 }
 
 /// What the sources gave and left out, in the run directory.
@@ -184,7 +193,7 @@ pub fn caption_items(cfg: &RunConfig, run_root: &Path) -> Result<CaptionData> {
     if items.is_empty() {
         bail!("{}: no training captions", ann.display());
     }
-    Ok(CaptionData { items, sources: None })
+    Ok(CaptionData::Items(items))
 }
 
 /// The held-out split for validation losses: `annotations/karpathy_val.json` of the data root
@@ -306,6 +315,45 @@ fn append_skips(path: &Path, skipped: &[SkippedSample], at: &LoaderState) -> Res
     Ok(())
 }
 
+/// Brings `RUN_DIR/data_report.json` (written when the sources were opened) up to a checkpoint
+/// at `cursor`: the samples each source gave this epoch so far, and the samples left out while
+/// reading (the skip log), by reason.
+fn update_report(skip_log: &Path, loader: &Loader, cursor: &LoaderState) -> Result<()> {
+    let Some(root) = skip_log.parent() else { return Ok(()) };
+    let path = root.join(DATA_REPORT);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let mut report: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let mut by_reason: std::collections::BTreeMap<String, u64> = Default::default();
+    let log = std::fs::read_to_string(skip_log).unwrap_or_default();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        // By kind: the reason without the sample's own key and the decoder's details.
+        let (key, reason) = (v["key"].as_str().unwrap_or(""), v["reason"].as_str().unwrap_or(""));
+        let reason = reason.strip_prefix(key).unwrap_or(reason).trim_start_matches([':', ' ']);
+        let kind = reason.split(':').next().unwrap_or(reason).trim();
+        *by_reason.entry(kind.to_string()).or_insert(0) += 1;
+    }
+    if let (Some(drawn), Some(sources)) =
+        (loader.drawn_by_source(cursor), report["sources"].as_array_mut())
+    {
+        for (source, n) in sources.iter_mut().zip(drawn) {
+            source["read_this_epoch"] = serde_json::json!(n);
+        }
+    }
+    report["reading"] = serde_json::json!({
+        "epoch": cursor.epoch,
+        "position": cursor.position,
+        "skipped": by_reason.values().sum::<u64>(),
+        "skipped_by_reason": by_reason,
+        "skipped_keys_in": SKIP_LOG,
+    });
+    replace_file(&path, |tmp| {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(tmp, text).with_context(|| format!("writing {}", tmp.display()))
+    })
+}
+
 /// The consecutive sample ranges of the micro-batches of a batch of `n`.
 pub fn micro_ranges(n: usize, micro_batches: usize) -> Vec<Range<usize>> {
     let per = n.div_ceil(micro_batches.max(1)).max(1);
@@ -322,6 +370,13 @@ impl<B> Batches for LoaderBatches<'_, B> {
         }
         self.epoch = Some(self.loader.epoch(at));
         Ok(())
+    }
+
+    fn checkpointed(&mut self, cursor: Option<&LoaderState>) -> train::Result<()> {
+        match (&self.skip_log, cursor) {
+            (Some(log), Some(c)) => update_report(log, self.loader, c).map_err(train_error),
+            _ => Ok(()),
+        }
     }
 
     fn next(&mut self) -> train::Result<Fetched<B>> {

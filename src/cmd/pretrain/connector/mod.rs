@@ -23,6 +23,7 @@ mod samples;
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use candle_core::Device;
@@ -57,8 +58,15 @@ pub fn run(cfg: &RunConfig, root: &Path, args: &PretrainArgs, dev: &Device) -> R
     };
     let (samples, mut data) = Samples::read(cfg, root, marker.as_deref())?;
     samples.keep_readable(&mut data, &tokenizer, &loader_config.caption)?;
-    let n = data.items.len();
-    let loader = data.into_loader(None, loader_config)?;
+    let n = data.len();
+    let streams = data.streams();
+    let cleaner = loader_config.caption.clone();
+    let mut loader = data.into_loader(None, loader_config)?;
+    let (samples, tokenizer) = (Arc::new(samples), Arc::new(tokenizer));
+    if streams {
+        let (s, t) = (samples.clone(), tokenizer.clone());
+        loader = loader.with_check(Arc::new(move |item| s.readable(item, &t, &cleaner)));
+    }
 
     let build = |b: &ImageTextBatch, r: Range<usize>| -> Result<ConnectorMicro> {
         let rows = r

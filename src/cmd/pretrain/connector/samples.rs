@@ -10,7 +10,7 @@ use datasets::formats::{
     conversation_items, read_conversations, read_instruction_prompts, Conversation,
 };
 use datasets::text::CaptionCleaner;
-use datasets::{ImageTextBatch, LoaderState};
+use datasets::{ImageTextBatch, ImageTextItem, LoaderState};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use train::tasks::{TemplateTokenizer, TrainText};
@@ -54,7 +54,7 @@ impl Samples {
         if text_only > 0 {
             println!("{}: {text_only} records without an image left out", path.display());
         }
-        let data = CaptionData { items, sources: None };
+        let data = CaptionData::Items(items);
         Ok((Self { conversations: Some(conversations), instructions: None, seed }, data))
     }
 
@@ -79,8 +79,32 @@ impl Samples {
         }
     }
 
-    /// Leaves out the items of `data` whose text the template cannot read, saying how many and
-    /// why.
+    /// Whether the template can read the text of `item`; `Err`: why not.
+    pub(super) fn readable(
+        &self,
+        item: &ImageTextItem,
+        tok: &TemplateTokenizer,
+        cleaner: &CaptionCleaner,
+    ) -> std::result::Result<(), String> {
+        // Every prompt of the list reads the same way: the first stands for them all.
+        let instruction = self.instructions.as_ref().map(|p| p[0].as_str());
+        let caption;
+        let text = match (self.conversations.as_deref(), instruction) {
+            (Some(c), _) => TrainText::Conversation(&c[item.image_id as usize].turns),
+            (None, Some(instruction)) => {
+                caption = cleaner.clean(&item.caption);
+                TrainText::Instructed { instruction, answer: &caption }
+            }
+            (None, None) => {
+                caption = cleaner.clean(&item.caption);
+                TrainText::Caption(&caption)
+            }
+        };
+        tok.pieces(text).map(|_| ())
+    }
+
+    /// Leaves out the items of `data` held in memory whose text the template cannot read,
+    /// saying how many and why (a streamed source's are checked batch by batch).
     pub(super) fn keep_readable(
         &self,
         data: &mut CaptionData,
@@ -89,34 +113,17 @@ impl Samples {
     ) -> Result<()> {
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut first: Option<String> = None;
-        let before = data.items.len();
-        let conversations = self.conversations.as_deref();
-        // Every prompt of the list reads the same way: the first stands for them all.
-        let instruction = self.instructions.as_ref().map(|p| p[0].as_str());
-        data.retain(|item| {
-            let caption;
-            let text = match (conversations, instruction) {
-                (Some(c), _) => TrainText::Conversation(&c[item.image_id as usize].turns),
-                (None, Some(instruction)) => {
-                    caption = cleaner.clean(&item.caption);
-                    TrainText::Instructed { instruction, answer: &caption }
-                }
-                (None, None) => {
-                    caption = cleaner.clean(&item.caption);
-                    TrainText::Caption(&caption)
-                }
-            };
-            match tok.pieces(text) {
-                Ok(_) => true,
-                Err(reason) => {
-                    first.get_or_insert_with(|| format!("{}: {reason}", item.key));
-                    let kind = reason.split(':').next().unwrap_or(&reason).to_string();
-                    *reasons.entry(kind).or_insert(0) += 1;
-                    false
-                }
+        let before = data.len();
+        data.retain(|item| match self.readable(item, tok, cleaner) {
+            Ok(()) => true,
+            Err(reason) => {
+                first.get_or_insert_with(|| format!("{}: {reason}", item.key));
+                let kind = reason.split(':').next().unwrap_or(&reason).to_string();
+                *reasons.entry(kind).or_insert(0) += 1;
+                false
             }
         });
-        let left_out = before - data.items.len();
+        let left_out = before - data.len();
         if left_out > 0 {
             let counts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} × {r}")).collect();
             eprintln!(
@@ -125,7 +132,7 @@ impl Samples {
                 first.unwrap_or_default()
             );
         }
-        if data.items.is_empty() {
+        if data.len() == 0 {
             bail!(
                 "no sample of the training data can be read by the {:?} template",
                 tok.template()
