@@ -2,7 +2,7 @@
 //! (before `ln_vision`, which is trainable) so training can skip the ViT.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
@@ -15,7 +15,10 @@ use qformer::weights::{load_hf_dir, LoadOptions};
 use train::RunConfig;
 
 use crate::cmd::pretrain::data::caption_items;
-use crate::common::feature_cache::{FeatureIndex, FeatureShard, SkippedImage, WHAT};
+use crate::common::atomic::replace_dir;
+use crate::common::feature_cache::{
+    sha256_hex, FeatureIndex, FeatureShard, SkippedImage, INDEX_FILE, WHAT,
+};
 
 /// Cached features are computed with the EVAL transform (resize only): training from a cache
 /// therefore sees no random crops or flips, unlike LAVIS's train transform.
@@ -54,7 +57,6 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
         args.shard_size > 0 && args.batch_size > 0,
         "--shard-size and --batch-size must be > 0"
     );
-    let dev = Device::Cpu;
     let loaded =
         load_hf_dir(&args.model, &LoadOptions { allow_known_unused: true, ..Default::default() })
             .with_context(|| format!("loading the model {}", args.model.display()))?;
@@ -65,13 +67,31 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
     } else {
         ImageProcessorConfig::square(model.config().vision_config.image_size)
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    // The new cache is written whole beside `--out` and renamed into place: a run that fails
+    // half way leaves the previous cache as it was, never new shards under an old index.
+    let is_cache = args.out.join(INDEX_FILE).is_file();
+    let is_empty = std::fs::read_dir(&args.out).map_or(true, |mut d| d.next().is_none());
+    ensure!(
+        !args.out.exists() || is_cache || is_empty,
+        "--out {} exists and is not a feature cache (no {INDEX_FILE}): choose another directory",
+        args.out.display()
+    );
+    replace_dir(&args.out, |out| fill_cache(&args, &model, &image_cfg, out))
+}
+
+/// Writes the cache of `args`'s images into the fresh directory `out`.
+fn fill_cache(
+    args: &CacheFeaturesArgs,
+    model: &qformer::model::Blip2Qformer,
+    image_cfg: &ImageProcessorConfig,
+    out: &Path,
+) -> Result<()> {
+    let dev = Device::Cpu;
     let (items, what) = match (&args.config, &args.data, &args.images) {
         (Some(cfg), _, _) => {
             let run = RunConfig::load(cfg)?;
             run.validate()?;
-            (caption_items(&run, &args.out)?.into_items()?, cfg.display().to_string())
+            (caption_items(&run, out)?.into_items()?, cfg.display().to_string())
         }
         (None, Some(data), Some(images)) => {
             let items = read_karpathy_train(data, images)
@@ -94,7 +114,7 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
             for it in chunk {
                 match load_pixels(it, DecodeLimits::default()) {
                     Ok(img) => {
-                        let t = eval_transform(&img, &image_cfg);
+                        let t = eval_transform(&img, image_cfg);
                         pixels.push(Tensor::from_vec(
                             t.data,
                             (t.channels, t.height, t.width),
@@ -116,16 +136,22 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
             continue;
         }
         let file = format!("features-{:05}.safetensors", shards.len());
-        let path = args.out.join(&file);
+        let path = out.join(&file);
         candle_core::safetensors::save(
             &[("features", Tensor::cat(&feats, 0)?)].into_iter().collect(),
             &path,
         )
         .with_context(|| format!("writing {}", path.display()))?;
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let keys: Vec<String> = kept.iter().map(|it| it.key.clone()).collect();
         let ids: Vec<u64> = kept.iter().map(|it| it.image_id).collect();
-        shards.push(FeatureShard { file, keys, image_ids: ids });
-        println!("wrote {} ({} images)", path.display(), kept.len());
+        let sha256 = Some(sha256_hex(&bytes));
+        shards.push(FeatureShard { file, keys, image_ids: ids, sha256 });
+        println!(
+            "wrote {} ({} images)",
+            args.out.join(&shards.last().unwrap().file).display(),
+            kept.len()
+        );
     }
     ensure!(!shards.is_empty(), "{what}: no image decoded");
     let index = FeatureIndex {
@@ -134,6 +160,6 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
         shards,
         skipped,
     };
-    index.write(&args.out)?;
+    index.write(out)?;
     Ok(())
 }

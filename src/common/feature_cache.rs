@@ -43,6 +43,16 @@ pub struct FeatureShard {
     pub file: String,
     pub keys: Vec<String>,
     pub image_ids: Vec<u64>,
+    /// SHA-256 of the file as written (hex): a reader refuses a shard that does not match its
+    /// index. Absent in caches written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl FeatureIndex {
@@ -60,6 +70,14 @@ impl FeatureIndex {
             std::fs::write(tmp, &json).with_context(|| format!("writing {}", tmp.display()))
         })
     }
+}
+
+/// The bytes of `path`, which must be a regular file (a FIFO or a device would hang or never
+/// end).
+fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(meta.is_file(), "{}: not a regular file", path.display());
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Features `[N, Dv]` by image key (the Karpathy `image` path joined with the image root): read
@@ -94,8 +112,28 @@ impl FeatureCache {
         let index = FeatureIndex::read(dir)?;
         let mut by_key = HashMap::new();
         for shard in &index.shards {
+            // Only a file of the cache itself: no path out of the directory.
+            let plain =
+                Path::new(&shard.file).file_name().is_some_and(|n| n == shard.file.as_str());
+            ensure!(
+                plain && shard.file != "." && shard.file != "..",
+                "{}: shard file {:?} is not a file name inside the cache",
+                dir.join(INDEX_FILE).display(),
+                shard.file
+            );
             let path = dir.join(&shard.file);
-            let tensors = candle_core::safetensors::load(&path, dev)
+            let bytes = read_regular(&path)?;
+            if let Some(want) = &shard.sha256 {
+                let got = sha256_hex(&bytes);
+                ensure!(
+                    &got == want,
+                    "{}: does not match {} (sha256 {got}, the index says {want}): the cache \
+                     changed after it was written; re-run cache-features",
+                    path.display(),
+                    dir.join(INDEX_FILE).display()
+                );
+            }
+            let tensors = candle_core::safetensors::load_buffer(&bytes, dev)
                 .with_context(|| format!("reading {}", path.display()))?;
             let feats = tensors
                 .get("features")

@@ -27,3 +27,4 @@ mod cli_score;
 mod cli_vqa_score;
 mod robust_crash;
 mod robust_inputs;
+mod robust_runs;

@@ -26,7 +26,7 @@ use qformer::masks::PaddingMask;
 use qformer::objectives::{NegativeMode, ObjectiveConfig};
 use train::config::Stage;
 use train::tasks::{ImageBatch, StageOne, StageOneBatch, StageTwo, StageTwoMicro};
-use train::{Extras, ParamStore, RunConfig, RunSummary, Settings};
+use train::{Extras, ParamStore, RunConfig, RunLock, RunSummary, Settings};
 
 use crate::common::device::parse_device;
 use crate::common::feature_cache::FeatureCache;
@@ -112,7 +112,8 @@ impl Run<'_> {
 pub fn run(args: PretrainArgs) -> Result<()> {
     let (cfg, root) = resolve_config(&args)?;
     let dev = parse_device(&cfg.device)?;
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    // Claimed before anything is written: a refused run leaves the directory as it was.
+    let _lock = RunLock::claim(&root, args.resume.is_some())?;
     cfg.save(&root.join("config.toml"))?;
     if cfg.model.connector.is_some() {
         connector::run(&cfg, &root, &args, &dev)?;
