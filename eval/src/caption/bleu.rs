@@ -59,7 +59,12 @@ fn image_counts(image: &TokenizedImage) -> ImageCounts {
 }
 
 /// The cumulative geometric means with the brevity penalty, as `compute_score` writes them.
-fn bleu_from_counts(test_len: f64, ref_len: f64, guess: &[usize; MAX_N], correct: &[usize; MAX_N]) -> [f64; MAX_N] {
+fn bleu_from_counts(
+    test_len: f64,
+    ref_len: f64,
+    guess: &[usize; MAX_N],
+    correct: &[usize; MAX_N],
+) -> [f64; MAX_N] {
     let mut scores = [0.0; MAX_N];
     let mut product = 1.0;
     for k in 0..MAX_N {
@@ -92,6 +97,7 @@ pub fn bleu(images: &[TokenizedImage]) -> BleuScores {
         }
         per_image.push(bleu_from_counts(c.test_len as f64, c.ref_len as f64, &c.guess, &c.correct));
     }
-    let corpus = bleu_from_counts(total_test as f64, total_ref as f64, &total_guess, &total_correct);
+    let corpus =
+        bleu_from_counts(total_test as f64, total_ref as f64, &total_guess, &total_correct);
     BleuScores { corpus, per_image }
 }

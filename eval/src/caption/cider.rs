@@ -86,7 +86,8 @@ pub fn cider_d(images: &[TokenizedImage]) -> CiderScores {
         .iter()
         .zip(&refs)
         .map(|(image, image_refs)| {
-            let hyp = tf_idf(&ngram_counts(&image.candidate, MAX_N), &document_frequency, log_images);
+            let hyp =
+                tf_idf(&ngram_counts(&image.candidate, MAX_N), &document_frequency, log_images);
             let mut sum = [0.0f64; MAX_N];
             for counts in image_refs {
                 let reference = tf_idf(counts, &document_frequency, log_images);

@@ -90,18 +90,23 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn object<'v>(source: &str, v: &'v Value, field: &str) -> Result<&'v Map<String, Value>> {
-    v.as_object().ok_or_else(|| Error::field(source, field, format!("expected an object, found {}", kind(v))))
+    v.as_object().ok_or_else(|| {
+        Error::field(source, field, format!("expected an object, found {}", kind(v)))
+    })
 }
 
 fn image_id(source: &str, obj: &Map<String, Value>, key: &str, at: &str) -> Result<ImageId> {
     let field = format!("{at}.{key}");
     match obj.get(key) {
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(ImageId::Int)
-            .ok_or_else(|| Error::field(source, &field, format!("expected an integer id, found {n}"))),
+        Some(Value::Number(n)) => n.as_i64().map(ImageId::Int).ok_or_else(|| {
+            Error::field(source, &field, format!("expected an integer id, found {n}"))
+        }),
         Some(Value::String(s)) => Ok(ImageId::Text(s.clone())),
-        Some(v) => Err(Error::field(source, &field, format!("expected an integer or string id, found {}", kind(v)))),
+        Some(v) => Err(Error::field(
+            source,
+            &field,
+            format!("expected an integer or string id, found {}", kind(v)),
+        )),
         None => Err(Error::field(source, &field, "missing")),
     }
 }
@@ -109,7 +114,11 @@ fn image_id(source: &str, obj: &Map<String, Value>, key: &str, at: &str) -> Resu
 fn caption(source: &str, obj: &Map<String, Value>, at: &str) -> Result<String> {
     match obj.get("caption") {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(v) => Err(Error::field(source, format!("{at}.caption"), format!("expected a string, found {}", kind(v)))),
+        Some(v) => Err(Error::field(
+            source,
+            format!("{at}.caption"),
+            format!("expected a string, found {}", kind(v)),
+        )),
         None => Err(Error::field(source, format!("{at}.caption"), "missing")),
     }
 }
@@ -124,16 +133,20 @@ impl CaptionAnnotations {
         let list = match top.get("annotations") {
             Some(Value::Array(list)) => list,
             Some(v) => {
-                return Err(Error::field(source, "annotations", format!("expected an array, found {}", kind(v))))
+                return Err(Error::field(
+                    source,
+                    "annotations",
+                    format!("expected an array, found {}", kind(v)),
+                ))
             }
             None => return Err(Error::field(source, "annotations", "missing")),
         };
         let mut images = Vec::new();
         let mut references: HashMap<ImageId, Vec<String>> = HashMap::new();
         if let Some(listed) = top.get("images") {
-            let listed = listed
-                .as_array()
-                .ok_or_else(|| Error::field(source, "images", format!("expected an array, found {}", kind(listed))))?;
+            let listed = listed.as_array().ok_or_else(|| {
+                Error::field(source, "images", format!("expected an array, found {}", kind(listed)))
+            })?;
             for (i, item) in listed.iter().enumerate() {
                 let at = format!("images[{i}]");
                 let id = image_id(source, object(source, item, &at)?, "id", &at)?;
@@ -173,9 +186,9 @@ impl CaptionResults {
     }
 
     pub fn from_json(source: &str, root: &Value) -> Result<Self> {
-        let list = root
-            .as_array()
-            .ok_or_else(|| Error::field(source, "(top level)", format!("expected an array, found {}", kind(root))))?;
+        let list = root.as_array().ok_or_else(|| {
+            Error::field(source, "(top level)", format!("expected an array, found {}", kind(root)))
+        })?;
         let mut captions = Vec::with_capacity(list.len());
         for (i, item) in list.iter().enumerate() {
             let at = format!("[{i}]");
@@ -189,7 +202,10 @@ impl CaptionResults {
 /// Pair each result with its references, as LAVIS's `coco_caption_eval` does: every result image must be
 /// annotated (pycocotools' "Results do not correspond to current coco set"), images are scored in the
 /// annotation file's order, and an annotated image must have at least one reference.
-pub fn pair_results(annotations: &CaptionAnnotations, results: &CaptionResults) -> Result<PairedCaptions> {
+pub fn pair_results(
+    annotations: &CaptionAnnotations,
+    results: &CaptionResults,
+) -> Result<PairedCaptions> {
     let mut candidate: HashMap<&ImageId, &str> = HashMap::new();
     let mut duplicates_dropped = 0;
     for (i, (id, text)) in results.captions.iter().enumerate() {
@@ -218,7 +234,11 @@ pub fn pair_results(annotations: &CaptionAnnotations, results: &CaptionResults) 
                 annotations.source
             )));
         }
-        images.push(CaptionImage { image_id: id.clone(), candidate: text.to_string(), references: references.clone() });
+        images.push(CaptionImage {
+            image_id: id.clone(),
+            candidate: text.to_string(),
+            references: references.clone(),
+        });
     }
     let images_without_result = annotations.images.len() - images.len();
     Ok(PairedCaptions { images, duplicates_dropped, images_without_result })

@@ -13,7 +13,9 @@ pub mod ptb;
 pub mod rouge;
 pub mod score;
 
-pub use files::{pair_results, CaptionAnnotations, CaptionImage, CaptionResults, ImageId, PairedCaptions};
+pub use files::{
+    pair_results, CaptionAnnotations, CaptionImage, CaptionResults, ImageId, PairedCaptions,
+};
 pub use ptb::{ptb_tokens, tokenize_caption, tokenized_caption_string};
 pub use score::{score_captions, CaptionScores, CorpusScores, ImageScores};
 

@@ -12,7 +12,8 @@
 /// Tokens pycocoevalcap removes after CoreNLP (its `PUNCTUATIONS`). The bracket names are upper case while
 /// CoreNLP's output is lower-cased, so `-lrb-` and friends survive and count as words, as in the reference.
 pub const DROPPED_PUNCTUATION: [&str; 17] = [
-    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";",
+    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
+    "...", ";",
 ];
 
 /// A caption as pycocoevalcap's scorers see it: PTB tokens, lower case, punctuation dropped.
@@ -66,7 +67,8 @@ fn is_mark(c: char) -> bool {
 
 /// Vulgar fractions are numeric to Unicode but symbols to CoreNLP (which spells them out).
 fn is_alnum(c: char) -> bool {
-    is_letter(c) || (c.is_numeric() && !matches!(c, '\u{00BC}'..='\u{00BE}' | '\u{2150}'..='\u{215F}'))
+    is_letter(c)
+        || (c.is_numeric() && !matches!(c, '\u{00BC}'..='\u{00BE}' | '\u{2150}'..='\u{215F}'))
 }
 
 fn is_digit(c: char) -> bool {
@@ -123,9 +125,9 @@ const RULES: [Rule; 12] = [
 
 /// Abbreviations whose period is part of the token.
 const ABBREVIATIONS: [&str; 34] = [
-    "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "inc", "co", "corp", "ltd", "mt", "ave",
-    "gen", "gov", "sen", "rep", "col", "lt", "sgt", "capt", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
-    "sep", "oct", "nov",
+    "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "inc", "co", "corp", "ltd",
+    "mt", "ave", "gen", "gov", "sen", "rep", "col", "lt", "sgt", "capt", "jan", "feb", "mar",
+    "apr", "jun", "jul", "aug", "sep", "oct", "nov",
 ];
 
 fn longest_lexeme(chars: &[char], pos: usize) -> (usize, Rule) {
@@ -157,9 +159,13 @@ fn match_rule(rule: Rule, chars: &[char], pos: usize) -> usize {
         Rule::Abbreviation => abbreviation_len(chars, pos),
         Rule::DottedWord => dotted_word_len(chars, pos),
         Rule::Handle => handle_len(chars, pos),
-        Rule::Ellipsis => run_len(chars, pos, |c| c == '.', 2).max(run_len(chars, pos, |c| c == '…', 1)),
+        Rule::Ellipsis => {
+            run_len(chars, pos, |c| c == '.', 2).max(run_len(chars, pos, |c| c == '…', 1))
+        }
         Rule::Exclamation => run_len(chars, pos, |c| c == '!' || c == '?', 1),
-        Rule::Dash => run_len(chars, pos, |c| c == '-', 2).max(run_len(chars, pos, is_long_dash, 1)),
+        Rule::Dash => {
+            run_len(chars, pos, |c| c == '-', 2).max(run_len(chars, pos, is_long_dash, 1))
+        }
         Rule::Other => 1,
     }
 }
@@ -330,7 +336,9 @@ fn dotted_word_len(chars: &[char], pos: usize) -> usize {
 }
 
 fn handle_len(chars: &[char], pos: usize) -> usize {
-    if !matches!(chars[pos], '@' | '#') || !at(chars, pos + 1).is_some_and(|c| c.is_alphabetic() || c == '_') {
+    if !matches!(chars[pos], '@' | '#')
+        || !at(chars, pos + 1).is_some_and(|c| c.is_alphabetic() || c == '_')
+    {
         return 0;
     }
     1 + chars[pos + 1..].iter().take_while(|c| is_alnum(**c) || **c == '_').count()
@@ -356,7 +364,9 @@ fn lowercase(s: &str) -> String {
 /// `gon na`), fractions spelled out; curly apostrophes become ASCII.
 fn split_word(lexeme: &str, out: &mut Vec<String>) {
     let word = lowercase(&lexeme.replace('\u{2019}', "'"));
-    for (fused, head) in [("cannot", 3), ("gonna", 3), ("gotta", 3), ("wanna", 3), ("lemme", 3), ("gimme", 3)] {
+    for (fused, head) in
+        [("cannot", 3), ("gonna", 3), ("gotta", 3), ("wanna", 3), ("lemme", 3), ("gimme", 3)]
+    {
         if word == fused {
             out.push(word[..head].to_string());
             out.push(word[head..].to_string());
@@ -386,7 +396,8 @@ fn split_word(lexeme: &str, out: &mut Vec<String>) {
 /// currency, everything else as itself.
 fn normalize_symbol(lexeme: &str, chars: &[char], pos: usize) -> String {
     let c = lexeme.chars().next().unwrap_or(' ');
-    let opening = pos == 0 || is_space(chars[pos - 1]) || matches!(chars[pos - 1], '(' | '[' | '{' | '<');
+    let opening =
+        pos == 0 || is_space(chars[pos - 1]) || matches!(chars[pos - 1], '(' | '[' | '{' | '<');
     let s = match c {
         '(' => "-lrb-",
         ')' => "-rrb-",

@@ -40,7 +40,10 @@ pub struct CaptionScores {
 
 /// Tokenize every caption as pycocoevalcap does and compute every metric. `meteor_data` supplies METEOR's
 /// synonym and paraphrase tables; without it METEOR runs exact and stem matching only.
-pub fn score_captions(images: &[CaptionImage], meteor_data: Option<&MeteorDataFiles>) -> Result<CaptionScores> {
+pub fn score_captions(
+    images: &[CaptionImage],
+    meteor_data: Option<&MeteorDataFiles>,
+) -> Result<CaptionScores> {
     let tokenized: Vec<TokenizedImage> = images
         .iter()
         .map(|image| TokenizedImage {
@@ -57,9 +60,9 @@ pub fn score_captions(images: &[CaptionImage], meteor_data: Option<&MeteorDataFi
         None => (None, None),
         Some(files) => {
             let synonyms = files.read_synonyms()?;
-            let vocabulary = meteor_vocabulary(
-                lines.iter().flat_map(|(c, refs)| std::iter::once(c.as_str()).chain(refs.iter().map(String::as_str))),
-            );
+            let vocabulary = meteor_vocabulary(lines.iter().flat_map(|(c, refs)| {
+                std::iter::once(c.as_str()).chain(refs.iter().map(String::as_str))
+            }));
             (synonyms, files.read_paraphrases(&vocabulary)?)
         }
     };

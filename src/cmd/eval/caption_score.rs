@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use ::eval::caption::meteor::{MeteorDataFiles, Module};
-use ::eval::caption::{pair_results, score_captions, CaptionAnnotations, CaptionResults, CaptionScores};
+use ::eval::caption::{
+    pair_results, score_captions, CaptionAnnotations, CaptionResults, CaptionScores,
+};
 use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Map, Value};
@@ -32,7 +34,8 @@ pub struct CaptionScoreArgs {
 /// Metric names as COCOEvalCap writes them, in its order.
 const METRICS: [&str; 7] = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"];
 
-const SPICE_REASON: &str = "SPICE needs Java and Stanford CoreNLP 3.6.0 (a scene-graph parser); pycocoevalcap \
+const SPICE_REASON: &str =
+    "SPICE needs Java and Stanford CoreNLP 3.6.0 (a scene-graph parser); pycocoevalcap \
 downloads CoreNLP at first use and no Rust port exists, so it is not computed";
 
 pub fn run(args: CaptionScoreArgs) -> Result<()> {
@@ -64,7 +67,11 @@ fn module_names(modules: &[Module]) -> Vec<&'static str> {
     modules.iter().map(|m| m.name()).collect()
 }
 
-fn json_report(scores: &CaptionScores, duplicates_dropped: usize, images_without_result: usize) -> Value {
+fn json_report(
+    scores: &CaptionScores,
+    duplicates_dropped: usize,
+    images_without_result: usize,
+) -> Value {
     let c = &scores.corpus;
     let mut corpus = Map::new();
     for (name, value) in METRICS.iter().zip(metric_values(&c.bleu, c.meteor, c.rouge_l, c.cider)) {
@@ -74,7 +81,9 @@ fn json_report(scores: &CaptionScores, duplicates_dropped: usize, images_without
     for image in &scores.per_image {
         let mut entry = Map::new();
         entry.insert("image_id".into(), json!(image.image_id.key()));
-        for (name, value) in METRICS.iter().zip(metric_values(&image.bleu, image.meteor, image.rouge_l, image.cider)) {
+        for (name, value) in
+            METRICS.iter().zip(metric_values(&image.bleu, image.meteor, image.rouge_l, image.cider))
+        {
             entry.insert(name.to_string(), json!(value));
         }
         per_image.insert(image.image_id.key(), Value::Object(entry));
@@ -103,7 +112,9 @@ fn table(scores: &CaptionScores, images_without_result: usize) -> String {
         module_names(&scores.meteor_modules).join(" ")
     ));
     if images_without_result > 0 {
-        out.push_str(&format!("({images_without_result} annotated images have no result and were not scored)\n"));
+        out.push_str(&format!(
+            "({images_without_result} annotated images have no result and were not scored)\n"
+        ));
     }
     out
 }

@@ -96,7 +96,13 @@ fn exact_matches(stage: &mut Stage, module: usize, words1: &[String], words2: &[
     }
 }
 
-fn stem_matches(stage: &mut Stage, module: usize, words1: &[String], words2: &[String], stem: &dyn Fn(&str) -> String) {
+fn stem_matches(
+    stage: &mut Stage,
+    module: usize,
+    words1: &[String],
+    words2: &[String],
+    stem: &dyn Fn(&str) -> String,
+) {
     let stems1: Vec<String> = words1.iter().map(|w| stem(w)).collect();
     let stems2: Vec<String> = words2.iter().map(|w| stem(w)).collect();
     for j in 0..words2.len() {
@@ -108,7 +114,13 @@ fn stem_matches(stage: &mut Stage, module: usize, words1: &[String], words2: &[S
     }
 }
 
-fn synonym_matches(stage: &mut Stage, module: usize, words1: &[String], words2: &[String], synonyms: &Synonyms) {
+fn synonym_matches(
+    stage: &mut Stage,
+    module: usize,
+    words1: &[String],
+    words2: &[String],
+    synonyms: &Synonyms,
+) {
     let sets1: Vec<_> = words1.iter().map(|w| synonyms.synsets_with_stems(w)).collect();
     let sets2: Vec<_> = words2.iter().map(|w| synonyms.synsets_with_stems(w)).collect();
     for j in 0..words2.len() {
@@ -121,7 +133,13 @@ fn synonym_matches(stage: &mut Stage, module: usize, words1: &[String], words2: 
 }
 
 /// Phrases of either line whose paraphrase occurs in the other, reference-side phrases first.
-fn paraphrase_matches(stage: &mut Stage, module: usize, words1: &[String], words2: &[String], table: &Paraphrases) {
+fn paraphrase_matches(
+    stage: &mut Stage,
+    module: usize,
+    words1: &[String],
+    words2: &[String],
+    table: &Paraphrases,
+) {
     let line1 = table.word_ids(words1);
     let line2 = table.word_ids(words2);
     let occurs = |line: &[Option<u32>], at: usize, phrase: &[u32]| {
@@ -131,7 +149,13 @@ fn paraphrase_matches(stage: &mut Stage, module: usize, words1: &[String], words
         for (len, paraphrase) in table.phrases_starting_at(&line2, j) {
             for i in 0..line1.len() {
                 if occurs(&line1, i, paraphrase) {
-                    stage.add(Match { start: j, length: len, match_start: i, match_length: paraphrase.len(), module });
+                    stage.add(Match {
+                        start: j,
+                        length: len,
+                        match_start: i,
+                        match_length: paraphrase.len(),
+                        module,
+                    });
                 }
             }
         }
@@ -140,7 +164,13 @@ fn paraphrase_matches(stage: &mut Stage, module: usize, words1: &[String], words
         for (len, paraphrase) in table.phrases_starting_at(&line1, i) {
             for j in 0..line2.len() {
                 if occurs(&line2, j, paraphrase) {
-                    stage.add(Match { start: j, length: paraphrase.len(), match_start: i, match_length: len, module });
+                    stage.add(Match {
+                        start: j,
+                        length: paraphrase.len(),
+                        match_start: i,
+                        match_length: len,
+                        module,
+                    });
                 }
             }
         }
@@ -163,7 +193,8 @@ struct Path {
 
 impl Path {
     fn is_used(&self, m: &Match) -> bool {
-        (0..m.length).any(|k| self.used2[m.start + k]) || (0..m.match_length).any(|k| self.used1[m.match_start + k])
+        (0..m.length).any(|k| self.used2[m.start + k])
+            || (0..m.match_length).any(|k| self.used1[m.match_start + k])
     }
     fn set_used(&mut self, m: &Match) {
         for k in 0..m.length {

@@ -60,7 +60,9 @@ impl MeteorStats {
         (0..MAX_MODULES).map(|i| self.test_content_matches[i] + self.test_function_matches[i]).sum()
     }
     fn reference_total_matches(&self) -> f64 {
-        (0..MAX_MODULES).map(|i| self.reference_content_matches[i] + self.reference_function_matches[i]).sum()
+        (0..MAX_MODULES)
+            .map(|i| self.reference_content_matches[i] + self.reference_function_matches[i])
+            .sum()
     }
     /// Every word of both lines matched, in one chunk.
     fn is_perfect(&self) -> bool {
@@ -91,9 +93,10 @@ impl MeteorStats {
     /// `MeteorScorer.computeMetrics`: weighted F-mean times the fragmentation penalty; 0 where undefined.
     pub fn score(&self, modules: &[Module]) -> f64 {
         let weights: Vec<f64> = modules.iter().map(|m| module_weight(*m)).collect();
-        let test_weighted_length =
-            DELTA * (self.test_length - self.test_function_words) + (1.0 - DELTA) * self.test_function_words;
-        let reference_weighted_length = DELTA * (self.reference_length - self.reference_function_words)
+        let test_weighted_length = DELTA * (self.test_length - self.test_function_words)
+            + (1.0 - DELTA) * self.test_function_words;
+        let reference_weighted_length = DELTA
+            * (self.reference_length - self.reference_function_words)
             + (1.0 - DELTA) * self.reference_function_words;
         let mut test_matches = 0.0;
         let mut reference_matches = 0.0;

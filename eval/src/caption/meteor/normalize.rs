@@ -75,7 +75,11 @@ static NONBREAKING: LazyLock<HashMap<String, Nonbreaking>> = LazyLock::new(|| {
         if prefix.starts_with('#') {
             continue;
         }
-        let kind = if parts.next() == Some("#NUMERIC_ONLY#") { Nonbreaking::NumericOnly } else { Nonbreaking::Any };
+        let kind = if parts.next() == Some("#NUMERIC_ONLY#") {
+            Nonbreaking::NumericOnly
+        } else {
+            Nonbreaking::Any
+        };
         prefixes.insert(prefix.to_string(), kind);
     }
     prefixes
@@ -106,7 +110,8 @@ pub fn meteor_normalize(line: &str) -> String {
     for (pattern, replacement) in &p.contractions {
         s = pattern.replace_all(&s, *replacement).into_owned();
     }
-    let words: Vec<&str> = s.split([' ', '\t', '\n', '\r', '\x0C']).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> =
+        s.split([' ', '\t', '\n', '\r', '\x0C']).filter(|w| !w.is_empty()).collect();
     let mut rebuilt = String::with_capacity(s.len() + 8);
     for (i, word) in words.iter().enumerate() {
         let next = words.get(i + 1);
@@ -115,9 +120,13 @@ pub fn meteor_normalize(line: &str) -> String {
             let kind = NONBREAKING.get(prefix).copied();
             if prefix.contains('.') && p.has_alpha.is_match(prefix) {
                 rebuilt.push_str(&word.replace('.', ""));
-            } else if kind == Some(Nonbreaking::Any) || next.is_some_and(|n| p.starts_lower.is_match(n)) {
+            } else if kind == Some(Nonbreaking::Any)
+                || next.is_some_and(|n| p.starts_lower.is_match(n))
+            {
                 rebuilt.push_str(word);
-            } else if kind == Some(Nonbreaking::NumericOnly) && next.is_some_and(|n| p.starts_digit.is_match(n)) {
+            } else if kind == Some(Nonbreaking::NumericOnly)
+                && next.is_some_and(|n| p.starts_digit.is_match(n))
+            {
                 rebuilt.push_str(word);
             } else {
                 rebuilt.push_str(prefix);

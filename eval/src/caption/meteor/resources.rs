@@ -117,7 +117,11 @@ pub struct Paraphrases {
 
 impl Paraphrases {
     /// Read `paraphrase-en.gz`-format text: records of three lines (probability, phrase, paraphrase).
-    pub fn read_filtered(reader: impl BufRead, source: &Path, words: &HashSet<String>) -> Result<Paraphrases> {
+    pub fn read_filtered(
+        reader: impl BufRead,
+        source: &Path,
+        words: &HashSet<String>,
+    ) -> Result<Paraphrases> {
         let mut table = Paraphrases::default();
         let mut lines = reader.lines();
         let io = |e| Error::io(source, e);
@@ -126,7 +130,10 @@ impl Paraphrases {
             let (Some(phrase), Some(paraphrase)) =
                 (lines.next().transpose().map_err(io)?, lines.next().transpose().map_err(io)?)
             else {
-                return Err(Error::Invalid(format!("{}: a paraphrase record is cut short", source.display())));
+                return Err(Error::Invalid(format!(
+                    "{}: a paraphrase record is cut short",
+                    source.display()
+                )));
             };
             let known = |line: &str| line.split_whitespace().all(|w| words.contains(w));
             if !known(&phrase) || !known(&paraphrase) {
@@ -156,7 +163,11 @@ impl Paraphrases {
 
     /// Every (phrase length, paraphrase) for phrases of the table starting at `start` of `line`, shorter
     /// phrases first, as the original's transducer emits them.
-    pub fn phrases_starting_at<'a>(&'a self, line: &[Option<u32>], start: usize) -> Vec<(usize, &'a [u32])> {
+    pub fn phrases_starting_at<'a>(
+        &'a self,
+        line: &[Option<u32>],
+        start: usize,
+    ) -> Vec<(usize, &'a [u32])> {
         let mut found = Vec::new();
         let mut phrase = Vec::new();
         for word in line.iter().skip(start).take(self.longest_phrase) {
@@ -217,7 +228,9 @@ impl MeteorDataFiles {
             path.to_path_buf()
         };
         files.paraphrase_table =
-            [folder.join("data").join(PARAPHRASE_NAME), folder.join(PARAPHRASE_NAME)].into_iter().find(|p| p.is_file());
+            [folder.join("data").join(PARAPHRASE_NAME), folder.join(PARAPHRASE_NAME)]
+                .into_iter()
+                .find(|p| p.is_file());
         if files.synonyms.is_none() && files.paraphrase_table.is_none() {
             return Err(not_found("neither the synonym files nor paraphrase-en.gz found"));
         }
@@ -236,8 +249,9 @@ impl MeteorDataFiles {
             }
             Some(SynonymSource::Jar(jar)) => {
                 let file = File::open(jar).map_err(|e| Error::io(jar, e))?;
-                let mut archive = zip::ZipArchive::new(file)
-                    .map_err(|e| Error::Invalid(format!("{}: not a readable jar: {e}", jar.display())))?;
+                let mut archive = zip::ZipArchive::new(file).map_err(|e| {
+                    Error::Invalid(format!("{}: not a readable jar: {e}", jar.display()))
+                })?;
                 let mut read = |name: &str| -> Result<String> {
                     let mut entry = archive
                         .by_name(name)
