@@ -5,6 +5,7 @@ mod common;
 
 mod cli_bench;
 mod cli_cache_features;
+mod cli_caption_score;
 mod cli_embed;
 mod cli_errors;
 mod cli_eval_loss;

@@ -49,6 +49,8 @@ fn tf_idf(counts: &Counts, document_frequency: &HashMap<Ngram, f64>, log_images:
     TfIdf { weights, norms: squares.map(f64::sqrt), length }
 }
 
+// n indexes four parallel arrays (weights, norms of both sides, the result).
+#[allow(clippy::needless_range_loop)]
 fn similarity(hyp: &TfIdf, reference: &TfIdf) -> [f64; MAX_N] {
     let delta = hyp.length as f64 - reference.length as f64;
     let penalty = std::f64::consts::E.powf(-(delta.powi(2)) / (2.0 * SIGMA.powi(2)));

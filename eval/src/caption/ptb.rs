@@ -210,8 +210,13 @@ fn apostrophe_word_len(chars: &[char], pos: usize) -> usize {
     if rest.starts_with('n') && rest[1..].starts_with(['\'', '\u{2019}']) && !next_is_word(2) {
         return 3;
     }
-    // '90s
+    // '90s, but not the feet-and-inches of 5'10": after a letter or digit the apostrophe
+    // stands alone.
     let r: Vec<char> = rest.chars().collect();
+    let after_alnum = pos > 0 && is_alnum(chars[pos - 1]);
+    if after_alnum && r.first().is_some_and(|c| is_digit(*c)) {
+        return 0;
+    }
     if r.len() >= 3 && is_digit(r[0]) && is_digit(r[1]) && r[2] == 's' && !next_is_word(3) {
         return 4;
     }
@@ -273,6 +278,10 @@ fn number_len(chars: &[char], pos: usize) -> usize {
         } else {
             break;
         }
+    }
+    // 3.5-meter: a hyphen and a word after a number join it, as between words.
+    while at(chars, i) == Some('-') && at(chars, i + 1).is_some_and(is_alnum) {
+        i += 1 + word_len(chars, i + 1);
     }
     i - pos
 }

@@ -249,5 +249,5 @@ pub fn meteor_words(line: &str) -> Vec<String> {
 
 /// Every word METEOR will see in these captions (to load only the paraphrases that can match).
 pub fn meteor_vocabulary<'a>(captions: impl IntoIterator<Item = &'a str>) -> HashSet<String> {
-    captions.into_iter().flat_map(|c| meteor_words(c)).collect()
+    captions.into_iter().flat_map(meteor_words).collect()
 }

@@ -122,10 +122,8 @@ pub fn meteor_normalize(line: &str) -> String {
                 rebuilt.push_str(&word.replace('.', ""));
             } else if kind == Some(Nonbreaking::Any)
                 || next.is_some_and(|n| p.starts_lower.is_match(n))
-            {
-                rebuilt.push_str(word);
-            } else if kind == Some(Nonbreaking::NumericOnly)
-                && next.is_some_and(|n| p.starts_digit.is_match(n))
+                || (kind == Some(Nonbreaking::NumericOnly)
+                    && next.is_some_and(|n| p.starts_digit.is_match(n)))
             {
                 rebuilt.push_str(word);
             } else {
