@@ -70,7 +70,8 @@ pub fn run(args: CacheFeaturesArgs) -> Result<()> {
     // The new cache is written whole beside `--out` and renamed into place: a run that fails
     // half way leaves the previous cache as it was, never new shards under an old index.
     let is_cache = args.out.join(INDEX_FILE).is_file();
-    let is_empty = std::fs::read_dir(&args.out).map_or(true, |mut d| d.next().is_none());
+    let is_empty =
+        args.out.is_dir() && std::fs::read_dir(&args.out).is_ok_and(|mut d| d.next().is_none());
     ensure!(
         !args.out.exists() || is_cache || is_empty,
         "--out {} exists and is not a feature cache (no {INDEX_FILE}): choose another directory",

@@ -797,8 +797,10 @@ fn retrieval_cases(c: &mut Corpus) {
 fn cache_features_cases(c: &mut Corpus) {
     let itm = fixture("itm");
     let imgs = fixture("images");
-    let cf_out = c.path("cf-out");
+    let cf_root = c.path("cf-out");
+    // One output directory a case: the cases run at the same time.
     let cf = |data: &Path, images: &Path, extra: &[&str]| {
+        let cf_out = cf_root.join(data.file_name().unwrap_or_default());
         let mut a = args(&[
             &"cache-features",
             &"--model",
@@ -854,9 +856,10 @@ fn cache_features_cases(c: &mut Corpus) {
         err(&["no image decoded"]),
     );
     let good = c.write("cf/good.json", "[{\"image\": \"img0.png\", \"caption\": \"a\"}]");
+    let zero = c.write("cf/zero-shard.json", "[{\"image\": \"img0.png\", \"caption\": \"a\"}]");
     c.case(
         "cache-features shard size 0",
-        cf(&good, &imgs, &["--shard-size", "0"]),
+        cf(&zero, &imgs, &["--shard-size", "0"]),
         err(&["--shard-size"]),
     );
     let file_out = c.write("cf/out-is-a-file", "x");
