@@ -137,22 +137,17 @@ fn fill_cache(
             continue;
         }
         let file = format!("features-{:05}.safetensors", shards.len());
+        // Serialized once in memory: the bytes written are the bytes hashed.
+        let features = Tensor::cat(&feats, 0)?;
+        let bytes = safetensors::serialize([("features", &features)], None)
+            .context("serializing the features")?;
         let path = out.join(&file);
-        candle_core::safetensors::save(
-            &[("features", Tensor::cat(&feats, 0)?)].into_iter().collect(),
-            &path,
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} ({} images)", args.out.join(&file).display(), kept.len());
         let keys: Vec<String> = kept.iter().map(|it| it.key.clone()).collect();
         let ids: Vec<u64> = kept.iter().map(|it| it.image_id).collect();
         let sha256 = Some(sha256_hex(&bytes));
         shards.push(FeatureShard { file, keys, image_ids: ids, sha256 });
-        println!(
-            "wrote {} ({} images)",
-            args.out.join(&shards.last().unwrap().file).display(),
-            kept.len()
-        );
     }
     ensure!(!shards.is_empty(), "{what}: no image decoded");
     let index = FeatureIndex {

@@ -108,11 +108,11 @@ impl Mixture {
 
     /// Every sample of every source once, source after source in file order, with the image
     /// ids an epoch gives them.
-    pub fn all_items(&self) -> Result<Vec<ImageTextItem>> {
+    pub fn into_items(self) -> Result<Vec<ImageTextItem>> {
         let mut out = Vec::with_capacity(self.len());
-        for (s, source) in self.sources.iter().enumerate() {
+        for (s, source) in self.sources.into_iter().enumerate() {
             let items = match source {
-                SourceItems::Listed(items) => items.clone(),
+                SourceItems::Listed(items) => items,
                 SourceItems::Streamed(set) => set.all_items()?,
             };
             out.extend(items.into_iter().map(|mut it| {

@@ -112,3 +112,28 @@ fn a_shard_changed_under_a_run_is_named() {
     let e = e.to_string();
     assert!(e.contains("00001.tar") && e.contains("must not change"), "{e}");
 }
+
+#[test]
+fn a_sample_check_leaves_refused_samples_out_of_their_batch_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = shards(dir.path(), 2, 3);
+    let m = Mixture::new(vec![(streamed(&urls, 4), 1.0)]).unwrap();
+    let check: datasets::SampleCheck = Arc::new(|item| {
+        if item.key.starts_with("00001.tar") {
+            Err("second shard refused".to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let loader = Loader::mixed(m, None, config()).with_check(check);
+    let (mut kept, mut refused) = (Vec::new(), Vec::new());
+    for b in loader.epoch(LoaderState { seed: 2, epoch: 0, position: 0 }) {
+        let b = b.unwrap();
+        kept.extend(b.keys);
+        refused.extend(b.skipped);
+    }
+    assert_eq!(kept.len(), 3);
+    assert!(kept.iter().all(|k| k.starts_with("00000.tar")), "{kept:?}");
+    assert_eq!(refused.len(), 3);
+    assert!(refused.iter().all(|s| s.reason == "second shard refused"));
+}

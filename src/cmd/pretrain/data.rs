@@ -90,7 +90,7 @@ impl CaptionData {
     pub fn into_items(self) -> Result<Vec<ImageTextItem>> {
         match self {
             CaptionData::Items(items) => Ok(items),
-            CaptionData::Sources(sources) => Ok(Mixture::new(sources)?.all_items()?),
+            CaptionData::Sources(sources) => Ok(Mixture::new(sources)?.into_items()?),
         }
     }
 
